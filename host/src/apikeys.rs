@@ -1,0 +1,189 @@
+//! API keys for every admin surface (the native API now, admin API plugins later): key id,
+//! salted SHA-256 of the secret, tenant, rights. Secrets are high-entropy tokens, so a fast
+//! salted hash is enough (docs/decisions/0003-api-key-hashing.md); comparison is constant-time.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use parking_lot::RwLock;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// A right an API key can hold.
+pub const RIGHTS: &[&str] = &["admin", "connections:read", "connections:write", "publish"];
+
+/// Errors loading the bootstrap file.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiKeyError {
+    /// File unreadable.
+    #[error("cannot read api keys file {path}: {source}")]
+    Read {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A line does not parse.
+    #[error("api keys file {path} line {line}: {reason}")]
+    Line {
+        /// Path.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One key as stored.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// Key id (the basic-auth user).
+    pub key: String,
+    salt: [u8; 16],
+    hash: [u8; 32],
+    /// Tenant the key acts on (`default` unless given).
+    pub tenant: String,
+    /// Rights.
+    pub rights: Vec<String>,
+}
+
+impl ApiKey {
+    /// Whether the key holds `right` (admin holds every right).
+    pub fn has(&self, right: &str) -> bool {
+        self.rights.iter().any(|r| r == right || r == "admin")
+    }
+}
+
+/// The key store.
+#[derive(Debug, Default)]
+pub struct ApiKeyStore {
+    keys: RwLock<HashMap<String, ApiKey>>,
+}
+
+fn digest(salt: &[u8; 16], secret: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(secret.as_bytes());
+    h.finalize().into()
+}
+
+impl ApiKeyStore {
+    /// Adds or replaces a key.
+    pub fn add(&self, key: &str, secret: &str, rights: Vec<String>, tenant: &str) {
+        let mut salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt);
+        let k = ApiKey {
+            key: key.to_string(),
+            salt,
+            hash: digest(&salt, secret),
+            tenant: tenant.to_string(),
+            rights,
+        };
+        self.keys.write().insert(key.to_string(), k);
+    }
+
+    /// Verifies a key and secret; returns the key's record.
+    pub fn verify(&self, key: &str, secret: &str) -> Option<ApiKey> {
+        let keys = self.keys.read();
+        let k = keys.get(key)?;
+        let d = digest(&k.salt, secret);
+        let diff = d
+            .iter()
+            .zip(k.hash.iter())
+            .fold(0u8, |a, (x, y)| a | (x ^ y));
+        (diff == 0).then(|| k.clone())
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.read().len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Loads `key:secret:right[,right...][:tenant=NAME]` lines (blank lines and `#` comments skipped).
+    pub fn load_file(&self, path: &Path) -> Result<usize, ApiKeyError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ApiKeyError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let mut n = 0;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |reason: &str| ApiKeyError::Line {
+                path: p.clone(),
+                line: i + 1,
+                reason: reason.to_string(),
+            };
+            // Rights contain colons themselves (`connections:read`), so only the first two
+            // colons split; a tenant is an explicit trailing `:tenant=NAME`.
+            let mut parts = line.splitn(3, ':');
+            let (Some(key), Some(secret), Some(rest)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(err("expected key:secret:rights[:tenant=NAME]"));
+            };
+            let (rights, tenant) = match rest.rsplit_once(":tenant=") {
+                Some((r, t)) => (r, t),
+                None => (rest, "default"),
+            };
+            if key.is_empty() || secret.is_empty() || tenant.is_empty() {
+                return Err(err("empty key, secret or tenant"));
+            }
+            let rights: Vec<String> = rights.split(',').map(|r| r.trim().to_string()).collect();
+            if let Some(bad) = rights.iter().find(|r| !RIGHTS.contains(&r.as_str())) {
+                return Err(err(&format!(
+                    "unknown right {bad:?} (known: {})",
+                    RIGHTS.join(", ")
+                )));
+            }
+            self.add(key, secret, rights, tenant);
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_and_rights() {
+        let s = ApiKeyStore::default();
+        s.add("k", "secret", vec!["connections:read".into()], "t1");
+        let k = s.verify("k", "secret").unwrap();
+        assert_eq!(k.tenant, "t1");
+        assert!(k.has("connections:read"));
+        assert!(!k.has("publish"));
+        assert!(s.verify("k", "wrong").is_none());
+        assert!(s.verify("nokey", "secret").is_none());
+    }
+
+    #[test]
+    fn bootstrap_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keys");
+        std::fs::write(
+            &p,
+            "# comment\nadmin:s3cret:admin\nro:x:connections:read,publish:tenant=acme\n",
+        )
+        .unwrap();
+        let s = ApiKeyStore::default();
+        assert_eq!(s.load_file(&p).unwrap(), 2);
+        assert!(s.verify("admin", "s3cret").unwrap().has("publish"));
+        let ro = s.verify("ro", "x").unwrap();
+        assert_eq!(ro.tenant, "acme");
+        assert!(ro.has("connections:read") && ro.has("publish") && !ro.has("connections:write"));
+        std::fs::write(&p, "a:b:fly\n").unwrap();
+        let e = s.load_file(&p).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("fly"), "{e}");
+    }
+}

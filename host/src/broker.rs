@@ -1,0 +1,316 @@
+//! The broker handle: a cheap clone over `Arc<Shared>` holding the registry, the router,
+//! the retained store and the metrics. The publish path (match → enqueue → wake) lives here
+//! because MQTT connections, admin operations, wills and `$SYS` all publish the same way.
+
+use std::cell::RefCell;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rmqtt_codec::types::QoS;
+use tokio::sync::watch;
+
+use crate::apikeys::ApiKeyStore;
+use crate::config::Config;
+use crate::message::{Delivery, Message};
+use crate::metrics::Metrics;
+use crate::registry::{Event, Registry};
+use crate::router::retained::RetainedStore;
+use crate::router::{Router, Subscriber};
+use crate::session::{EnqueueOutcome, Session, SubOptions};
+use crate::topic::{self, TopicError};
+
+/// State shared by every task of one broker.
+#[derive(Debug)]
+pub struct Shared {
+    /// Configuration in force.
+    pub config: Config,
+    /// Every session.
+    pub registry: Registry,
+    /// Subscriptions.
+    pub router: Router,
+    /// Retained messages.
+    pub retained: RetainedStore,
+    /// Counters exported on /metrics.
+    pub metrics: Metrics,
+    /// API keys of every admin surface.
+    pub api_keys: ApiKeyStore,
+    /// When the broker started.
+    pub started: Instant,
+    next_id: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Cheap cloneable handle to a running broker's state.
+#[derive(Debug, Clone)]
+pub struct Broker(Arc<Shared>);
+
+impl std::ops::Deref for Broker {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+thread_local! {
+    /// Reused per worker thread so matching allocates nothing per message.
+    static MATCHES: RefCell<Vec<Subscriber>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Why a subscription was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The filter is not valid.
+    #[error("invalid topic filter: {0}")]
+    InvalidFilter(#[from] TopicError),
+    /// Shared subscriptions are disabled.
+    #[error("shared subscriptions are not supported")]
+    SharedNotSupported,
+    /// Wildcards are disabled.
+    #[error("wildcard subscriptions are not supported")]
+    WildcardNotSupported,
+    /// The session has as many subscriptions as allowed.
+    #[error("subscription quota exceeded")]
+    QuotaExceeded,
+}
+
+impl SubscribeError {
+    /// The MQTT 5 SUBACK reason code for this refusal.
+    pub fn reason_code(self) -> u8 {
+        match self {
+            SubscribeError::InvalidFilter(_) => 0x8F,
+            SubscribeError::SharedNotSupported => 0x9E,
+            SubscribeError::WildcardNotSupported => 0xA2,
+            SubscribeError::QuotaExceeded => 0x97,
+        }
+    }
+}
+
+impl Broker {
+    /// Builds the broker state (no listeners yet).
+    pub fn new(config: Config, api_keys: ApiKeyStore) -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Broker(Arc::new(Shared {
+            config,
+            registry: Registry::default(),
+            router: Router::default(),
+            retained: RetainedStore::default(),
+            metrics: Metrics::default(),
+            api_keys,
+            started: Instant::now(),
+            next_id: AtomicU64::new(1),
+            shutdown,
+        }))
+    }
+
+    /// A fresh id for sessions and connection generations.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Receiver that flips to true when shutdown starts.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Starts shutdown: listeners stop accepting, connections are told to close.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+        for s in self.registry.online_sessions() {
+            s.control(crate::session::Control::Shutdown);
+        }
+    }
+
+    /// Routes a message to every matching subscription and stores it if retained.
+    /// Returns the number of sessions it was queued for.
+    pub fn publish(&self, msg: Message) -> usize {
+        let msg = Arc::new(msg);
+        self.metrics
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        if msg.retain && self.config.mqtt.retain_available {
+            self.retained.set(msg.clone());
+        }
+        self.registry.emit_message(&msg);
+        MATCHES.with_borrow_mut(|subs| {
+            self.router.matches(&msg.tenant, &msg.topic, subs);
+            if subs.len() > 1 {
+                subs.sort_unstable_by_key(|s| s.session.id);
+            }
+            let mut delivered = 0;
+            let mut i = 0;
+            while i < subs.len() {
+                let mut j = i + 1;
+                while j < subs.len() && subs[j].session.id == subs[i].session.id {
+                    j += 1;
+                }
+                if let Some(d) = merge(&msg, &subs[i..j]) {
+                    if self.deliver(&subs[i].session, d) {
+                        delivered += 1;
+                    }
+                }
+                i = j;
+            }
+            subs.clear();
+            if delivered == 0 {
+                self.metrics
+                    .messages_no_subscriber
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            delivered
+        })
+    }
+
+    /// Queues one delivery for a session and wakes its connection. False if dropped.
+    pub fn deliver(&self, session: &Arc<Session>, d: Delivery) -> bool {
+        let cfg = &self.config.session;
+        let online = session.is_online();
+        if !online && d.qos == QoS::AtMostOnce && !cfg.queue_qos0_offline {
+            self.dropped(session, &d.msg, "qos0_offline");
+            return false;
+        }
+        let msg = d.msg.clone();
+        let outcome = session.state.lock().enqueue(d, cfg);
+        match outcome {
+            EnqueueOutcome::Queued => {}
+            EnqueueOutcome::QueuedDroppedOldest => self.dropped(session, &msg, "queue_full"),
+            EnqueueOutcome::Dropped => {
+                self.dropped(session, &msg, "queue_full");
+                return false;
+            }
+        }
+        if online {
+            session.notify.notify_one();
+        }
+        true
+    }
+
+    /// Counts and reports a message dropped for a session.
+    pub fn dropped(&self, session: &Session, msg: &Message, reason: &'static str) {
+        self.metrics.drop(reason);
+        self.registry.emit(Event::MessageDropped {
+            tenant: session.tenant.clone(),
+            client_id: session.client_id.clone(),
+            topic: msg.topic.to_string(),
+            reason,
+        });
+    }
+
+    /// Adds or replaces a subscription of a session (MQTT SUBSCRIBE or an admin operation).
+    /// Returns whether it is new. Retained messages are not sent here: see
+    /// [`Broker::send_retained`].
+    pub fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        raw: &str,
+        opts: SubOptions,
+    ) -> Result<bool, SubscribeError> {
+        let mcfg = &self.config.mqtt;
+        let parsed = topic::parse_filter(raw, mcfg.max_topic_levels)?;
+        if parsed.group.is_some() && !mcfg.shared_subscription_available {
+            return Err(SubscribeError::SharedNotSupported);
+        }
+        if !mcfg.wildcard_subscription_available && parsed.filter.contains(['+', '#']) {
+            return Err(SubscribeError::WildcardNotSupported);
+        }
+        {
+            let mut st = session.state.lock();
+            let exists = st.subscriptions.contains_key(raw);
+            if !exists
+                && mcfg.max_subscriptions > 0
+                && st.subscriptions.len() >= mcfg.max_subscriptions
+            {
+                return Err(SubscribeError::QuotaExceeded);
+            }
+            st.subscriptions.insert(raw.to_string(), opts);
+        }
+        let new = self.router.subscribe(
+            &session.tenant,
+            &parsed,
+            Subscriber {
+                session: session.clone(),
+                opts,
+            },
+        );
+        self.metrics
+            .subscriptions
+            .fetch_add(u64::from(new), Ordering::Relaxed);
+        self.registry.emit(Event::Subscribed {
+            tenant: session.tenant.clone(),
+            client_id: session.client_id.clone(),
+            filter: raw.to_string(),
+            qos: opts.qos.value(),
+        });
+        Ok(new)
+    }
+
+    /// Queues the retained messages matching a new subscription, per its retain handling.
+    pub fn send_retained(&self, session: &Arc<Session>, raw: &str, opts: SubOptions, new: bool) {
+        if opts.retain_handling == 2 || (opts.retain_handling == 1 && !new) {
+            return;
+        }
+        let Ok(parsed) = topic::parse_filter(raw, self.config.mqtt.max_topic_levels) else {
+            return;
+        };
+        if parsed.group.is_some() {
+            return; // MQTT 5 §4.8.2: no retained messages for shared subscriptions.
+        }
+        for m in self.retained.matching(&session.tenant, parsed.filter) {
+            let qos = m.qos.less_value(opts.qos);
+            let d = Delivery {
+                msg: m,
+                qos,
+                retain: true,
+                sub_ids: opts.sub_id.into_iter().collect(),
+            };
+            self.deliver(session, d);
+        }
+    }
+
+    /// Removes a subscription. Returns whether it existed.
+    pub fn unsubscribe(&self, session: &Arc<Session>, raw: &str) -> bool {
+        let existed = session.state.lock().subscriptions.remove(raw).is_some();
+        if let Ok(parsed) = topic::parse_filter(raw, self.config.mqtt.max_topic_levels) {
+            if self
+                .router
+                .unsubscribe(&session.tenant, &parsed, session.id)
+            {
+                self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        if existed {
+            self.registry.emit(Event::Unsubscribed {
+                tenant: session.tenant.clone(),
+                client_id: session.client_id.clone(),
+                filter: raw.to_string(),
+            });
+        }
+        existed
+    }
+}
+
+/// Folds the matching subscriptions of one session into one delivery (MQTT 5 §3.3.4:
+/// highest QoS, every subscription identifier). None if no-local excludes them all.
+fn merge(msg: &Arc<Message>, subs: &[Subscriber]) -> Option<Delivery> {
+    let mut qos: Option<QoS> = None;
+    let mut retain = false;
+    let mut sub_ids: Vec<NonZeroU32> = Vec::new();
+    for s in subs {
+        if s.opts.no_local && s.session.id == msg.publisher {
+            continue;
+        }
+        let q = msg.qos.less_value(s.opts.qos);
+        qos = Some(qos.map_or(q, |old| if q > old { q } else { old }));
+        retain |= s.opts.retain_as_published && msg.retain;
+        if let Some(id) = s.opts.sub_id {
+            sub_ids.push(id);
+        }
+    }
+    qos.map(|qos| Delivery {
+        msg: msg.clone(),
+        qos,
+        retain,
+        sub_ids,
+    })
+}

@@ -1,0 +1,295 @@
+//! Typed configuration. One struct per component; every field documented and defaulted,
+//! unknown keys rejected so a typo is an error at startup rather than a silently ignored knob.
+//! `config/apiary.toml` documents every key and is embedded as the defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The embedded default configuration (the same file shipped as `config/apiary.toml`).
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/apiary.toml");
+
+/// Errors while reading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that failed.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or had an unknown key or a wrong type.
+    #[error("invalid config {origin}: {source}")]
+    Parse {
+        /// Where the TOML came from.
+        origin: String,
+        /// The parse error, with the key and line.
+        source: Box<toml::de::Error>,
+    },
+    /// A value parsed but is not usable.
+    #[error("invalid config value: {0}")]
+    Invalid(String),
+}
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Network listeners.
+    pub listeners: ListenersConfig,
+    /// MQTT protocol limits and behaviour.
+    pub mqtt: MqttConfig,
+    /// Session and queue limits.
+    pub session: SessionConfig,
+    /// Native HTTP API.
+    pub http: HttpConfig,
+    /// Where durable state lives.
+    pub data_dir: PathBuf,
+    /// Where plugins are loaded from.
+    pub plugins_dir: PathBuf,
+    /// Bootstrap API keys file: one `key:secret:right[,right...][:tenant=NAME]` per line.
+    pub api_keys_file: Option<PathBuf>,
+    /// Interval of `$SYS/broker/...` publications in seconds (0 disables them).
+    pub sys_interval_secs: u64,
+    /// Connections that never authenticated are accepted when no auth plugin decides.
+    pub allow_anonymous: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listeners: ListenersConfig::default(),
+            mqtt: MqttConfig::default(),
+            session: SessionConfig::default(),
+            http: HttpConfig::default(),
+            data_dir: PathBuf::from("data"),
+            plugins_dir: PathBuf::from("plugins.d"),
+            api_keys_file: None,
+            sys_interval_secs: 10,
+            allow_anonymous: true,
+        }
+    }
+}
+
+/// Listener addresses; an absent address disables that listener.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenersConfig {
+    /// MQTT over TCP.
+    pub tcp: Option<SocketAddr>,
+    /// MQTT over WebSocket (path `/mqtt`, subprotocol `mqtt`).
+    pub ws: Option<SocketAddr>,
+    /// MQTT over TLS.
+    pub tls: Option<SocketAddr>,
+    /// MQTT over WebSocket over TLS.
+    pub wss: Option<SocketAddr>,
+    /// TLS certificate chain (PEM). When both `cert` and `key` are absent, a self-signed
+    /// certificate is generated into the data dir on first start.
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub key: Option<PathBuf>,
+    /// Maximum concurrent MQTT connections over all listeners.
+    pub max_connections: usize,
+    /// Seconds a new connection may take to send CONNECT.
+    pub connect_timeout_secs: u64,
+}
+
+/// MQTT protocol limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Maximum packet size in bytes accepted from clients (advertised in v5 CONNACK).
+    pub max_packet_size: u32,
+    /// Receive maximum advertised to v5 clients: QoS 1/2 publishes a client may have unacked.
+    pub receive_maximum: u16,
+    /// Topic aliases a v5 client may use towards the broker.
+    pub topic_alias_maximum: u16,
+    /// Upper bound on keepalive; a v5 client asking for more (or 0) gets this as server keep alive.
+    /// 0 means the client's value is accepted as is.
+    pub max_keepalive_secs: u16,
+    /// Maximum subscriptions per session (0 = unlimited).
+    pub max_subscriptions: usize,
+    /// Longest topic name or filter, in levels.
+    pub max_topic_levels: usize,
+    /// Retained messages are supported.
+    pub retain_available: bool,
+    /// Shared subscriptions (`$share/group/filter`) are supported.
+    pub shared_subscription_available: bool,
+    /// Wildcard subscriptions are supported.
+    pub wildcard_subscription_available: bool,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 32,
+            topic_alias_maximum: 65535,
+            max_keepalive_secs: 0,
+            max_subscriptions: 0,
+            max_topic_levels: 128,
+            retain_available: true,
+            shared_subscription_available: true,
+            wildcard_subscription_available: true,
+        }
+    }
+}
+
+/// What a full session queue does with the next message.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// Drop the oldest queued message to make room (EMQX's default).
+    DropOldest,
+    /// Refuse the new message.
+    DropNewest,
+}
+
+/// Session and queue limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// QoS 1/2 messages in flight to one client (capped by the client's receive maximum).
+    pub max_inflight: u16,
+    /// Messages queued per session (online behind the inflight window, or offline).
+    pub max_queued_messages: usize,
+    /// Payload bytes queued per session (0 = unlimited).
+    pub max_queued_bytes: usize,
+    /// What happens when a queue is full.
+    pub queue_full: QueueFullPolicy,
+    /// Queue QoS 0 messages for offline persistent sessions too (EMQX does, Mosquitto does not).
+    pub queue_qos0_offline: bool,
+    /// Session expiry for MQTT 3.1.1 sessions with clean session = 0, in seconds.
+    /// 4294967295 means never (as MQTT 5 defines the value).
+    pub v3_session_expiry_secs: u32,
+    /// Upper bound on the session expiry a v5 client may ask for.
+    pub max_session_expiry_secs: u32,
+    /// QoS 2 messages from one client awaiting PUBREL.
+    pub max_awaiting_rel: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            max_queued_bytes: 0,
+            queue_full: QueueFullPolicy::DropOldest,
+            queue_qos0_offline: true,
+            v3_session_expiry_secs: u32::MAX,
+            max_session_expiry_secs: u32::MAX,
+            max_awaiting_rel: 100,
+        }
+    }
+}
+
+/// Native HTTP API.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address of the native API and the plugin HTTP gateway.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            source: Box::new(e),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a config file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The embedded defaults.
+    pub fn embedded() -> Self {
+        Self::from_toml(DEFAULT_CONFIG, "(embedded defaults)")
+            .expect("embedded config/apiary.toml is valid")
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.mqtt.receive_maximum == 0 {
+            return Err(ConfigError::Invalid(
+                "mqtt.receive_maximum must be at least 1".into(),
+            ));
+        }
+        if self.session.max_inflight == 0 {
+            return Err(ConfigError::Invalid(
+                "session.max_inflight must be at least 1".into(),
+            ));
+        }
+        if self.mqtt.max_packet_size < 16 {
+            return Err(ConfigError::Invalid(
+                "mqtt.max_packet_size must be at least 16".into(),
+            ));
+        }
+        if self.listeners.cert.is_some() != self.listeners.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "listeners.cert and listeners.key must be set together".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A config for tests and embedding: every listener on an ephemeral loopback port,
+    /// no `$SYS` timer, data in `data_dir`.
+    pub fn ephemeral(data_dir: PathBuf) -> Self {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("literal address");
+        Self {
+            listeners: ListenersConfig {
+                tcp: Some(any),
+                ws: Some(any),
+                tls: Some(any),
+                wss: Some(any),
+                max_connections: 10_000,
+                connect_timeout_secs: 10,
+                ..Default::default()
+            },
+            http: HttpConfig { listen: Some(any) },
+            data_dir,
+            sys_interval_secs: 0,
+            ..Self::embedded()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse() {
+        let c = Config::embedded();
+        assert_eq!(c.listeners.tcp.unwrap().port(), 1883);
+        assert_eq!(c.listeners.ws.unwrap().port(), 8083);
+        assert_eq!(c.listeners.tls.unwrap().port(), 8883);
+        assert_eq!(c.listeners.wss.unwrap().port(), 8084);
+        assert_eq!(c.http.listen.unwrap().port(), 18083);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("[mqtt]\nmax_packet_sise = 10\n", "t").unwrap_err();
+        assert!(err.to_string().contains("max_packet_sise"), "{err}");
+    }
+
+    #[test]
+    fn cert_without_key_is_rejected() {
+        let err = Config::from_toml("[listeners]\ncert = \"a.pem\"\n", "t").unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid(_)));
+    }
+}

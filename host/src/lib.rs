@@ -1,0 +1,169 @@
+//! Apiary's broker core: MQTT 3.1.1 + 5 over TCP, TLS, WebSocket and secure WebSocket,
+//! sessions, routing, retained messages, and the shared session registry that admin API
+//! plugins work over.
+//!
+//! Shape (after tokio-rs/mini-redis): [`start`] binds every listener, spawns one task per
+//! listener and one per connection, and returns a [`Server`]; [`Server::shutdown`]
+//! broadcasts shutdown and waits for the tasks.
+
+pub mod apikeys;
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod message;
+pub mod metrics;
+pub mod mqtt;
+pub mod registry;
+pub mod router;
+pub mod session;
+pub mod sys;
+pub mod topic;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+pub use broker::Broker;
+pub use config::Config;
+
+use apikeys::{ApiKeyError, ApiKeyStore};
+use mqtt::listener::{self, ListenerError};
+use session::Transport;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be set up.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// The API keys file is unusable.
+    #[error(transparent)]
+    ApiKeys(#[from] ApiKeyError),
+    /// The data dir cannot be created or written.
+    #[error("data dir {path} is not usable: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Addresses the running broker actually listens on.
+#[derive(Debug, Clone, Default)]
+pub struct Addrs {
+    /// MQTT over TCP.
+    pub tcp: Option<SocketAddr>,
+    /// MQTT over WebSocket.
+    pub ws: Option<SocketAddr>,
+    /// MQTT over TLS.
+    pub tls: Option<SocketAddr>,
+    /// MQTT over secure WebSocket.
+    pub wss: Option<SocketAddr>,
+    /// Native HTTP API.
+    pub http: Option<SocketAddr>,
+}
+
+/// A running broker.
+pub struct Server {
+    /// Handle to its state.
+    pub broker: Broker,
+    /// Where it listens.
+    pub addrs: Addrs,
+    tasks: JoinSet<()>,
+}
+
+/// Binds every configured listener and starts serving.
+pub async fn start(config: Config) -> Result<Server, StartError> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let keys = ApiKeyStore::default();
+    if let Some(f) = &config.api_keys_file {
+        let n = keys.load_file(f)?;
+        tracing::info!(file = %f.display(), keys = n, "loaded API keys");
+    }
+    let l = config.listeners.clone();
+    let tls = if l.tls.is_some() || l.wss.is_some() {
+        let (cert, key) = match (&l.cert, &l.key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => listener::ensure_self_signed(&data_dir.join("tls"))?,
+        };
+        Some(listener::tls_acceptor(&cert, &key)?)
+    } else {
+        None
+    };
+    let http_listener = match config.http.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ListenerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let mut bound = Vec::new();
+    for (kind, addr) in [
+        (Transport::Tcp, l.tcp),
+        (Transport::Ws, l.ws),
+        (Transport::Tls, l.tls),
+        (Transport::Wss, l.wss),
+    ] {
+        if let Some(a) = addr {
+            bound.push(listener::bind(kind, a).await?);
+        }
+    }
+    let sys_interval = config.sys_interval_secs;
+    let permits = Arc::new(Semaphore::new(l.max_connections.max(1)));
+    let broker = Broker::new(config, keys);
+    let mut addrs = Addrs {
+        http: http_listener.as_ref().and_then(|h| h.local_addr().ok()),
+        ..Default::default()
+    };
+    let mut tasks = JoinSet::new();
+    for b in bound {
+        match b.kind {
+            Transport::Tcp => addrs.tcp = Some(b.addr),
+            Transport::Ws => addrs.ws = Some(b.addr),
+            Transport::Tls => addrs.tls = Some(b.addr),
+            Transport::Wss => addrs.wss = Some(b.addr),
+        }
+        let tls = matches!(b.kind, Transport::Tls | Transport::Wss)
+            .then(|| tls.clone())
+            .flatten();
+        tasks.spawn(listener::run(b, broker.clone(), tls, permits.clone()));
+    }
+    if let Some(h) = http_listener {
+        tasks.spawn(http::serve(h, broker.clone()));
+    }
+    if sys_interval > 0 {
+        tasks.spawn(sys::run(broker.clone(), Duration::from_secs(sys_interval)));
+    }
+    Ok(Server {
+        broker,
+        addrs,
+        tasks,
+    })
+}
+
+impl Server {
+    /// Stops accepting, tells every connection to close, and waits (bounded) for the
+    /// listener tasks to end.
+    pub async fn shutdown(mut self) {
+        self.broker.begin_shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        // Give connection tasks a moment to flush their DISCONNECTs.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.broker.registry.connected_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Broker-wide counters, rendered as Prometheus text on `GET /metrics`. Relaxed atomics:
+//! a counter is a statistic, never a synchronisation point.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Every counter the broker exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Connections accepted per transport: tcp, tls, ws, wss.
+    pub accepted: [AtomicU64; 4],
+    /// Connections currently open per transport (CONNACKed or not).
+    pub open: [AtomicU64; 4],
+    /// Connections refused at accept because of max_connections.
+    pub refused_max_connections: AtomicU64,
+    /// CONNECTs refused (bad protocol, identifier, auth).
+    pub connect_refused: AtomicU64,
+    /// TLS or WebSocket handshakes that failed.
+    pub handshake_failed: AtomicU64,
+    /// Packets that failed to decode or broke the protocol.
+    pub malformed_packets: AtomicU64,
+    /// Packets over max_packet_size.
+    pub packets_too_large: AtomicU64,
+    /// Connections closed for keepalive timeout.
+    pub keepalive_timeouts: AtomicU64,
+    /// Application messages received (from clients and the broker itself).
+    pub messages_received: AtomicU64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: AtomicU64,
+    /// Messages that matched no subscriber.
+    pub messages_no_subscriber: AtomicU64,
+    /// Messages dropped because a session queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// QoS 0 messages not queued for offline sessions.
+    pub dropped_qos0_offline: AtomicU64,
+    /// Messages that expired before delivery.
+    pub dropped_expired: AtomicU64,
+    /// Messages not sent because they exceeded the client's maximum packet size.
+    pub dropped_too_large: AtomicU64,
+    /// Publishes refused for an invalid topic.
+    pub invalid_topic: AtomicU64,
+    /// Current subscriptions (router entries).
+    pub subscriptions: AtomicU64,
+    /// Bytes received from clients.
+    pub bytes_received: AtomicU64,
+    /// Bytes sent to clients.
+    pub bytes_sent: AtomicU64,
+    /// Wills published.
+    pub wills_published: AtomicU64,
+    /// Sessions expired.
+    pub sessions_expired: AtomicU64,
+    /// Admin API requests refused for bad credentials.
+    pub api_auth_failed: AtomicU64,
+}
+
+/// Index of a transport in the per-transport arrays.
+pub fn transport_index(t: crate::session::Transport) -> usize {
+    use crate::session::Transport::*;
+    match t {
+        Tcp => 0,
+        Tls => 1,
+        Ws => 2,
+        Wss => 3,
+    }
+}
+
+const TRANSPORTS: [&str; 4] = ["tcp", "tls", "ws", "wss"];
+
+impl Metrics {
+    /// Counts a dropped message by reason.
+    pub fn drop(&self, reason: &str) {
+        let c = match reason {
+            "queue_full" => &self.dropped_queue_full,
+            "qos0_offline" => &self.dropped_qos0_offline,
+            "expired" => &self.dropped_expired,
+            _ => &self.dropped_too_large,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition; `gauges` adds values computed by the caller.
+    pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
+        let mut s = String::with_capacity(4096);
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            "apiary_connections_refused_total",
+            "Connections refused at accept (max_connections).",
+            g(&self.refused_max_connections),
+        );
+        counter(
+            "apiary_connect_refused_total",
+            "CONNECT packets answered with a refusal.",
+            g(&self.connect_refused),
+        );
+        counter(
+            "apiary_handshake_failed_total",
+            "TLS or WebSocket handshakes that failed.",
+            g(&self.handshake_failed),
+        );
+        counter(
+            "apiary_malformed_packets_total",
+            "Packets that failed to decode or broke the protocol.",
+            g(&self.malformed_packets),
+        );
+        counter(
+            "apiary_packets_too_large_total",
+            "Packets over max_packet_size.",
+            g(&self.packets_too_large),
+        );
+        counter(
+            "apiary_keepalive_timeouts_total",
+            "Connections closed for keepalive timeout.",
+            g(&self.keepalive_timeouts),
+        );
+        counter(
+            "apiary_messages_received_total",
+            "Application messages received.",
+            g(&self.messages_received),
+        );
+        counter(
+            "apiary_messages_sent_total",
+            "PUBLISH packets sent to clients.",
+            g(&self.messages_sent),
+        );
+        counter(
+            "apiary_messages_no_subscriber_total",
+            "Messages that matched no subscriber.",
+            g(&self.messages_no_subscriber),
+        );
+        counter(
+            "apiary_invalid_topic_total",
+            "Publishes refused for an invalid topic name.",
+            g(&self.invalid_topic),
+        );
+        counter(
+            "apiary_bytes_received_total",
+            "Bytes received from clients.",
+            g(&self.bytes_received),
+        );
+        counter(
+            "apiary_bytes_sent_total",
+            "Bytes sent to clients.",
+            g(&self.bytes_sent),
+        );
+        counter(
+            "apiary_wills_published_total",
+            "Will messages published.",
+            g(&self.wills_published),
+        );
+        counter(
+            "apiary_sessions_expired_total",
+            "Sessions removed by expiry.",
+            g(&self.sessions_expired),
+        );
+        counter(
+            "apiary_api_auth_failed_total",
+            "Admin API requests with bad credentials.",
+            g(&self.api_auth_failed),
+        );
+        let _ = writeln!(s, "# HELP apiary_messages_dropped_total Messages dropped, by reason.\n# TYPE apiary_messages_dropped_total counter");
+        for (reason, c) in [
+            ("queue_full", &self.dropped_queue_full),
+            ("qos0_offline", &self.dropped_qos0_offline),
+            ("expired", &self.dropped_expired),
+            ("too_large", &self.dropped_too_large),
+        ] {
+            let _ = writeln!(
+                s,
+                "apiary_messages_dropped_total{{reason=\"{reason}\"}} {}",
+                g(c)
+            );
+        }
+        let _ = writeln!(s, "# HELP apiary_connections_accepted_total Connections accepted per listener.\n# TYPE apiary_connections_accepted_total counter");
+        for (i, t) in TRANSPORTS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "apiary_connections_accepted_total{{listener=\"{t}\"}} {}",
+                g(&self.accepted[i])
+            );
+        }
+        let _ = writeln!(s, "# HELP apiary_connections Open connections per listener.\n# TYPE apiary_connections gauge");
+        for (i, t) in TRANSPORTS.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "apiary_connections{{listener=\"{t}\"}} {}",
+                g(&self.open[i])
+            );
+        }
+        let _ = writeln!(s, "# HELP apiary_subscriptions Current subscriptions.\n# TYPE apiary_subscriptions gauge\napiary_subscriptions {}", g(&self.subscriptions));
+        for (name, help, v) in gauges {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        s
+    }
+}

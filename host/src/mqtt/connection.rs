@@ -1,0 +1,484 @@
+//! One MQTT connection after CONNECT: the loop that reads packets, drains the session's
+//! queue into batched writes, enforces keepalive, and obeys control commands (takeover,
+//! kick, shutdown). Everything it decodes in one read is answered in one write.
+
+use std::collections::HashMap;
+use std::num::NonZeroU16;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use rmqtt_codec::error::{DecodeError, EncodeError};
+use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::v5::{PublishProperties, ToReasonCode};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Sleep;
+use tracing::debug;
+
+use super::transport::Transport;
+use super::wire::{Incoming, Wire};
+use crate::broker::Broker;
+use crate::message::{Delivery, Message};
+use crate::session::{Control, Counters, Outgoing, Session};
+use crate::topic;
+
+/// Why a connection's loop ended.
+#[derive(Debug)]
+pub(crate) enum Exit {
+    /// DISCONNECT from the client; `will` for v5 reason 0x04.
+    ClientDisconnect { will: bool },
+    /// The peer closed the socket.
+    Closed,
+    /// Socket error.
+    Io(std::io::Error),
+    /// Keepalive expired.
+    KeepAlive,
+    /// Protocol violation: the v5 DISCONNECT reason code and what happened.
+    Protocol(u8, String),
+    /// Another connection takes the session.
+    Takeover(oneshot::Sender<()>),
+    /// Kicked by an administrator.
+    Kick { end_session: bool },
+    /// Broker shutting down.
+    Shutdown,
+}
+
+/// Per-connection state.
+pub(crate) struct Connection<T: Transport> {
+    pub broker: Broker,
+    pub io: T,
+    pub wire: Wire,
+    pub rbuf: BytesMut,
+    pub wbuf: BytesMut,
+    pub session: Arc<Session>,
+    pub generation: u64,
+    pub control: mpsc::UnboundedReceiver<Control>,
+    /// 1.5 × keepalive, None when keepalive is 0.
+    pub keepalive: Option<Duration>,
+    pub ka_timer: Pin<Box<Sleep>>,
+    pub last_recv: Instant,
+    /// Inflight window towards the client.
+    pub window: usize,
+    pub alias_in: HashMap<u16, ByteString>,
+    pub alias_out: HashMap<ByteString, u16>,
+    pub alias_out_max: u16,
+    /// Session expiry in force (may change at DISCONNECT).
+    pub session_expiry: u32,
+    pub outgoing: Vec<Outgoing>,
+}
+
+impl<T: Transport> Connection<T> {
+    /// Runs until the connection ends, then detaches from the session.
+    pub async fn run(mut self) {
+        let exit = self.serve().await;
+        self.finish(exit).await;
+    }
+
+    async fn serve(&mut self) -> Exit {
+        loop {
+            if let Err(e) = self.flush().await {
+                return Exit::Io(e);
+            }
+            tokio::select! {
+                biased;
+                Some(c) = self.control.recv() => {
+                    return match c {
+                        Control::Takeover(ack) => Exit::Takeover(ack),
+                        Control::Kick { end_session } => Exit::Kick { end_session },
+                        Control::Shutdown => Exit::Shutdown,
+                    };
+                }
+                r = self.io.read(&mut self.rbuf) => match r {
+                    Ok(0) => return Exit::Closed,
+                    Ok(n) => {
+                        let c = &self.session.counters;
+                        Counters::add(&c.recv_oct, n as u64);
+                        Counters::add(&c.recv_cnt, 1);
+                        self.broker.metrics.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                        self.last_recv = Instant::now();
+                        if let Err(exit) = self.process() {
+                            return exit;
+                        }
+                    }
+                    Err(e) => return Exit::Io(e),
+                },
+                _ = self.session.notify.notified() => {}
+                _ = &mut self.ka_timer, if self.keepalive.is_some() => {
+                    let ka = self.keepalive.unwrap_or_default();
+                    if self.last_recv.elapsed() >= ka {
+                        self.broker.metrics.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
+                        return Exit::KeepAlive;
+                    }
+                    let next = self.last_recv + ka;
+                    self.ka_timer.as_mut().reset(next.into());
+                }
+            }
+            self.pump();
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let n = self.wbuf.len() as u64;
+        self.io.write(&self.wbuf).await?;
+        self.wbuf.clear();
+        let c = &self.session.counters;
+        Counters::add(&c.send_oct, n);
+        Counters::add(&c.send_cnt, 1);
+        self.broker
+            .metrics
+            .bytes_sent
+            .fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    fn process(&mut self) -> Result<(), Exit> {
+        loop {
+            match self.wire.decode(&mut self.rbuf) {
+                Ok(Some((pkt, _))) => {
+                    Counters::add(&self.session.counters.recv_pkt, 1);
+                    self.handle(pkt)?;
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let m = &self.broker.metrics;
+                    if matches!(e, DecodeError::MaxSizeExceeded { .. }) {
+                        m.packets_too_large.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        m.malformed_packets.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(Exit::Protocol(u8::from(e.to_reason_code()), e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn protocol_error(&self, code: u8, what: impl Into<String>) -> Exit {
+        self.broker
+            .metrics
+            .malformed_packets
+            .fetch_add(1, Ordering::Relaxed);
+        Exit::Protocol(code, what.into())
+    }
+
+    fn handle(&mut self, pkt: Incoming) -> Result<(), Exit> {
+        match pkt {
+            Incoming::Publish(p) => self.on_publish(*p)?,
+            Incoming::PubAck(pid) => {
+                self.session.state.lock().puback(pid);
+            }
+            Incoming::PubRec { pid, ok } => {
+                if ok {
+                    self.session.state.lock().pubrec(pid);
+                    self.wire.pubrel(pid, &mut self.wbuf);
+                } else {
+                    self.session.state.lock().pubrec_failed(pid);
+                }
+            }
+            Incoming::PubRel(pid) => {
+                let found = self.session.state.lock().awaiting_rel.remove(&pid);
+                self.wire.pubcomp(pid, found, &mut self.wbuf);
+            }
+            Incoming::PubComp(pid) => {
+                self.session.state.lock().pubcomp(pid);
+            }
+            Incoming::Subscribe { pid, filters, .. } => self.on_subscribe(pid, filters)?,
+            Incoming::Unsubscribe { pid, filters } => {
+                let codes: Vec<u8> = filters
+                    .iter()
+                    .map(|f| {
+                        if self.broker.unsubscribe(&self.session, f) {
+                            0x00
+                        } else {
+                            0x11
+                        }
+                    })
+                    .collect();
+                self.wire.unsuback(pid, &codes, &mut self.wbuf);
+            }
+            Incoming::PingReq => self.wire.pingresp(&mut self.wbuf),
+            Incoming::Disconnect {
+                reason,
+                session_expiry,
+            } => {
+                if let Some(e) = session_expiry {
+                    if self.session_expiry == 0 && e != 0 {
+                        return Err(
+                            self.protocol_error(0x82, "DISCONNECT raised a zero session expiry")
+                        );
+                    }
+                    self.session_expiry = e.min(self.broker.config.session.max_session_expiry_secs);
+                }
+                return Err(Exit::ClientDisconnect {
+                    will: reason == 0x04,
+                });
+            }
+            Incoming::Auth => {
+                return Err(self.protocol_error(0x82, "AUTH without an authentication method"))
+            }
+            Incoming::Unexpected(what) => {
+                return Err(self.protocol_error(0x82, format!("unexpected {what} from a client")))
+            }
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, mut p: Publish) -> Result<(), Exit> {
+        Counters::add(&self.session.counters.recv_msg, 1);
+        let cfg = &self.broker.config;
+        if self.wire.v5 {
+            if let Some(alias) = p.properties.as_mut().and_then(|pr| pr.topic_alias.take()) {
+                let a = alias.get();
+                if a > cfg.mqtt.topic_alias_maximum {
+                    return Err(
+                        self.protocol_error(0x94, format!("topic alias {a} over the maximum"))
+                    );
+                }
+                if p.topic.is_empty() {
+                    match self.alias_in.get(&a) {
+                        Some(t) => p.topic = t.clone(),
+                        None => {
+                            return Err(
+                                self.protocol_error(0x82, format!("unknown topic alias {a}"))
+                            )
+                        }
+                    }
+                } else {
+                    self.alias_in.insert(a, p.topic.clone());
+                }
+            }
+        }
+        if let Err(e) = topic::validate_name(&p.topic, cfg.mqtt.max_topic_levels) {
+            self.broker
+                .metrics
+                .invalid_topic
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Exit::Protocol(
+                0x90,
+                format!("invalid topic name {:?}: {e}", &*p.topic),
+            ));
+        }
+        if p.retain && !cfg.mqtt.retain_available {
+            return Err(self.protocol_error(0x9A, "retain is not supported"));
+        }
+        let pid = p.packet_id.map_or(0, NonZeroU16::get);
+        if p.qos == QoS::ExactlyOnce {
+            let st = self.session.state.lock();
+            if st.awaiting_rel.contains(&pid) {
+                drop(st);
+                // A DUP of a message already routed: acknowledge again, do not route twice.
+                self.wire.pubrec(pid, 0, &mut self.wbuf);
+                return Ok(());
+            }
+            if st.awaiting_rel.len() >= usize::from(cfg.mqtt.receive_maximum) && self.wire.v5 {
+                drop(st);
+                return Err(self.protocol_error(0x93, "receive maximum exceeded"));
+            }
+            if st.awaiting_rel.len() >= cfg.session.max_awaiting_rel {
+                drop(st);
+                self.wire.pubrec(pid, 0x97, &mut self.wbuf);
+                return Ok(());
+            }
+        }
+        let now = Instant::now();
+        let props = p.properties.take().and_then(strip_props);
+        let expires_at = props
+            .as_ref()
+            .and_then(|pr| pr.message_expiry_interval)
+            .map(|s| now + Duration::from_secs(u64::from(s.get())));
+        let msg = Message {
+            tenant: self.session.tenant.clone(),
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            props,
+            publisher: self.session.id,
+            received: now,
+            expires_at,
+        };
+        let matched = self.broker.publish(msg);
+        let reason = if matched == 0 { 0x10 } else { 0x00 };
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.wire.puback(pid, reason, &mut self.wbuf),
+            QoS::ExactlyOnce => {
+                self.session.state.lock().awaiting_rel.insert(pid);
+                self.wire.pubrec(pid, reason, &mut self.wbuf);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(
+        &mut self,
+        pid: u16,
+        filters: Vec<(ByteString, crate::session::SubOptions)>,
+    ) -> Result<(), Exit> {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut granted = Vec::with_capacity(filters.len());
+        for (f, opts) in filters {
+            if self.wire.v5 && opts.no_local && f.starts_with("$share/") {
+                return Err(self.protocol_error(0x82, "no-local on a shared subscription"));
+            }
+            match self.broker.subscribe(&self.session, &f, opts) {
+                Ok(new) => {
+                    codes.push(opts.qos.value());
+                    granted.push((f, opts, new));
+                }
+                Err(e) => {
+                    debug!(client_id = %self.session.client_id, filter = %&*f, error = %e, "subscription refused");
+                    codes.push(if self.wire.v5 { e.reason_code() } else { 0x80 });
+                }
+            }
+        }
+        self.wire.suback(pid, &codes, &mut self.wbuf);
+        for (f, opts, new) in granted {
+            self.broker.send_retained(&self.session, &f, opts, new);
+        }
+        Ok(())
+    }
+
+    /// Moves deliverable messages from the session queue into the write buffer.
+    pub fn pump(&mut self) {
+        let now = Instant::now();
+        let mut out = std::mem::take(&mut self.outgoing);
+        let expired_before;
+        {
+            let mut st = self.session.state.lock();
+            expired_before = st.expired;
+            st.take_outgoing(self.window, now, &mut out);
+            let n = st.expired - expired_before;
+            if n > 0 {
+                self.broker
+                    .metrics
+                    .dropped_expired
+                    .fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        for o in out.drain(..) {
+            match o {
+                Outgoing::Publish { pid, dup, delivery } => {
+                    self.write_publish(pid, dup, delivery, now)
+                }
+                Outgoing::PubRel(pid) => self.wire.pubrel(pid, &mut self.wbuf),
+            }
+        }
+        self.outgoing = out;
+    }
+
+    /// Encodes one delivery for this client (aliases, properties, limits).
+    pub fn write_publish(&mut self, pid: Option<u16>, dup: bool, d: Delivery, now: Instant) {
+        let m = &d.msg;
+        let mut topic = m.topic.clone();
+        let mut new_alias = false;
+        let properties = if self.wire.v5 {
+            let mut pr = m.props.as_deref().cloned().unwrap_or_default();
+            pr.subscription_ids = d.sub_ids;
+            pr.message_expiry_interval = m.remaining_expiry(now);
+            if self.alias_out_max > 0 {
+                if let Some(&a) = self.alias_out.get(&topic) {
+                    pr.topic_alias = NonZeroU16::new(a);
+                    topic = ByteString::new();
+                } else if self.alias_out.len() < usize::from(self.alias_out_max) {
+                    let a = self.alias_out.len() as u16 + 1;
+                    self.alias_out.insert(topic.clone(), a);
+                    pr.topic_alias = NonZeroU16::new(a);
+                    new_alias = true;
+                }
+            }
+            Some(pr)
+        } else {
+            None
+        };
+        let p = Publish {
+            dup,
+            retain: d.retain,
+            qos: d.qos,
+            topic,
+            packet_id: pid.and_then(NonZeroU16::new),
+            payload: m.payload.clone(),
+            properties,
+        };
+        match self.wire.publish(p, &mut self.wbuf) {
+            Ok(()) => {
+                Counters::add(&self.session.counters.send_msg, 1);
+                Counters::add(&self.session.counters.send_pkt, 1);
+                self.broker
+                    .metrics
+                    .messages_sent
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // MQTT 5 §3.1.2.25: a packet over the client's maximum is discarded.
+                if new_alias {
+                    self.alias_out.remove(&m.topic);
+                }
+                if let Some(pid) = pid {
+                    self.session.state.lock().forget(pid);
+                }
+                let reason = if matches!(e, EncodeError::OverMaxPacketSize { .. }) {
+                    "too_large"
+                } else {
+                    "encode_error"
+                };
+                self.broker.dropped(&self.session, m, reason);
+            }
+        }
+    }
+
+    async fn finish(mut self, exit: Exit) {
+        let (code, publish_will, reason): (Option<u8>, bool, String) = match &exit {
+            Exit::ClientDisconnect { will } => (None, *will, "normal".into()),
+            Exit::Closed => (None, true, "closed".into()),
+            Exit::Io(e) => (None, true, format!("io error: {e}")),
+            Exit::KeepAlive => (Some(0x8D), true, "keepalive timeout".into()),
+            Exit::Protocol(c, what) => (Some(*c), true, what.clone()),
+            Exit::Takeover(_) => (Some(0x8E), true, "taken over".into()),
+            Exit::Kick { .. } => (Some(0x98), true, "kicked".into()),
+            Exit::Shutdown => (Some(0x8B), false, "shutdown".into()),
+        };
+        debug!(client_id = %self.session.client_id, %reason, "connection closed");
+        if let Some(c) = code {
+            self.wire.disconnect(c, &mut self.wbuf);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = self.flush().await;
+            self.io.close().await;
+        })
+        .await;
+        self.broker.detach(
+            &self.session,
+            self.generation,
+            publish_will,
+            self.session_expiry,
+            reason,
+        );
+        match exit {
+            Exit::Takeover(ack) => {
+                let _ = ack.send(());
+            }
+            Exit::Kick { end_session: true } => self.broker.discard(&self.session, "kicked"),
+            _ => {}
+        }
+    }
+}
+
+/// Keeps what a subscriber should see; None when nothing is left (no allocation then).
+fn strip_props(mut pr: PublishProperties) -> Option<Box<PublishProperties>> {
+    pr.topic_alias = None;
+    pr.subscription_ids.clear();
+    let empty = pr.user_properties.is_empty()
+        && pr.correlation_data.is_none()
+        && pr.content_type.is_none()
+        && pr.response_topic.is_none()
+        && pr.message_expiry_interval.is_none()
+        && !pr.is_utf8_payload;
+    (!empty).then(|| Box::new(pr))
+}

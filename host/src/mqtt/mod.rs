@@ -1,0 +1,264 @@
+//! MQTT over every transport: listeners, the CONNECT phase, and the connection loop.
+
+mod connection;
+mod handshake;
+pub mod listener;
+pub mod transport;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU16;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::{v3, v5};
+use tracing::debug;
+
+use crate::broker::Broker;
+use crate::message::Message;
+use crate::metrics::transport_index;
+use crate::session::{ClientInfo, Transport as TransportKind, Will};
+use crate::topic;
+use connection::Connection;
+use handshake::{read_connect, ConnectReq, HandshakeError};
+use transport::Transport;
+use wire::Wire;
+
+/// Decrements the open-connections gauge when the connection task ends.
+struct OpenGuard<'a>(&'a std::sync::atomic::AtomicU64);
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted connection from CONNECT to close.
+pub async fn serve<T: Transport>(broker: Broker, mut io: T, peer: SocketAddr, kind: TransportKind) {
+    let idx = transport_index(kind);
+    broker.metrics.accepted[idx].fetch_add(1, Ordering::Relaxed);
+    broker.metrics.open[idx].fetch_add(1, Ordering::Relaxed);
+    let _open = OpenGuard(&broker.metrics.open[idx]);
+    let cfg = &broker.config;
+    let mut rbuf = BytesMut::with_capacity(8192);
+    let timeout = Duration::from_secs(cfg.listeners.connect_timeout_secs.max(1));
+    let (wire, req) = match read_connect(&mut io, &mut rbuf, cfg.mqtt.max_packet_size, timeout)
+        .await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            if matches!(e, HandshakeError::Malformed(_) | HandshakeError::NotConnect) {
+                broker
+                    .metrics
+                    .malformed_packets
+                    .fetch_add(1, Ordering::Relaxed);
+                if let HandshakeError::Malformed(rmqtt_codec::error::DecodeError::InvalidProtocol) =
+                    e
+                {
+                    // Unknown protocol level: 3.1.1 CONNACK 0x01, which every version parses.
+                    let _ = io.write(&[0x20, 0x02, 0x00, 0x01]).await;
+                }
+            }
+            debug!(%peer, error = %e, "connection closed during CONNECT");
+            io.close().await;
+            return;
+        }
+    };
+    if let Some(conn) = establish(broker.clone(), io, wire, req, rbuf, peer, kind).await {
+        conn.run().await;
+    }
+}
+
+/// A CONNECT refusal: v5 reason code, and the 3.1.1 return code for the same cause.
+struct Refusal(u8, v3::ConnectAckReason, &'static str);
+
+fn check(broker: &Broker, req: &ConnectReq) -> Result<(), Refusal> {
+    use v3::ConnectAckReason as R3;
+    if req.client_id.is_empty() && !req.clean_start && req.proto_ver < 5 {
+        return Err(Refusal(
+            0x85,
+            R3::IdentifierRejected,
+            "empty client id with clean session 0",
+        ));
+    }
+    if req.auth_method.is_some() {
+        return Err(Refusal(
+            0x8C,
+            R3::NotAuthorized,
+            "enhanced authentication is not supported",
+        ));
+    }
+    if !broker.config.allow_anonymous {
+        return Err(Refusal(
+            0x87,
+            R3::NotAuthorized,
+            "anonymous access is disabled",
+        ));
+    }
+    if let Some(w) = &req.will {
+        if topic::validate_name(&w.topic, broker.config.mqtt.max_topic_levels).is_err() {
+            return Err(Refusal(0x90, R3::NotAuthorized, "invalid will topic"));
+        }
+        if w.retain && !broker.config.mqtt.retain_available {
+            return Err(Refusal(0x9A, R3::NotAuthorized, "retain is not supported"));
+        }
+    }
+    Ok(())
+}
+
+async fn establish<T: Transport>(
+    broker: Broker,
+    mut io: T,
+    mut wire: Wire,
+    req: ConnectReq,
+    rbuf: BytesMut,
+    peer: SocketAddr,
+    kind: TransportKind,
+) -> Option<Connection<T>> {
+    let cfg = &broker.config;
+    let mut wbuf = BytesMut::with_capacity(8192);
+    if let Err(Refusal(c5, c3, why)) = check(&broker, &req) {
+        broker
+            .metrics
+            .connect_refused
+            .fetch_add(1, Ordering::Relaxed);
+        debug!(%peer, client_id = %&*req.client_id, reason = why, "CONNECT refused");
+        if wire.v5 {
+            let ack = v5::ConnectAck {
+                reason_code: v5::ConnectAckReason::try_from(c5)
+                    .unwrap_or(v5::ConnectAckReason::UnspecifiedError),
+                reason_string: Some(why.into()),
+                ..Default::default()
+            };
+            wire.connack_v5(ack, &mut wbuf);
+        } else {
+            wire.connack_v3(c3, false, &mut wbuf);
+        }
+        let _ = io.write(&wbuf).await;
+        io.close().await;
+        return None;
+    }
+
+    let assigned = req
+        .client_id
+        .is_empty()
+        .then(|| format!("apiary-{:016x}", rand::random::<u64>()));
+    let client_id: Arc<str> = assigned.as_deref().unwrap_or(&req.client_id).into();
+    let mut server_keepalive = None;
+    let mut keepalive = req.keepalive;
+    let max_ka = cfg.mqtt.max_keepalive_secs;
+    if max_ka > 0 && (keepalive == 0 || keepalive > max_ka) && req.proto_ver == 5 {
+        keepalive = max_ka;
+        server_keepalive = Some(max_ka);
+    }
+    let session_expiry = if req.proto_ver == 5 {
+        req.session_expiry.min(cfg.session.max_session_expiry_secs)
+    } else if req.clean_start {
+        0
+    } else {
+        cfg.session.v3_session_expiry_secs
+    };
+    let tenant: Arc<str> = Arc::from("default");
+    let username: Option<Arc<str>> = req.username.as_deref().map(Arc::from);
+    let window = usize::from(cfg.session.max_inflight.min(req.receive_max));
+    let info = ClientInfo {
+        username: username.clone(),
+        user_id: username,
+        proto_name: req.proto_name,
+        proto_ver: req.proto_ver,
+        transport: kind,
+        peer: Some(peer),
+        connected: false,
+        connected_at: None,
+        disconnected_at: None,
+        keepalive,
+        clean_start: req.clean_start,
+        expiry_interval: session_expiry,
+        inflight_max: window as u16,
+    };
+    let will = req.will.clone().map(|w| {
+        let mut msg = Message::new(tenant.clone(), w.topic, w.payload, w.qos, w.retain);
+        msg.props = w.props;
+        Will {
+            msg: msg.with_expiry(w.expiry),
+            delay_secs: w.delay_secs,
+        }
+    });
+    let attach = broker
+        .attach(tenant, client_id, req.clean_start, info, will)
+        .await;
+    if let Some(w) = attach.session.will.lock().as_mut() {
+        w.msg.publisher = attach.session.id;
+    }
+
+    if wire.v5 {
+        let ack = v5::ConnectAck {
+            session_present: attach.session_present,
+            session_expiry_interval_secs: (session_expiry != req.session_expiry)
+                .then_some(session_expiry),
+            receive_max: NonZeroU16::new(cfg.mqtt.receive_maximum).unwrap_or(NonZeroU16::MIN),
+            max_qos: QoS::ExactlyOnce,
+            max_packet_size: Some(cfg.mqtt.max_packet_size),
+            assigned_client_id: assigned.map(Into::into),
+            topic_alias_max: cfg.mqtt.topic_alias_maximum,
+            retain_available: cfg.mqtt.retain_available,
+            wildcard_subscription_available: cfg.mqtt.wildcard_subscription_available,
+            subscription_identifiers_available: true,
+            shared_subscription_available: cfg.mqtt.shared_subscription_available,
+            server_keepalive_sec: server_keepalive,
+            ..Default::default()
+        };
+        wire.connack_v5(ack, &mut wbuf);
+        if let Some(max) = req.max_packet_size {
+            wire.set_max_outbound(max);
+        }
+    } else {
+        wire.connack_v3(
+            v3::ConnectAckReason::ConnectionAccepted,
+            attach.session_present,
+            &mut wbuf,
+        );
+    }
+
+    let ka = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
+    let now = Instant::now();
+    let mut conn = Connection {
+        broker: broker.clone(),
+        io,
+        wire,
+        rbuf,
+        wbuf,
+        session: attach.session,
+        generation: attach.generation,
+        control: attach.control,
+        keepalive: ka,
+        ka_timer: Box::pin(tokio::time::sleep_until(
+            (now + ka.unwrap_or(Duration::from_secs(3600))).into(),
+        )),
+        last_recv: now,
+        window: window.max(1),
+        alias_in: HashMap::new(),
+        alias_out: HashMap::new(),
+        alias_out_max: req.topic_alias_max,
+        session_expiry,
+        outgoing: Vec::new(),
+    };
+    if attach.session_present {
+        let mut out = Vec::new();
+        conn.session.state.lock().resend_all(&mut out);
+        let now = Instant::now();
+        for o in out {
+            match o {
+                crate::session::Outgoing::Publish { pid, dup, delivery } => {
+                    conn.write_publish(pid, dup, delivery, now)
+                }
+                crate::session::Outgoing::PubRel(pid) => conn.wire.pubrel(pid, &mut conn.wbuf),
+            }
+        }
+    }
+    conn.pump();
+    Some(conn)
+}

@@ -1,0 +1,85 @@
+//! Byte transports under MQTT: a stream socket (TCP or TLS) or a WebSocket carrying MQTT
+//! in binary frames. The connection loop is generic over [`Transport`] so one code path
+//! serves all four listeners.
+
+use std::future::Future;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+/// What a connection needs from its transport. `read` must be cancel-safe: the
+/// connection awaits it inside `select!`.
+pub trait Transport: Send + 'static {
+    /// Appends received bytes to `buf`; Ok(0) means the peer closed.
+    fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+    /// Writes all of `buf` and flushes.
+    fn write(&mut self, buf: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Closes the write side gracefully.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// A plain byte stream (TCP, TLS).
+pub struct StreamTransport<S>(pub S);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for StreamTransport<S> {
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8192);
+        }
+        self.0.read_buf(buf).await
+    }
+
+    async fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf).await?;
+        self.0.flush().await
+    }
+
+    async fn close(&mut self) {
+        let _ = self.0.shutdown().await;
+    }
+}
+
+/// MQTT over WebSocket: binary frames, a packet may span frames and a frame may hold many.
+pub struct WsTransport<S>(pub WebSocketStream<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTransport<S> {
+    async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            match self.0.next().await {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Ok(WsMessage::Binary(b))) => {
+                    if b.is_empty() {
+                        continue;
+                    }
+                    buf.extend_from_slice(&b);
+                    return Ok(b.len());
+                }
+                Some(Ok(WsMessage::Close(_))) => return Ok(0),
+                Some(Ok(WsMessage::Text(_))) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "text frame on an MQTT WebSocket (MQTT requires binary frames)",
+                    ))
+                }
+                // Ping/pong are answered by tungstenite itself.
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    async fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0
+            .send(WsMessage::Binary(Bytes::copy_from_slice(buf)))
+            .await
+            .map_err(io::Error::other)
+    }
+
+    async fn close(&mut self) {
+        let _ = self.0.close(None).await;
+    }
+}

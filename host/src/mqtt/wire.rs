@@ -1,0 +1,391 @@
+//! Codec glue: one connection-facing vocabulary over rmqtt-codec's separate 3.1.1 and 5
+//! packet types, so the connection logic is written once. Reason codes are MQTT 5 values
+//! throughout and mapped down to 3.1.1 where the older protocol has a code at all.
+
+use std::num::{NonZeroU16, NonZeroU32};
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use rmqtt_codec::error::{DecodeError, EncodeError};
+use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::{v3, v5, MqttCodec, MqttPacket};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::session::SubOptions;
+
+/// A packet from a client after CONNECT, in version-neutral form.
+#[derive(Debug)]
+pub enum Incoming {
+    /// PUBLISH.
+    Publish(Box<Publish>),
+    /// PUBACK.
+    PubAck(u16),
+    /// PUBREC; `ok` is false for a v5 error reason code.
+    PubRec {
+        /// Packet id.
+        pid: u16,
+        /// Reason code < 0x80.
+        ok: bool,
+    },
+    /// PUBREL.
+    PubRel(u16),
+    /// PUBCOMP.
+    PubComp(u16),
+    /// SUBSCRIBE.
+    Subscribe {
+        /// Packet id.
+        pid: u16,
+        /// Subscription identifier (v5).
+        id: Option<NonZeroU32>,
+        /// Filters with options.
+        filters: Vec<(ByteString, SubOptions)>,
+    },
+    /// UNSUBSCRIBE.
+    Unsubscribe {
+        /// Packet id.
+        pid: u16,
+        /// Filters.
+        filters: Vec<ByteString>,
+    },
+    /// PINGREQ.
+    PingReq,
+    /// DISCONNECT with its v5 reason code and session expiry (0 / None for 3.1.1).
+    Disconnect {
+        /// Reason code.
+        reason: u8,
+        /// New session expiry interval.
+        session_expiry: Option<u32>,
+    },
+    /// AUTH (v5).
+    Auth,
+    /// A packet a client must not send now (a second CONNECT, or a server-only packet).
+    Unexpected(&'static str),
+}
+
+/// Encoder/decoder state of one connection after CONNECT.
+#[derive(Debug)]
+pub struct Wire {
+    codec: MqttCodec,
+    /// Whether the connection speaks MQTT 5.
+    pub v5: bool,
+}
+
+fn pid(p: NonZeroU16) -> u16 {
+    p.get()
+}
+
+fn nz(p: u16) -> NonZeroU16 {
+    NonZeroU16::new(p).unwrap_or(NonZeroU16::MIN)
+}
+
+impl Wire {
+    /// Wraps a version-specific codec.
+    pub fn new(codec: MqttCodec) -> Self {
+        let v5 = matches!(codec, MqttCodec::V5(_));
+        Self { codec, v5 }
+    }
+
+    /// Applies the client's maximum packet size to what we send (v5).
+    pub fn set_max_outbound(&mut self, size: u32) {
+        if let MqttCodec::V5(c) = &mut self.codec {
+            c.set_max_outbound_size(size);
+        }
+    }
+
+    /// Decodes the next packet; the u32 is its remaining length.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<(Incoming, u32)>, DecodeError> {
+        let Some((pkt, len)) = self.codec.decode(buf)? else {
+            return Ok(None);
+        };
+        let inc = match pkt {
+            MqttPacket::V3(p) => from_v3(p),
+            MqttPacket::V5(p) => from_v5(p),
+            MqttPacket::Version(_) => Incoming::Unexpected("CONNECT"),
+        };
+        Ok(Some((inc, len)))
+    }
+
+    fn put(
+        &mut self,
+        v3p: impl FnOnce() -> Option<v3::Packet>,
+        v5p: impl FnOnce() -> v5::Packet,
+        out: &mut BytesMut,
+    ) {
+        let r = if self.v5 {
+            self.codec.encode(MqttPacket::V5(v5p()), out)
+        } else {
+            match v3p() {
+                Some(p) => self.codec.encode(MqttPacket::V3(p), out),
+                None => Ok(()),
+            }
+        };
+        if let Err(e) = r {
+            // Control packets built here always encode; a failure is a bug worth a log line.
+            tracing::error!(error = %e, "failed to encode a control packet");
+        }
+    }
+
+    /// PUBACK with a v5 reason code.
+    pub fn puback(&mut self, p: u16, reason: u8, out: &mut BytesMut) {
+        self.put(
+            || Some(v3::Packet::PublishAck { packet_id: nz(p) }),
+            || v5::Packet::PublishAck(ack(p, reason)),
+            out,
+        );
+    }
+
+    /// PUBREC with a v5 reason code.
+    pub fn pubrec(&mut self, p: u16, reason: u8, out: &mut BytesMut) {
+        self.put(
+            || Some(v3::Packet::PublishReceived { packet_id: nz(p) }),
+            || v5::Packet::PublishReceived(ack(p, reason)),
+            out,
+        );
+    }
+
+    /// PUBREL.
+    pub fn pubrel(&mut self, p: u16, out: &mut BytesMut) {
+        self.put(
+            || Some(v3::Packet::PublishRelease { packet_id: nz(p) }),
+            || v5::Packet::PublishRelease(ack2(p, true)),
+            out,
+        );
+    }
+
+    /// PUBCOMP; `found` false gives v5 0x92 Packet Identifier Not Found.
+    pub fn pubcomp(&mut self, p: u16, found: bool, out: &mut BytesMut) {
+        self.put(
+            || Some(v3::Packet::PublishComplete { packet_id: nz(p) }),
+            || v5::Packet::PublishComplete(ack2(p, found)),
+            out,
+        );
+    }
+
+    /// SUBACK with one v5 reason code per filter (granted QoS or >= 0x80).
+    pub fn suback(&mut self, p: u16, codes: &[u8], out: &mut BytesMut) {
+        self.put(
+            || {
+                Some(v3::Packet::SubscribeAck {
+                    packet_id: nz(p),
+                    status: codes
+                        .iter()
+                        .map(|&c| match QoS::try_from(c) {
+                            Ok(q) => v3::SubscribeReturnCode::Success(q),
+                            Err(_) => v3::SubscribeReturnCode::Failure,
+                        })
+                        .collect(),
+                })
+            },
+            || {
+                v5::Packet::SubscribeAck(v5::SubscribeAck {
+                    packet_id: nz(p),
+                    properties: Vec::new(),
+                    reason_string: None,
+                    status: codes
+                        .iter()
+                        .map(|&c| {
+                            v5::SubscribeAckReason::try_from(c)
+                                .unwrap_or(v5::SubscribeAckReason::UnspecifiedError)
+                        })
+                        .collect(),
+                })
+            },
+            out,
+        );
+    }
+
+    /// UNSUBACK with one v5 reason code per filter.
+    pub fn unsuback(&mut self, p: u16, codes: &[u8], out: &mut BytesMut) {
+        self.put(
+            || Some(v3::Packet::UnsubscribeAck { packet_id: nz(p) }),
+            || {
+                v5::Packet::UnsubscribeAck(v5::UnsubscribeAck {
+                    packet_id: nz(p),
+                    properties: Vec::new(),
+                    reason_string: None,
+                    status: codes
+                        .iter()
+                        .map(|&c| {
+                            v5::UnsubscribeAckReason::try_from(c)
+                                .unwrap_or(v5::UnsubscribeAckReason::UnspecifiedError)
+                        })
+                        .collect(),
+                })
+            },
+            out,
+        );
+    }
+
+    /// PINGRESP.
+    pub fn pingresp(&mut self, out: &mut BytesMut) {
+        self.put(
+            || Some(v3::Packet::PingResponse),
+            || v5::Packet::PingResponse,
+            out,
+        );
+    }
+
+    /// DISCONNECT from the server (v5 only; 3.1.1 just closes).
+    pub fn disconnect(&mut self, reason: u8, out: &mut BytesMut) {
+        self.put(
+            || None,
+            || {
+                v5::Packet::Disconnect(v5::Disconnect {
+                    reason_code: v5::DisconnectReasonCode::try_from(reason)
+                        .unwrap_or(v5::DisconnectReasonCode::UnspecifiedError),
+                    session_expiry_interval_secs: None,
+                    server_reference: None,
+                    reason_string: None,
+                    user_properties: Vec::new(),
+                })
+            },
+            out,
+        );
+    }
+
+    /// A PUBLISH (properties must be None for 3.1.1).
+    pub fn publish(&mut self, p: Publish, out: &mut BytesMut) -> Result<(), EncodeError> {
+        if self.v5 {
+            self.codec
+                .encode(MqttPacket::V5(v5::Packet::Publish(Box::new(p))), out)
+        } else {
+            self.codec
+                .encode(MqttPacket::V3(v3::Packet::Publish(Box::new(p))), out)
+        }
+    }
+
+    /// A v5 CONNACK.
+    pub fn connack_v5(&mut self, ack: v5::ConnectAck, out: &mut BytesMut) {
+        self.put(|| None, || v5::Packet::ConnectAck(Box::new(ack)), out);
+    }
+
+    /// A 3.1.1 CONNACK.
+    pub fn connack_v3(
+        &mut self,
+        code: v3::ConnectAckReason,
+        session_present: bool,
+        out: &mut BytesMut,
+    ) {
+        let p = v3::Packet::ConnectAck(v3::ConnectAck {
+            return_code: code,
+            session_present,
+        });
+        if let Err(e) = self.codec.encode(MqttPacket::V3(p), out) {
+            tracing::error!(error = %e, "failed to encode CONNACK");
+        }
+    }
+}
+
+fn ack(p: u16, reason: u8) -> v5::PublishAck {
+    v5::PublishAck {
+        packet_id: nz(p),
+        reason_code: v5::PublishAckReason::try_from(reason)
+            .unwrap_or(v5::PublishAckReason::UnspecifiedError),
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+fn ack2(p: u16, found: bool) -> v5::PublishAck2 {
+    v5::PublishAck2 {
+        packet_id: nz(p),
+        reason_code: if found {
+            v5::PublishAck2Reason::Success
+        } else {
+            v5::PublishAck2Reason::PacketIdNotFound
+        },
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+fn from_v3(p: v3::Packet) -> Incoming {
+    use v3::Packet as P;
+    match p {
+        P::Publish(p) => Incoming::Publish(p),
+        P::PublishAck { packet_id } => Incoming::PubAck(pid(packet_id)),
+        P::PublishReceived { packet_id } => Incoming::PubRec {
+            pid: pid(packet_id),
+            ok: true,
+        },
+        P::PublishRelease { packet_id } => Incoming::PubRel(pid(packet_id)),
+        P::PublishComplete { packet_id } => Incoming::PubComp(pid(packet_id)),
+        P::Subscribe {
+            packet_id,
+            topic_filters,
+        } => Incoming::Subscribe {
+            pid: pid(packet_id),
+            id: None,
+            filters: topic_filters
+                .into_iter()
+                .map(|(f, q)| (f, SubOptions::qos(q)))
+                .collect(),
+        },
+        P::Unsubscribe {
+            packet_id,
+            topic_filters,
+        } => Incoming::Unsubscribe {
+            pid: pid(packet_id),
+            filters: topic_filters,
+        },
+        P::PingRequest => Incoming::PingReq,
+        P::Disconnect => Incoming::Disconnect {
+            reason: 0,
+            session_expiry: None,
+        },
+        P::Connect(_) => Incoming::Unexpected("CONNECT"),
+        P::ConnectAck(_) => Incoming::Unexpected("CONNACK"),
+        P::SubscribeAck { .. } => Incoming::Unexpected("SUBACK"),
+        P::UnsubscribeAck { .. } => Incoming::Unexpected("UNSUBACK"),
+        P::PingResponse => Incoming::Unexpected("PINGRESP"),
+    }
+}
+
+fn from_v5(p: v5::Packet) -> Incoming {
+    use v5::Packet as P;
+    match p {
+        P::Publish(p) => Incoming::Publish(p),
+        P::PublishAck(a) => Incoming::PubAck(pid(a.packet_id)),
+        P::PublishReceived(a) => Incoming::PubRec {
+            pid: pid(a.packet_id),
+            ok: u8::from(a.reason_code) < 0x80,
+        },
+        P::PublishRelease(a) => Incoming::PubRel(pid(a.packet_id)),
+        P::PublishComplete(a) => Incoming::PubComp(pid(a.packet_id)),
+        P::Subscribe(s) => Incoming::Subscribe {
+            pid: pid(s.packet_id),
+            id: s.id,
+            filters: s
+                .topic_filters
+                .into_iter()
+                .map(|(f, o)| {
+                    (
+                        f,
+                        SubOptions {
+                            qos: o.qos,
+                            no_local: o.no_local,
+                            retain_as_published: o.retain_as_published,
+                            retain_handling: u8::from(o.retain_handling),
+                            sub_id: s.id,
+                        },
+                    )
+                })
+                .collect(),
+        },
+        P::Unsubscribe(u) => Incoming::Unsubscribe {
+            pid: pid(u.packet_id),
+            filters: u.topic_filters,
+        },
+        P::PingRequest => Incoming::PingReq,
+        P::Disconnect(d) => Incoming::Disconnect {
+            reason: u8::from(d.reason_code),
+            session_expiry: d.session_expiry_interval_secs,
+        },
+        P::Auth(_) => Incoming::Auth,
+        P::Connect(_) => Incoming::Unexpected("CONNECT"),
+        P::ConnectAck(_) => Incoming::Unexpected("CONNACK"),
+        P::SubscribeAck(_) => Incoming::Unexpected("SUBACK"),
+        P::UnsubscribeAck(_) => Incoming::Unexpected("UNSUBACK"),
+        P::PingResponse => Incoming::Unexpected("PINGRESP"),
+    }
+}

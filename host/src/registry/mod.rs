@@ -1,0 +1,263 @@
+//! The session registry: the one place that knows every session of every protocol and
+//! tenant, online or offline, with what the EMQX clients API shows about it. Admin API
+//! plugins query it and act through it; connections register and update it.
+
+mod ops;
+mod query;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::RwLock;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+pub use ops::{KickTarget, OpError};
+pub use query::{Page, Query, SessionSnapshot, SubscriptionSnapshot};
+
+use crate::message::Message;
+use crate::session::Session;
+
+/// Something that happened to a session, for plugins consuming the event stream.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A client connected (CONNACK sent).
+    Connected {
+        /// Tenant.
+        tenant: Arc<str>,
+        /// Client id.
+        client_id: Arc<str>,
+        /// Username, if any.
+        username: Option<Arc<str>>,
+        /// Peer address.
+        peer: Option<String>,
+        /// Protocol version.
+        proto_ver: u8,
+    },
+    /// A client's connection ended.
+    Disconnected {
+        /// Tenant.
+        tenant: Arc<str>,
+        /// Client id.
+        client_id: Arc<str>,
+        /// Why.
+        reason: String,
+    },
+    /// A subscription was added.
+    Subscribed {
+        /// Tenant.
+        tenant: Arc<str>,
+        /// Client id.
+        client_id: Arc<str>,
+        /// Filter.
+        filter: String,
+        /// Granted QoS.
+        qos: u8,
+    },
+    /// A subscription was removed.
+    Unsubscribed {
+        /// Tenant.
+        tenant: Arc<str>,
+        /// Client id.
+        client_id: Arc<str>,
+        /// Filter.
+        filter: String,
+    },
+    /// A message was published (only emitted while someone listens for messages).
+    MessagePublished {
+        /// Tenant.
+        tenant: Arc<str>,
+        /// Topic.
+        topic: String,
+        /// QoS.
+        qos: u8,
+        /// Retain flag.
+        retain: bool,
+        /// Payload size.
+        size: usize,
+    },
+    /// A message was dropped for a session.
+    MessageDropped {
+        /// Tenant.
+        tenant: Arc<str>,
+        /// Client id.
+        client_id: Arc<str>,
+        /// Topic.
+        topic: String,
+        /// Why: queue_full, qos0_offline, expired, too_large.
+        reason: &'static str,
+    },
+    /// A session ended (clean, expired, kicked, or taken over with clean start).
+    SessionEnded {
+        /// Tenant.
+        tenant: Arc<str>,
+        /// Client id.
+        client_id: Arc<str>,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+type TenantMap = BTreeMap<Arc<str>, BTreeMap<Arc<str>, Arc<Session>>>;
+
+/// Every session, by tenant then client id (ordered, so paging is stable).
+#[derive(Debug)]
+pub struct Registry {
+    sessions: RwLock<TenantMap>,
+    count: AtomicUsize,
+    events: broadcast::Sender<Event>,
+    message_listeners: Arc<AtomicUsize>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        let (events, _) = broadcast::channel(4096);
+        Self {
+            sessions: RwLock::new(BTreeMap::new()),
+            count: AtomicUsize::new(0),
+            events,
+            message_listeners: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// A subscription to registry events; while alive with `with_messages`, publishes are
+/// reported too (they are not otherwise, to keep the hot path free of it).
+pub struct EventStream {
+    /// The receiver.
+    pub rx: broadcast::Receiver<Event>,
+    message_listeners: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        if let Some(n) = self.message_listeners.take() {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Registry {
+    /// Looks up a session.
+    pub fn get(&self, tenant: &str, client_id: &str) -> Option<Arc<Session>> {
+        self.sessions.read().get(tenant)?.get(client_id).cloned()
+    }
+
+    /// Inserts a session, returning the one it replaced.
+    pub fn insert(&self, s: Arc<Session>) -> Option<Arc<Session>> {
+        let mut map = self.sessions.write();
+        let old = map
+            .entry(s.tenant.clone())
+            .or_default()
+            .insert(s.client_id.clone(), s);
+        if old.is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        old
+    }
+
+    /// Removes `s` if it is still the registered session for its client id.
+    pub fn remove(&self, s: &Session) -> bool {
+        let mut map = self.sessions.write();
+        let Some(t) = map.get_mut(&s.tenant) else {
+            return false;
+        };
+        if t.get(&s.client_id).is_some_and(|cur| cur.id == s.id) {
+            t.remove(&s.client_id);
+            if t.is_empty() {
+                map.remove(&s.tenant);
+            }
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Whether the registry is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sessions with a connection attached.
+    pub fn online_sessions(&self) -> Vec<Arc<Session>> {
+        self.sessions
+            .read()
+            .values()
+            .flat_map(|t| t.values())
+            .filter(|s| s.is_online())
+            .cloned()
+            .collect()
+    }
+
+    /// Number of connected sessions.
+    pub fn connected_count(&self) -> usize {
+        self.sessions
+            .read()
+            .values()
+            .flat_map(|t| t.values())
+            .filter(|s| s.info.read().connected)
+            .count()
+    }
+
+    /// Tenants that have sessions.
+    pub fn tenants(&self) -> Vec<Arc<str>> {
+        self.sessions.read().keys().cloned().collect()
+    }
+
+    /// Sessions of a tenant (all tenants if None), in client-id order.
+    pub(crate) fn sessions_of(&self, tenant: Option<&str>) -> Vec<Arc<Session>> {
+        let map = self.sessions.read();
+        match tenant {
+            Some(t) => map
+                .get(t)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default(),
+            None => map.values().flat_map(|m| m.values().cloned()).collect(),
+        }
+    }
+
+    /// Subscribes to events; `with_messages` also receives every MessagePublished.
+    pub fn subscribe_events(&self, with_messages: bool) -> EventStream {
+        let message_listeners = with_messages.then(|| {
+            self.message_listeners.fetch_add(1, Ordering::Relaxed);
+            self.message_listeners.clone()
+        });
+        EventStream {
+            rx: self.events.subscribe(),
+            message_listeners,
+        }
+    }
+
+    /// Emits an event (dropped if nobody listens).
+    pub fn emit(&self, e: Event) {
+        let _ = self.events.send(e);
+    }
+
+    /// Emits MessagePublished only while a listener asked for messages (hot path).
+    pub fn emit_message(&self, m: &Message) {
+        if self.message_listeners.load(Ordering::Relaxed) > 0 {
+            self.emit(Event::MessagePublished {
+                tenant: m.tenant.clone(),
+                topic: m.topic.to_string(),
+                qos: m.qos.value(),
+                retain: m.retain,
+                size: m.payload.len(),
+            });
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for snapshots.
+pub(crate) fn epoch_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

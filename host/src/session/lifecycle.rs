@@ -1,0 +1,200 @@
+//! Session lifecycle: attach a connection (new session, resume, or take over), detach it
+//! (will, expiry), and discard a session. Timers compare the session's epoch so a client
+//! that came back in the meantime is never expired or has its will sent by a stale timer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::{ClientInfo, ConnHandle, Control, Session, Will};
+use crate::broker::Broker;
+use crate::registry::Event;
+
+/// The result of attaching a connection to a session.
+pub struct Attach {
+    /// The session now attached.
+    pub session: Arc<Session>,
+    /// Whether an existing session was resumed (CONNACK session present).
+    pub session_present: bool,
+    /// Generation of this connection.
+    pub generation: u64,
+    /// Control commands for this connection.
+    pub control: mpsc::UnboundedReceiver<Control>,
+}
+
+impl Broker {
+    /// Attaches a new connection for `client_id` in `tenant`: takes over any connection
+    /// already attached, then resumes the session (clean start = false) or replaces it.
+    pub async fn attach(
+        &self,
+        tenant: Arc<str>,
+        client_id: Arc<str>,
+        clean_start: bool,
+        info: ClientInfo,
+        will: Option<Will>,
+    ) -> Attach {
+        if let Some(old) = self.registry.get(&tenant, &client_id) {
+            self.take_over(&old).await;
+        }
+        // Looked up again: the connection that let go may have ended the session.
+        let existing = self.registry.get(&tenant, &client_id);
+        let (session, session_present) = match existing {
+            Some(old) if !clean_start => {
+                *old.info.write() = info;
+                (old, true)
+            }
+            other => {
+                if let Some(old) = other {
+                    self.discard(&old, "clean_start");
+                }
+                let s = Arc::new(Session::new(self.next_id(), tenant, client_id, info));
+                if let Some(prev) = self.registry.insert(s.clone()) {
+                    // A concurrent CONNECT raced us: the last one wins, the other is discarded.
+                    self.discard_unregistered(&prev, "taken_over");
+                }
+                (s, false)
+            }
+        };
+        session.epoch.fetch_add(1, Ordering::AcqRel);
+        *session.will.lock() = will;
+        let (tx, control) = mpsc::unbounded_channel();
+        let generation = self.next_id();
+        *session.conn.lock() = Some(ConnHandle { generation, tx });
+        {
+            let mut i = session.info.write();
+            i.connected = true;
+            i.connected_at = Some(SystemTime::now());
+        }
+        let info = session.info.read().clone();
+        self.registry.emit(Event::Connected {
+            tenant: session.tenant.clone(),
+            client_id: session.client_id.clone(),
+            username: info.username.clone(),
+            peer: info.peer.map(|p| p.to_string()),
+            proto_ver: info.proto_ver,
+        });
+        Attach {
+            session,
+            session_present,
+            generation,
+            control,
+        }
+    }
+
+    /// Asks the connection attached to `s` to let go, and waits (bounded) until it has.
+    async fn take_over(&self, s: &Arc<Session>) {
+        let (tx, rx) = oneshot::channel();
+        if s.control(Control::Takeover(tx))
+            && tokio::time::timeout(Duration::from_secs(5), rx)
+                .await
+                .is_err()
+        {
+            warn!(client_id = %s.client_id, "previous connection did not release the session in 5 s");
+        }
+    }
+
+    /// Detaches connection `generation` from `s`. `publish_will` says whether the
+    /// connection ended without a normal DISCONNECT. `expiry` is the session expiry in
+    /// force (0 = the session ends now, u32::MAX = never).
+    pub fn detach(
+        &self,
+        s: &Arc<Session>,
+        generation: u64,
+        publish_will: bool,
+        expiry: u32,
+        reason: String,
+    ) {
+        {
+            let mut conn = s.conn.lock();
+            if conn.as_ref().is_some_and(|c| c.generation == generation) {
+                *conn = None;
+            } else {
+                return; // Taken over: the new connection owns the session now.
+            }
+        }
+        {
+            let mut i = s.info.write();
+            i.connected = false;
+            i.disconnected_at = Some(SystemTime::now());
+            i.expiry_interval = expiry;
+        }
+        self.registry.emit(Event::Disconnected {
+            tenant: s.tenant.clone(),
+            client_id: s.client_id.clone(),
+            reason,
+        });
+        let epoch = s.epoch.load(Ordering::Acquire);
+        let will = s.will.lock().take();
+        if let Some(w) = will.filter(|_| publish_will) {
+            if w.delay_secs > 0 && expiry > 0 {
+                *s.will.lock() = Some(w.clone());
+                let b = self.clone();
+                let s2 = s.clone();
+                let delay = w.delay_secs.min(expiry);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                    if s2.epoch.load(Ordering::Acquire) == epoch {
+                        b.publish_pending_will(&s2);
+                    }
+                });
+            } else {
+                self.publish_will(w);
+            }
+        }
+        if expiry == 0 {
+            self.discard(s, "expired");
+        } else if expiry != u32::MAX {
+            let b = self.clone();
+            let s2 = s.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                if s2.epoch.load(Ordering::Acquire) == epoch && !s2.is_online() {
+                    debug!(client_id = %s2.client_id, "session expired");
+                    b.metrics.sessions_expired.fetch_add(1, Ordering::Relaxed);
+                    b.discard(&s2, "expired");
+                }
+            });
+        }
+    }
+
+    fn publish_will(&self, w: Will) {
+        self.metrics.wills_published.fetch_add(1, Ordering::Relaxed);
+        self.publish(w.msg);
+    }
+
+    /// Publishes a will still waiting for its delay, if any.
+    pub fn publish_pending_will(&self, s: &Session) {
+        if s.is_online() {
+            return;
+        }
+        let will = s.will.lock().take();
+        if let Some(w) = will {
+            self.publish_will(w);
+        }
+    }
+
+    /// Ends a session: removes it from the registry and the router, drops its queue,
+    /// publishes a will still waiting for its delay.
+    pub fn discard(&self, s: &Arc<Session>, reason: &'static str) {
+        if self.registry.remove(s) {
+            self.discard_unregistered(s, reason);
+        }
+    }
+
+    fn discard_unregistered(&self, s: &Arc<Session>, reason: &'static str) {
+        let filters: Vec<String> = s.state.lock().subscriptions.keys().cloned().collect();
+        for f in filters {
+            self.unsubscribe(s, &f);
+        }
+        s.state.lock().clear_messages();
+        self.publish_pending_will(s);
+        self.registry.emit(Event::SessionEnded {
+            tenant: s.tenant.clone(),
+            client_id: s.client_id.clone(),
+            reason,
+        });
+    }
+}

@@ -1,0 +1,413 @@
+//! The lock-protected part of a session: subscriptions, the delivery queue, the outgoing
+//! inflight window with packet ids, and the incoming QoS 2 state. Pure data and logic,
+//! no I/O, so the flows are unit-tested here.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::time::Instant;
+
+use rmqtt_codec::types::QoS;
+
+use crate::config::{QueueFullPolicy, SessionConfig};
+use crate::message::Delivery;
+
+/// Options of one subscription (MQTT 5 semantics; 3.1.1 uses the defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubOptions {
+    /// Granted QoS.
+    pub qos: QoS,
+    /// Do not deliver the session's own publishes.
+    pub no_local: bool,
+    /// Keep the retain flag of routed messages.
+    pub retain_as_published: bool,
+    /// 0 = send retained at subscribe, 1 = only for a new subscription, 2 = never.
+    pub retain_handling: u8,
+    /// Subscription identifier.
+    pub sub_id: Option<NonZeroU32>,
+}
+
+impl SubOptions {
+    /// Plain options with a QoS, as 3.1.1 subscribes.
+    pub fn qos(qos: QoS) -> Self {
+        Self {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+            sub_id: None,
+        }
+    }
+}
+
+/// Where an outgoing QoS 1/2 message is in its flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1 sent, waiting for PUBACK.
+    AwaitAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    AwaitRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitComp,
+}
+
+/// An unacknowledged outgoing message.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// Packet id.
+    pub pid: u16,
+    /// Flow state.
+    pub state: InflightState,
+    /// The delivery (kept for redelivery).
+    pub delivery: Delivery,
+}
+
+/// What the connection should write next.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A PUBLISH (pid is None for QoS 0).
+    Publish {
+        /// Packet id.
+        pid: Option<u16>,
+        /// Redelivery.
+        dup: bool,
+        /// The delivery.
+        delivery: Delivery,
+    },
+    /// A PUBREL to resend after reconnect.
+    PubRel(u16),
+}
+
+/// Result of offering a delivery to the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EnqueueOutcome {
+    /// Queued.
+    Queued,
+    /// Queued, and the oldest message was dropped to make room.
+    QueuedDroppedOldest,
+    /// Refused: queue full.
+    Dropped,
+}
+
+/// Mutable session state, guarded by the session's mutex.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// Subscriptions by raw filter (including `$share/group/`).
+    pub subscriptions: HashMap<String, SubOptions>,
+    /// Deliveries waiting for the connection or for room in the inflight window.
+    pub queue: VecDeque<Delivery>,
+    /// Payload bytes in `queue`.
+    pub queue_bytes: usize,
+    /// Outgoing unacknowledged messages in send order.
+    pub inflight: VecDeque<Inflight>,
+    /// Incoming QoS 2 packet ids awaiting PUBREL.
+    pub awaiting_rel: HashSet<u16>,
+    /// Last packet id handed out.
+    last_pid: u16,
+    /// Messages dropped from this session's queue (EMQX's mqueue_dropped).
+    pub dropped: u64,
+    /// Messages dropped because they expired before delivery.
+    pub expired: u64,
+}
+
+impl SessionState {
+    /// Offers a delivery to the queue, applying the limits.
+    pub fn enqueue(&mut self, d: Delivery, cfg: &SessionConfig) -> EnqueueOutcome {
+        let len = d.msg.payload.len();
+        let full = |s: &Self| {
+            s.queue.len() >= cfg.max_queued_messages
+                || (cfg.max_queued_bytes > 0 && s.queue_bytes + len > cfg.max_queued_bytes)
+        };
+        if !full(self) {
+            self.push(d);
+            return EnqueueOutcome::Queued;
+        }
+        if cfg.queue_full == QueueFullPolicy::DropNewest || cfg.max_queued_messages == 0 {
+            self.dropped += 1;
+            return EnqueueOutcome::Dropped;
+        }
+        while full(self) {
+            match self.queue.pop_front() {
+                Some(old) => {
+                    self.queue_bytes -= old.msg.payload.len();
+                    self.dropped += 1;
+                }
+                None => {
+                    // A single message larger than the byte limit.
+                    self.dropped += 1;
+                    return EnqueueOutcome::Dropped;
+                }
+            }
+        }
+        self.push(d);
+        EnqueueOutcome::QueuedDroppedOldest
+    }
+
+    fn push(&mut self, d: Delivery) {
+        self.queue_bytes += d.msg.payload.len();
+        self.queue.push_back(d);
+    }
+
+    /// Moves queued deliveries to `out` while the inflight window (`window`) has room,
+    /// assigning packet ids. Expired messages are dropped and counted. Order is kept:
+    /// a QoS 0 message behind a blocked QoS 1 one waits too.
+    pub fn take_outgoing(&mut self, window: usize, now: Instant, out: &mut Vec<Outgoing>) {
+        while let Some(front) = self.queue.front() {
+            if front.msg.expired(now) {
+                let d = self.queue.pop_front().expect("front exists");
+                self.queue_bytes -= d.msg.payload.len();
+                self.expired += 1;
+                continue;
+            }
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
+                break;
+            }
+            let d = self.queue.pop_front().expect("front exists");
+            self.queue_bytes -= d.msg.payload.len();
+            if d.qos == QoS::AtMostOnce {
+                out.push(Outgoing::Publish {
+                    pid: None,
+                    dup: false,
+                    delivery: d,
+                });
+                continue;
+            }
+            let Some(pid) = self.next_pid() else {
+                // Every id is in use: put it back and wait for acks.
+                self.queue_bytes += d.msg.payload.len();
+                self.queue.push_front(d);
+                break;
+            };
+            let state = if d.qos == QoS::AtLeastOnce {
+                InflightState::AwaitAck
+            } else {
+                InflightState::AwaitRec
+            };
+            self.inflight.push_back(Inflight {
+                pid,
+                state,
+                delivery: d.clone(),
+            });
+            out.push(Outgoing::Publish {
+                pid: Some(pid),
+                dup: false,
+                delivery: d,
+            });
+        }
+    }
+
+    /// Everything unacknowledged, to resend after a reconnect (PUBLISH with DUP, or PUBREL).
+    pub fn resend_all(&self, out: &mut Vec<Outgoing>) {
+        for i in &self.inflight {
+            out.push(match i.state {
+                InflightState::AwaitComp => Outgoing::PubRel(i.pid),
+                _ => Outgoing::Publish {
+                    pid: Some(i.pid),
+                    dup: true,
+                    delivery: i.delivery.clone(),
+                },
+            });
+        }
+    }
+
+    fn next_pid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.last_pid = self.last_pid.wrapping_add(1).max(1);
+            let pid = self.last_pid;
+            if !self.inflight.iter().any(|i| i.pid == pid) {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    fn position(&self, pid: u16, state: InflightState) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|i| i.pid == pid && i.state == state)
+    }
+
+    /// PUBACK received; true if it matched an inflight QoS 1 message.
+    pub fn puback(&mut self, pid: u16) -> bool {
+        self.position(pid, InflightState::AwaitAck)
+            .and_then(|p| self.inflight.remove(p))
+            .is_some()
+    }
+
+    /// PUBREC received; true if it matched (the message moves to awaiting PUBCOMP).
+    pub fn pubrec(&mut self, pid: u16) -> bool {
+        match self.position(pid, InflightState::AwaitRec) {
+            Some(p) => {
+                self.inflight[p].state = InflightState::AwaitComp;
+                true
+            }
+            None => self.position(pid, InflightState::AwaitComp).is_some(),
+        }
+    }
+
+    /// PUBREC with an error reason code (v5): the flow ends there.
+    pub fn pubrec_failed(&mut self, pid: u16) {
+        if let Some(p) = self.position(pid, InflightState::AwaitRec) {
+            self.inflight.remove(p);
+        }
+    }
+
+    /// PUBCOMP received; true if it matched.
+    pub fn pubcomp(&mut self, pid: u16) -> bool {
+        self.position(pid, InflightState::AwaitComp)
+            .and_then(|p| self.inflight.remove(p))
+            .is_some()
+    }
+
+    /// Forgets an inflight message that could not be sent (too large for the client).
+    pub fn forget(&mut self, pid: u16) {
+        if let Some(p) = self.inflight.iter().position(|i| i.pid == pid) {
+            self.inflight.remove(p);
+        }
+    }
+
+    /// Drops everything queued and inflight (used when a session is discarded).
+    pub fn clear_messages(&mut self) {
+        self.queue.clear();
+        self.queue_bytes = 0;
+        self.inflight.clear();
+        self.awaiting_rel.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    fn delivery(qos: QoS, payload: &'static str) -> Delivery {
+        Delivery {
+            msg: Arc::new(Message::new(
+                "default".into(),
+                "t".into(),
+                Bytes::from_static(payload.as_bytes()),
+                qos,
+                false,
+            )),
+            qos,
+            retain: false,
+            sub_ids: Vec::new(),
+        }
+    }
+
+    fn cfg(max: usize, policy: QueueFullPolicy) -> SessionConfig {
+        SessionConfig {
+            max_queued_messages: max,
+            queue_full: policy,
+            ..SessionConfig::default()
+        }
+    }
+
+    #[test]
+    fn window_limits_qos1_and_acks_free_it() {
+        let mut s = SessionState::default();
+        let c = cfg(100, QueueFullPolicy::DropOldest);
+        for _ in 0..5 {
+            s.enqueue(delivery(QoS::AtLeastOnce, "x"), &c);
+        }
+        let mut out = Vec::new();
+        s.take_outgoing(2, Instant::now(), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(s.queue.len(), 3);
+        let pids: Vec<u16> = out
+            .iter()
+            .map(|o| match o {
+                Outgoing::Publish { pid, .. } => pid.unwrap(),
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(pids, vec![1, 2]);
+        assert!(s.puback(1));
+        assert!(!s.puback(1), "second ack of the same id matches nothing");
+        out.clear();
+        s.take_outgoing(2, Instant::now(), &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn qos2_flow_and_resend() {
+        let mut s = SessionState::default();
+        let c = cfg(100, QueueFullPolicy::DropOldest);
+        s.enqueue(delivery(QoS::ExactlyOnce, "a"), &c);
+        s.enqueue(delivery(QoS::ExactlyOnce, "b"), &c);
+        let mut out = Vec::new();
+        s.take_outgoing(10, Instant::now(), &mut out);
+        assert!(s.pubrec(1));
+        out.clear();
+        s.resend_all(&mut out);
+        assert!(matches!(out[0], Outgoing::PubRel(1)));
+        assert!(matches!(
+            out[1],
+            Outgoing::Publish {
+                pid: Some(2),
+                dup: true,
+                ..
+            }
+        ));
+        assert!(!s.pubcomp(2), "PUBCOMP before PUBREC does not complete");
+        assert!(s.pubcomp(1));
+        assert_eq!(s.inflight.len(), 1);
+    }
+
+    #[test]
+    fn drop_oldest_and_newest() {
+        let mut s = SessionState::default();
+        let c = cfg(2, QueueFullPolicy::DropOldest);
+        s.enqueue(delivery(QoS::AtLeastOnce, "1"), &c);
+        s.enqueue(delivery(QoS::AtLeastOnce, "2"), &c);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce, "3"), &c),
+            EnqueueOutcome::QueuedDroppedOldest
+        );
+        assert_eq!(&s.queue[0].msg.payload[..], b"2");
+        assert_eq!(s.dropped, 1);
+
+        let mut s = SessionState::default();
+        let c = cfg(2, QueueFullPolicy::DropNewest);
+        s.enqueue(delivery(QoS::AtLeastOnce, "1"), &c);
+        s.enqueue(delivery(QoS::AtLeastOnce, "2"), &c);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtLeastOnce, "3"), &c),
+            EnqueueOutcome::Dropped
+        );
+        assert_eq!(&s.queue[1].msg.payload[..], b"2");
+        assert_eq!(s.dropped, 1);
+    }
+
+    #[test]
+    fn byte_limit() {
+        let mut s = SessionState::default();
+        let c = SessionConfig {
+            max_queued_bytes: 3,
+            ..cfg(100, QueueFullPolicy::DropNewest)
+        };
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce, "ab"), &c),
+            EnqueueOutcome::Queued
+        );
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce, "cd"), &c),
+            EnqueueOutcome::Dropped
+        );
+        assert_eq!(s.queue_bytes, 2);
+    }
+
+    #[test]
+    fn qos0_waits_behind_blocked_qos1() {
+        let mut s = SessionState::default();
+        let c = cfg(100, QueueFullPolicy::DropOldest);
+        s.enqueue(delivery(QoS::AtLeastOnce, "1"), &c);
+        s.enqueue(delivery(QoS::AtLeastOnce, "2"), &c);
+        s.enqueue(delivery(QoS::AtMostOnce, "3"), &c);
+        let mut out = Vec::new();
+        s.take_outgoing(1, Instant::now(), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(s.queue.len(), 2);
+    }
+}

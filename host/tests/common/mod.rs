@@ -1,0 +1,246 @@
+//! Shared test harness: an in-process broker on ephemeral ports and thin wrappers over
+//! rumqttc's 3.1.1 and 5 clients that surface every incoming packet to the test.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiary::{Config, Server};
+
+/// Upper bound for waiting on something that should happen; a failure, not a benchmark.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A broker running in this test's runtime.
+pub struct TestBroker {
+    pub server: Server,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestBroker {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(f: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = Config::ephemeral(dir.path().join("data"));
+        f(&mut cfg);
+        let server = apiary::start(cfg).await.expect("broker starts");
+        Self { server, dir }
+    }
+
+    pub fn broker(&self) -> &apiary::Broker {
+        &self.server.broker
+    }
+
+    pub fn port(&self, t: Tr) -> u16 {
+        let a = &self.server.addrs;
+        match t {
+            Tr::Tcp => a.tcp,
+            Tr::Ws => a.ws,
+            Tr::Tls => a.tls,
+            Tr::Wss => a.wss,
+        }
+        .expect("listener enabled")
+        .port()
+    }
+
+    /// rumqttc's host argument and transport for a listener.
+    pub fn endpoint(&self, t: Tr) -> (String, u16, rumqttc::Transport) {
+        let port = self.port(t);
+        match t {
+            Tr::Tcp => ("127.0.0.1".into(), port, rumqttc::Transport::Tcp),
+            Tr::Ws => (
+                format!("ws://127.0.0.1:{port}/mqtt"),
+                port,
+                rumqttc::Transport::Ws,
+            ),
+            Tr::Tls => (
+                "localhost".into(),
+                port,
+                rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(self.tls_client())),
+            ),
+            Tr::Wss => (
+                format!("wss://localhost:{port}/mqtt"),
+                port,
+                rumqttc::Transport::Wss(rumqttc::TlsConfiguration::Rustls(self.tls_client())),
+            ),
+        }
+    }
+
+    /// A rustls client config trusting the broker's generated certificate.
+    pub fn tls_client(&self) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let pem = self.dir.path().join("data/tls/server.pem");
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&pem).expect("cert file") {
+            roots.add(c.expect("cert")).expect("add root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    pub fn tcp_addr(&self) -> std::net::SocketAddr {
+        self.server.addrs.tcp.expect("tcp")
+    }
+
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.server.addrs.http.expect("http")
+    }
+}
+
+/// A listener kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tr {
+    Tcp,
+    Ws,
+    Tls,
+    Wss,
+}
+
+pub const ALL_TRANSPORTS: [Tr; 4] = [Tr::Tcp, Tr::Ws, Tr::Tls, Tr::Wss];
+
+/// Waits until `f` holds, polling; panics with `what` after [`WAIT`].
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+macro_rules! client_module {
+    ($name:ident, $root:path, $packet:path, $publish:path, $qos:path) => {
+        pub mod $name {
+            use super::*;
+            use tokio::sync::mpsc;
+            pub use $packet as Packet;
+            pub use $publish as Publish;
+            pub use $qos as QoS;
+            use $root::{AsyncClient, Event, MqttOptions};
+
+            /// A connected client whose event loop runs in a task; incoming packets are
+            /// queued for the test. The loop stops at the first error (no reconnect).
+            pub struct Client {
+                pub c: AsyncClient,
+                rx: mpsc::UnboundedReceiver<Result<Packet, String>>,
+                task: tokio::task::JoinHandle<()>,
+            }
+
+            pub fn opts(tb: &TestBroker, id: &str, t: Tr) -> MqttOptions {
+                let (host, port, transport) = tb.endpoint(t);
+                let mut o = MqttOptions::new(id, host, port);
+                o.set_transport(transport);
+                o.set_keep_alive(Duration::from_secs(30));
+                o
+            }
+
+            /// Connects and returns the client with its CONNACK.
+            pub async fn connect(o: MqttOptions) -> (Client, Packet) {
+                let (c, mut el) = AsyncClient::new(o, 100);
+                let (tx, rx) = mpsc::unbounded_channel();
+                let task = tokio::spawn(async move {
+                    loop {
+                        match el.poll().await {
+                            Ok(Event::Incoming(p)) => {
+                                if tx.send(Ok(p)).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(Event::Outgoing(_)) => {}
+                            Err(e) => {
+                                let _ = tx.send(Err(e.to_string()));
+                                return;
+                            }
+                        }
+                    }
+                });
+                let mut client = Client { c, rx, task };
+                let ack = client.next().await.expect("CONNACK");
+                (client, ack)
+            }
+
+            impl Client {
+                /// Next incoming packet; Err when the connection failed; panics after WAIT.
+                pub async fn next(&mut self) -> Result<Packet, String> {
+                    match tokio::time::timeout(WAIT, self.rx.recv()).await {
+                        Ok(Some(p)) => p,
+                        Ok(None) => Err("event loop ended".into()),
+                        Err(_) => panic!("no packet within {WAIT:?}"),
+                    }
+                }
+
+                /// Waits for the next PUBLISH, skipping other packets.
+                pub async fn publish(&mut self) -> Publish {
+                    loop {
+                        match self.next().await {
+                            Ok(Packet::Publish(p)) => return p,
+                            Ok(_) => continue,
+                            Err(e) => panic!("connection failed while waiting for PUBLISH: {e}"),
+                        }
+                    }
+                }
+
+                /// Asserts no PUBLISH arrives within `d`.
+                pub async fn no_publish(&mut self, d: Duration) {
+                    let deadline = tokio::time::Instant::now() + d;
+                    loop {
+                        match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                            Err(_) => return,
+                            Ok(Some(Ok(Packet::Publish(p)))) => panic!("unexpected PUBLISH {p:?}"),
+                            Ok(Some(Ok(_))) => continue,
+                            Ok(Some(Err(_))) | Ok(None) => return,
+                        }
+                    }
+                }
+
+                /// Waits for the next SUBACK.
+                pub async fn suback(&mut self) -> Packet {
+                    loop {
+                        match self.next().await {
+                            Ok(p @ Packet::SubAck(_)) => return p,
+                            Ok(_) => continue,
+                            Err(e) => panic!("connection failed while waiting for SUBACK: {e}"),
+                        }
+                    }
+                }
+
+                /// Waits until the connection fails or is closed; returns the error and
+                /// every packet seen before it.
+                pub async fn closed(&mut self) -> (String, Vec<Packet>) {
+                    let mut seen = Vec::new();
+                    loop {
+                        match self.next().await {
+                            Ok(p) => seen.push(p),
+                            Err(e) => return (e, seen),
+                        }
+                    }
+                }
+
+                /// Drops the network connection without DISCONNECT (the event loop dies).
+                pub fn kill(self) {
+                    self.task.abort();
+                }
+            }
+        }
+    };
+}
+
+client_module!(v3, rumqttc, rumqttc::Packet, rumqttc::Publish, rumqttc::QoS);
+client_module!(
+    v5,
+    rumqttc::v5,
+    rumqttc::v5::mqttbytes::v5::Packet,
+    rumqttc::v5::mqttbytes::v5::Publish,
+    rumqttc::v5::mqttbytes::QoS
+);
