@@ -19,7 +19,11 @@ fn populate(n: usize) -> Broker {
             proto_name: "MQTT",
             proto_ver: if i % 2 == 0 { 4 } else { 5 },
             transport: Transport::Tcp,
-            peer: Some(format!("10.0.{}.{}:1883", (i / 250) % 250, i % 250).parse().unwrap()),
+            peer: Some(
+                format!("10.0.{}.{}:1883", (i / 250) % 250, i % 250)
+                    .parse()
+                    .unwrap(),
+            ),
             connected: i % 3 != 0,
             connected_at: Some(std::time::SystemTime::now()),
             disconnected_at: None,
@@ -28,7 +32,12 @@ fn populate(n: usize) -> Broker {
             expiry_interval: 3600,
             inflight_max: 32,
         };
-        let s = Session::new(b.next_id(), "default".into(), format!("client-{i:06}").into(), info);
+        let s = Session::new(
+            b.next_id(),
+            "default".into(),
+            format!("client-{i:06}").into(),
+            info,
+        );
         b.registry.insert(Arc::new(s));
     }
     b
@@ -37,13 +46,19 @@ fn populate(n: usize) -> Broker {
 fn bench(c: &mut Criterion) {
     let b = populate(100_000);
     let cfg = b.config.clone();
-    let page = Page { page: 1, limit: 100 };
+    let page = Page {
+        page: 1,
+        limit: 100,
+    };
     let mut g = c.benchmark_group("registry_100k");
     g.bench_function("page_1_no_filter", |bn| {
         bn.iter(|| b.registry.query(&Query::default(), page, &cfg))
     });
     g.bench_function("page_1_username", |bn| {
-        let q = Query { username: Some("user7".into()), ..Default::default() };
+        let q = Query {
+            username: Some("user7".into()),
+            ..Default::default()
+        };
         bn.iter(|| b.registry.query(&q, page, &cfg))
     });
     g.bench_function("page_1_like_clientid_connected_v5", |bn| {
@@ -56,7 +71,16 @@ fn bench(c: &mut Criterion) {
         bn.iter(|| b.registry.query(&q, page, &cfg))
     });
     g.bench_function("page_500_no_filter", |bn| {
-        bn.iter(|| b.registry.query(&Query::default(), Page { page: 500, limit: 100 }, &cfg))
+        bn.iter(|| {
+            b.registry.query(
+                &Query::default(),
+                Page {
+                    page: 500,
+                    limit: 100,
+                },
+                &cfg,
+            )
+        })
     });
     g.bench_function("get_one", |bn| {
         bn.iter(|| b.registry.snapshot("default", "client-054321", &cfg))

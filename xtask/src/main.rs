@@ -58,12 +58,24 @@ fn run(root: &Path, extra: &[String]) -> Result<()> {
 }
 
 fn test(root: &Path) -> Result<()> {
-    step(root, "format check", "cargo", &["fmt", "--all", "--", "--check"])?;
+    step(
+        root,
+        "format check",
+        "cargo",
+        &["fmt", "--all", "--", "--check"],
+    )?;
     step(
         root,
         "lints",
         "cargo",
-        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
     )?;
     step(
         root,
@@ -71,7 +83,12 @@ fn test(root: &Path) -> Result<()> {
         "cargo",
         &["test", "--workspace", "--all-targets"],
     )?;
-    step(root, "doc tests", "cargo", &["test", "--workspace", "--doc"])?;
+    step(
+        root,
+        "doc tests",
+        "cargo",
+        &["test", "--workspace", "--doc"],
+    )?;
     println!("==> all checks passed");
     Ok(())
 }

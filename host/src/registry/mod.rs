@@ -2,10 +2,11 @@
 //! tenant, online or offline, with what the EMQX clients API shows about it. Admin API
 //! plugins query it and act through it; connections register and update it.
 
+mod index;
 mod ops;
 mod query;
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -14,6 +15,7 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use index::TenantIndex;
 pub use ops::{KickTarget, OpError};
 pub use query::{Page, Query, SessionSnapshot, SubscriptionSnapshot};
 
@@ -101,12 +103,10 @@ pub enum Event {
     },
 }
 
-type TenantMap = BTreeMap<Arc<str>, BTreeMap<Arc<str>, Arc<Session>>>;
-
-/// Every session, by tenant then client id (ordered, so paging is stable).
+/// Every session, by tenant, in a scan-friendly index (see [`index`]).
 #[derive(Debug)]
 pub struct Registry {
-    sessions: RwLock<TenantMap>,
+    tenants: RwLock<HashMap<Arc<str>, TenantIndex>>,
     count: AtomicUsize,
     events: broadcast::Sender<Event>,
     message_listeners: Arc<AtomicUsize>,
@@ -116,7 +116,7 @@ impl Default for Registry {
     fn default() -> Self {
         let (events, _) = broadcast::channel(4096);
         Self {
-            sessions: RwLock::new(BTreeMap::new()),
+            tenants: RwLock::new(HashMap::new()),
             count: AtomicUsize::new(0),
             events,
             message_listeners: Arc::new(AtomicUsize::new(0)),
@@ -143,37 +143,40 @@ impl Drop for EventStream {
 impl Registry {
     /// Looks up a session.
     pub fn get(&self, tenant: &str, client_id: &str) -> Option<Arc<Session>> {
-        self.sessions.read().get(tenant)?.get(client_id).cloned()
+        self.tenants.read().get(tenant)?.get(client_id).cloned()
     }
 
     /// Inserts a session, returning the one it replaced.
     pub fn insert(&self, s: Arc<Session>) -> Option<Arc<Session>> {
-        let mut map = self.sessions.write();
-        let old = map
-            .entry(s.tenant.clone())
-            .or_default()
-            .insert(s.client_id.clone(), s);
+        let mut map = self.tenants.write();
+        let old = map.entry(s.tenant.clone()).or_default().insert(s);
         if old.is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
         }
         old
     }
 
+    /// Re-reads a session's client info into the index (after connect or disconnect).
+    pub fn refresh(&self, s: &Session) {
+        if let Some(t) = self.tenants.write().get_mut(&s.tenant) {
+            t.refresh(s);
+        }
+    }
+
     /// Removes `s` if it is still the registered session for its client id.
     pub fn remove(&self, s: &Session) -> bool {
-        let mut map = self.sessions.write();
+        let mut map = self.tenants.write();
         let Some(t) = map.get_mut(&s.tenant) else {
             return false;
         };
-        if t.get(&s.client_id).is_some_and(|cur| cur.id == s.id) {
-            t.remove(&s.client_id);
-            if t.is_empty() {
-                map.remove(&s.tenant);
-            }
-            self.count.fetch_sub(1, Ordering::Relaxed);
-            return true;
+        if !t.remove(s) {
+            return false;
         }
-        false
+        if t.is_empty() {
+            map.remove(&s.tenant);
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        true
     }
 
     /// Number of sessions.
@@ -188,39 +191,42 @@ impl Registry {
 
     /// Sessions with a connection attached.
     pub fn online_sessions(&self) -> Vec<Arc<Session>> {
-        self.sessions
+        self.tenants
             .read()
             .values()
-            .flat_map(|t| t.values())
-            .filter(|s| s.is_online())
-            .cloned()
+            .flat_map(|t| t.rows())
+            .filter(|r| r.connected)
+            .map(|r| r.session.clone())
             .collect()
     }
 
     /// Number of connected sessions.
     pub fn connected_count(&self) -> usize {
-        self.sessions
+        self.tenants
             .read()
             .values()
-            .flat_map(|t| t.values())
-            .filter(|s| s.info.read().connected)
+            .flat_map(|t| t.rows())
+            .filter(|r| r.connected)
             .count()
     }
 
     /// Tenants that have sessions.
     pub fn tenants(&self) -> Vec<Arc<str>> {
-        self.sessions.read().keys().cloned().collect()
+        self.tenants.read().keys().cloned().collect()
     }
 
-    /// Sessions of a tenant (all tenants if None), in client-id order.
+    /// Sessions of a tenant (all tenants if None), in creation order.
     pub(crate) fn sessions_of(&self, tenant: Option<&str>) -> Vec<Arc<Session>> {
-        let map = self.sessions.read();
+        let map = self.tenants.read();
         match tenant {
             Some(t) => map
                 .get(t)
-                .map(|m| m.values().cloned().collect())
+                .map(|t| t.rows().map(|r| r.session.clone()).collect())
                 .unwrap_or_default(),
-            None => map.values().flat_map(|m| m.values().cloned()).collect(),
+            None => map
+                .values()
+                .flat_map(|t| t.rows().map(|r| r.session.clone()))
+                .collect(),
         }
     }
 

@@ -7,6 +7,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
+use super::index::{Row, TenantIndex};
 use super::{epoch_ms, Registry};
 use crate::session::{Session, Transport};
 
@@ -158,85 +161,115 @@ pub struct SessionSnapshot {
 }
 
 impl Query {
-    fn matches(&self, s: &Session) -> bool {
-        if let Some(c) = &self.client_id {
-            if &*s.client_id != c.as_str() {
-                return false;
-            }
+    /// True when only the tenant is set: counting and paging need no scan.
+    fn is_unfiltered(&self) -> bool {
+        let Query {
+            tenant: _,
+            client_id,
+            username,
+            user_id,
+            ip,
+            proto_name,
+            proto_ver,
+            transport,
+            connected,
+            clean_start,
+            like_client_id,
+            like_username,
+            created_from,
+            created_to,
+            connected_from,
+            connected_to,
+        } = self;
+        client_id.is_none()
+            && username.is_none()
+            && user_id.is_none()
+            && ip.is_none()
+            && proto_name.is_none()
+            && proto_ver.is_none()
+            && transport.is_none()
+            && connected.is_none()
+            && clean_start.is_none()
+            && like_client_id.is_none()
+            && like_username.is_none()
+            && created_from.is_none()
+            && created_to.is_none()
+            && connected_from.is_none()
+            && connected_to.is_none()
+    }
+
+    fn matches(&self, r: &Row) -> bool {
+        fn eq(want: &Option<String>, have: &Option<compact_str::CompactString>) -> bool {
+            want.as_deref().is_none_or(|w| have.as_deref() == Some(w))
         }
-        if let Some(l) = &self.like_client_id {
-            if !s.client_id.contains(l.as_str()) {
-                return false;
-            }
-        }
-        if let Some(from) = self.created_from {
-            if s.created_at < from {
-                return false;
-            }
-        }
-        if let Some(to) = self.created_to {
-            if s.created_at > to {
-                return false;
-            }
-        }
-        let i = s.info.read();
-        let opt_eq = |want: &Option<String>, have: &Option<std::sync::Arc<str>>| match want {
-            None => true,
-            Some(w) => have.as_deref() == Some(w.as_str()),
-        };
-        opt_eq(&self.username, &i.username)
-            && opt_eq(&self.user_id, &i.user_id)
-            && self.ip.is_none_or(|ip| i.peer.map(|p| p.ip()) == Some(ip))
-            && self.proto_name.as_deref().is_none_or(|n| n == i.proto_name)
-            && self.proto_ver.is_none_or(|v| v == i.proto_ver)
-            && self.transport.is_none_or(|t| t == i.transport)
-            && self.connected.is_none_or(|c| c == i.connected)
-            && self.clean_start.is_none_or(|c| c == i.clean_start)
+        self.client_id.as_deref().is_none_or(|c| r.client_id == c)
+            && self
+                .like_client_id
+                .as_deref()
+                .is_none_or(|l| r.client_id.contains(l))
+            && eq(&self.username, &r.username)
+            && eq(&self.user_id, &r.user_id)
+            && self.ip.is_none_or(|ip| r.ip == Some(ip))
+            && self.proto_name.as_deref().is_none_or(|n| n == r.proto_name)
+            && self.proto_ver.is_none_or(|v| v == r.proto_ver)
+            && self.transport.is_none_or(|t| t == r.transport)
+            && self.connected.is_none_or(|c| c == r.connected)
+            && self.clean_start.is_none_or(|c| c == r.clean_start)
             && self
                 .like_username
                 .as_deref()
-                .is_none_or(|l| i.username.as_deref().is_some_and(|u| u.contains(l)))
+                .is_none_or(|l| r.username.as_deref().is_some_and(|u| u.contains(l)))
+            && self.created_from.is_none_or(|f| r.created_at >= f)
+            && self.created_to.is_none_or(|f| r.created_at <= f)
             && self
                 .connected_from
-                .is_none_or(|f| i.connected_at.is_some_and(|t| t >= f))
+                .is_none_or(|f| r.connected_at.is_some_and(|t| t >= f))
             && self
                 .connected_to
-                .is_none_or(|f| i.connected_at.is_some_and(|t| t <= f))
+                .is_none_or(|f| r.connected_at.is_some_and(|t| t <= f))
     }
 }
 
 impl Registry {
-    /// Sessions matching `q`, one page of them, in (tenant, client id) order.
-    pub fn query(&self, q: &Query, page: Page, limits: &crate::config::Config) -> PageResult {
-        let page_no = page.page.max(1);
-        let skip = (page_no - 1).saturating_mul(page.limit);
+    /// Sessions matching `q`, one page of them, tenants in name order and sessions in
+    /// creation order within a tenant.
+    pub fn query(&self, q: &Query, page: Page, cfg: &crate::config::Config) -> PageResult {
+        let skip = (page.page.max(1) - 1).saturating_mul(page.limit);
         let mut items = Vec::with_capacity(page.limit.min(1024));
         let mut count = 0usize;
-        let map = self.sessions.read();
-        let tenants: Box<dyn Iterator<Item = _>> = match &q.tenant {
-            Some(t) => Box::new(map.get(t.as_str()).into_iter()),
-            None => Box::new(map.values()),
+        let map = self.tenants.read();
+        let mut tenants: Vec<(&Arc<str>, &TenantIndex)> = match &q.tenant {
+            Some(t) => map.get_key_value(t.as_str()).into_iter().collect(),
+            None => map.iter().collect(),
         };
-        for t in tenants {
-            // An exact client id is a point lookup, not a scan.
-            if let Some(cid) = &q.client_id {
-                if let Some(s) = t.get(cid.as_str()) {
-                    if q.matches(s) {
-                        if count >= skip && items.len() < page.limit {
-                            items.push(snapshot(s, limits));
-                        }
-                        count += 1;
-                    }
+        tenants.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let unfiltered = q.is_unfiltered();
+        for (_, t) in tenants {
+            if unfiltered {
+                // Only the page's rows are touched; the count is known.
+                let start = skip.saturating_sub(count);
+                let want = page.limit - items.len();
+                if want > 0 && start < t.len() {
+                    items.extend(
+                        t.rows()
+                            .skip(start)
+                            .take(want)
+                            .map(|r| snapshot(&r.session, cfg)),
+                    );
                 }
+                count += t.len();
                 continue;
             }
-            for s in t.values() {
-                if q.matches(s) {
-                    if count >= skip && items.len() < page.limit {
-                        items.push(snapshot(s, limits));
-                    }
-                    count += 1;
+            let rows: Box<dyn Iterator<Item = &Row>> = match &q.client_id {
+                // An exact client id is a point lookup, not a scan.
+                Some(cid) => Box::new(t.row(cid).into_iter()),
+                None => Box::new(t.rows()),
+            };
+            for r in rows.filter(|r| q.matches(r)) {
+                if count >= skip && items.len() < page.limit {
+                    items.push(snapshot(&r.session, cfg));
                 }
+                count += 1;
             }
         }
         PageResult {
@@ -251,9 +284,9 @@ impl Registry {
         &self,
         tenant: &str,
         client_id: &str,
-        limits: &crate::config::Config,
+        cfg: &crate::config::Config,
     ) -> Option<SessionSnapshot> {
-        self.get(tenant, client_id).map(|s| snapshot(&s, limits))
+        self.get(tenant, client_id).map(|s| snapshot(&s, cfg))
     }
 }
 

@@ -68,6 +68,7 @@ impl Broker {
             i.connected = true;
             i.connected_at = Some(SystemTime::now());
         }
+        self.registry.refresh(&session);
         let info = session.info.read().clone();
         self.registry.emit(Event::Connected {
             tenant: session.tenant.clone(),
@@ -121,6 +122,7 @@ impl Broker {
             i.disconnected_at = Some(SystemTime::now());
             i.expiry_interval = expiry;
         }
+        self.registry.refresh(s);
         self.registry.emit(Event::Disconnected {
             tenant: s.tenant.clone(),
             client_id: s.client_id.clone(),
