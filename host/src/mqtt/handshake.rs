@@ -31,6 +31,13 @@ pub enum HandshakeError {
     /// Bytes that are not an MQTT CONNECT of a known version.
     #[error("malformed or unsupported CONNECT: {0}")]
     Malformed(DecodeError),
+    /// CONNECT with a client id the protocol does not allow (3.1.1: empty with clean
+    /// session 0).
+    #[error("client identifier rejected")]
+    IdentifierRejected {
+        /// Whether the client speaks MQTT 5.
+        v5: bool,
+    },
     /// The first packet was not CONNECT.
     #[error("first packet was not CONNECT")]
     NotConnect,
@@ -123,6 +130,11 @@ pub async fn read_connect<T: Transport>(
             match codec.decode(buf) {
                 Ok(Some((p, _))) => break p,
                 Ok(None) => {}
+                Err(DecodeError::InvalidClientId) => {
+                    return Err(HandshakeError::IdentifierRejected {
+                        v5: v == ProtocolVersion::MQTT5,
+                    })
+                }
                 Err(e) => return Err(HandshakeError::Malformed(e)),
             }
             if io.read(buf).await? == 0 {

@@ -125,7 +125,9 @@ macro_rules! client_module {
             use super::*;
             use tokio::sync::mpsc;
             pub use $packet as Packet;
+            #[allow(unused_imports)]
             pub use $publish as Publish;
+            #[allow(unused_imports)]
             pub use $qos as QoS;
             use $root::{AsyncClient, Event, MqttOptions};
 
@@ -244,3 +246,116 @@ client_module!(
     rumqttc::v5::mqttbytes::v5::Publish,
     rumqttc::v5::mqttbytes::QoS
 );
+
+/// Hand-built packets for what real client libraries refuse to send.
+pub mod raw {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::WAIT;
+
+    fn remaining_length(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let mut b = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    /// A packet from its first byte and body.
+    pub fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![first];
+        remaining_length(body.len(), &mut v);
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn string(s: &str, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// CONNECT for protocol `level` (4 = 3.1.1, 5 = 5.0) with no will or credentials.
+    pub fn connect(level: u8, client_id: &str, clean: bool, keepalive: u16) -> Vec<u8> {
+        let mut b = Vec::new();
+        string("MQTT", &mut b);
+        b.push(level);
+        b.push(if clean { 0x02 } else { 0x00 });
+        b.extend_from_slice(&keepalive.to_be_bytes());
+        if level == 5 {
+            b.push(0); // no properties
+        }
+        string(client_id, &mut b);
+        packet(0x10, &b)
+    }
+
+    /// PUBLISH QoS 0 (3.1.1 layout) with an arbitrary topic string.
+    pub fn publish_v3(topic: &str, payload: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        string(topic, &mut b);
+        b.extend_from_slice(payload);
+        packet(0x30, &b)
+    }
+
+    /// SUBSCRIBE (3.1.1 layout) of one filter.
+    pub fn subscribe_v3(pid: u16, filter: &str, qos: u8) -> Vec<u8> {
+        let mut b = pid.to_be_bytes().to_vec();
+        string(filter, &mut b);
+        b.push(qos);
+        packet(0x82, &b)
+    }
+
+    /// A raw TCP connection to the broker.
+    pub struct Raw(pub TcpStream);
+
+    impl Raw {
+        pub async fn connect(addr: SocketAddr) -> Self {
+            Raw(TcpStream::connect(addr).await.expect("tcp connect"))
+        }
+
+        pub async fn send(&mut self, bytes: &[u8]) {
+            // The broker may already have closed: that is what some tests wait for.
+            let _ = self.0.write_all(bytes).await;
+        }
+
+        /// Reads exactly n bytes (panics after WAIT).
+        pub async fn read_n(&mut self, n: usize) -> Vec<u8> {
+            let mut buf = vec![0u8; n];
+            tokio::time::timeout(WAIT, self.0.read_exact(&mut buf))
+                .await
+                .expect("bytes within WAIT")
+                .expect("read");
+            buf
+        }
+
+        /// Reads until EOF (or reset); returns what arrived. Panics if the socket stays
+        /// open past WAIT.
+        pub async fn until_closed(&mut self) -> Vec<u8> {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 1024];
+            loop {
+                match tokio::time::timeout(WAIT, self.0.read(&mut buf)).await {
+                    Err(_) => panic!("connection still open after {WAIT:?}; got {all:?}"),
+                    Ok(Ok(0)) | Ok(Err(_)) => return all,
+                    Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+                }
+            }
+        }
+    }
+}
+
+/// Reads a counter from the broker's metrics text.
+pub fn metric(tb: &TestBroker, name: &str) -> u64 {
+    let text = tb.broker().metrics.render(&[]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("metric {name} not found"))
+}
