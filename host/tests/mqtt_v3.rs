@@ -30,15 +30,34 @@ async fn qos_levels_and_delivered_qos_is_the_minimum() {
     let tb = TestBroker::start().await;
     let (mut s1, _) = v3::connect(v3::opts(&tb, "s1", Tr::Tcp)).await;
     let (mut s2, _) = v3::connect(v3::opts(&tb, "s2", Tr::Tcp)).await;
-    assert_eq!(sub(&mut s1, "q/#", QoS::AtLeastOnce).await, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
-    assert_eq!(sub(&mut s2, "q/#", QoS::ExactlyOnce).await, vec![SubscribeReasonCode::Success(QoS::ExactlyOnce)]);
+    assert_eq!(
+        sub(&mut s1, "q/#", QoS::AtLeastOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    assert_eq!(
+        sub(&mut s2, "q/#", QoS::ExactlyOnce).await,
+        vec![SubscribeReasonCode::Success(QoS::ExactlyOnce)]
+    );
     let (p, _) = v3::connect(v3::opts(&tb, "pub", Tr::Tcp)).await;
-    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
-        p.c.publish(format!("q/{i}"), qos, false, vec![i as u8]).await.unwrap();
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        p.c.publish(format!("q/{i}"), qos, false, vec![i as u8])
+            .await
+            .unwrap();
         let m1 = s1.publish().await;
         let m2 = s2.publish().await;
         assert_eq!(m1.payload[..], [i as u8]);
-        assert_eq!(m1.qos, if qos == QoS::AtMostOnce { qos } else { QoS::AtLeastOnce }, "s1 granted 1, published {qos:?}");
+        assert_eq!(
+            m1.qos,
+            if qos == QoS::AtMostOnce {
+                qos
+            } else {
+                QoS::AtLeastOnce
+            },
+            "s1 granted 1, published {qos:?}"
+        );
         assert_eq!(m2.qos, qos, "s2 granted 2, published {qos:?}");
         assert!(!m1.retain);
     }
@@ -48,8 +67,12 @@ async fn qos_levels_and_delivered_qos_is_the_minimum() {
 async fn retained_set_delivered_and_cleared_only_by_retained_empty() {
     let tb = TestBroker::start().await;
     let (p, _) = v3::connect(v3::opts(&tb, "pub", Tr::Tcp)).await;
-    p.c.publish("r/1", QoS::AtLeastOnce, true, "one").await.unwrap();
-    p.c.publish("r/2", QoS::AtMostOnce, true, "two").await.unwrap();
+    p.c.publish("r/1", QoS::AtLeastOnce, true, "one")
+        .await
+        .unwrap();
+    p.c.publish("r/2", QoS::AtMostOnce, true, "two")
+        .await
+        .unwrap();
     eventually("two retained", || tb.broker().retained.len() == 2).await;
 
     let (mut s, _) = v3::connect(v3::opts(&tb, "s", Tr::Tcp)).await;
@@ -59,13 +82,17 @@ async fn retained_set_delivered_and_cleared_only_by_retained_empty() {
     assert_eq!(&m.payload[..], b"one");
 
     // Empty payload without retain is an ordinary message: the retained one stays.
-    p.c.publish("r/1", QoS::AtLeastOnce, false, "").await.unwrap();
+    p.c.publish("r/1", QoS::AtLeastOnce, false, "")
+        .await
+        .unwrap();
     let m = s.publish().await;
     assert!(!m.retain && m.payload.is_empty());
     assert_eq!(tb.broker().retained.len(), 2);
 
     // Empty retained payload clears it.
-    p.c.publish("r/1", QoS::AtLeastOnce, true, "").await.unwrap();
+    p.c.publish("r/1", QoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
     eventually("r/1 cleared", || tb.broker().retained.len() == 1).await;
     let (mut s2, _) = v3::connect(v3::opts(&tb, "s2", Tr::Tcp)).await;
     sub(&mut s2, "r/#", QoS::AtLeastOnce).await;
@@ -90,10 +117,18 @@ async fn will_published_on_abnormal_close_not_on_disconnect() {
     assert_eq!(metric(&tb, "apiary_wills_published_total"), 1);
 
     let mut o = v3::opts(&tb, "polite", Tr::Tcp);
-    o.set_last_will(LastWill::new("will/polite", "gone", QoS::AtLeastOnce, false));
+    o.set_last_will(LastWill::new(
+        "will/polite",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
     let (polite, _) = v3::connect(o).await;
     polite.c.disconnect().await.unwrap();
-    eventually("polite disconnected", || tb.broker().registry.get("default", "polite").is_none()).await;
+    eventually("polite disconnected", || {
+        tb.broker().registry.get("default", "polite").is_none()
+    })
+    .await;
     w.no_publish(Duration::from_millis(300)).await;
 }
 
@@ -107,28 +142,57 @@ async fn persistent_session_queues_while_offline_and_resumes() {
     sub(&mut c, "p/#", QoS::AtLeastOnce).await;
     c.c.disconnect().await.unwrap();
     let reg = &tb.broker().registry;
-    eventually("offline", || reg.get("default", "persist").is_some_and(|s| !s.is_online())).await;
+    eventually("offline", || {
+        reg.get("default", "persist")
+            .is_some_and(|s| !s.is_online())
+    })
+    .await;
 
     let (p, _) = v3::connect(v3::opts(&tb, "pub", Tr::Tcp)).await;
     for i in 0..3u8 {
-        p.c.publish("p/x", QoS::AtLeastOnce, false, vec![i]).await.unwrap();
+        p.c.publish("p/x", QoS::AtLeastOnce, false, vec![i])
+            .await
+            .unwrap();
     }
-    eventually("3 queued", || reg.get("default", "persist").unwrap().state.lock().queue.len() == 3).await;
+    eventually("3 queued", || {
+        reg.get("default", "persist")
+            .unwrap()
+            .state
+            .lock()
+            .queue
+            .len()
+            == 3
+    })
+    .await;
 
     let (mut c, ack) = v3::connect(o).await;
-    assert_eq!(connack(&ack), (true, ConnectReturnCode::Success), "session present");
+    assert_eq!(
+        connack(&ack),
+        (true, ConnectReturnCode::Success),
+        "session present"
+    );
     for i in 0..3u8 {
         assert_eq!(c.publish().await.payload[..], [i], "in order");
     }
 
     // A clean session discards it.
     c.c.disconnect().await.unwrap();
-    eventually("offline again", || reg.get("default", "persist").is_some_and(|s| !s.is_online())).await;
+    eventually("offline again", || {
+        reg.get("default", "persist")
+            .is_some_and(|s| !s.is_online())
+    })
+    .await;
     let mut o = v3::opts(&tb, "persist", Tr::Tcp);
     o.set_clean_session(true);
     let (_c, ack) = v3::connect(o).await;
     assert_eq!(connack(&ack), (false, ConnectReturnCode::Success));
-    assert!(reg.get("default", "persist").unwrap().state.lock().subscriptions.is_empty());
+    assert!(reg
+        .get("default", "persist")
+        .unwrap()
+        .state
+        .lock()
+        .subscriptions
+        .is_empty());
 }
 
 #[tokio::test]
@@ -140,15 +204,30 @@ async fn unacknowledged_qos1_and_qos2_are_redelivered_with_dup() {
     let (mut c, _) = v3::connect(o.clone()).await;
     sub(&mut c, "d/#", QoS::ExactlyOnce).await;
     let (p, _) = v3::connect(v3::opts(&tb, "pub", Tr::Tcp)).await;
-    p.c.publish("d/1", QoS::AtLeastOnce, false, "a").await.unwrap();
-    p.c.publish("d/2", QoS::ExactlyOnce, false, "b").await.unwrap();
+    p.c.publish("d/1", QoS::AtLeastOnce, false, "a")
+        .await
+        .unwrap();
+    p.c.publish("d/2", QoS::ExactlyOnce, false, "b")
+        .await
+        .unwrap();
     let first = c.publish().await;
     let second = c.publish().await;
     assert!(!first.dup && !second.dup);
     c.kill(); // no PUBACK / PUBREC ever sent
     let reg = &tb.broker().registry;
-    eventually("offline", || reg.get("default", "slow").is_some_and(|s| !s.is_online())).await;
-    assert_eq!(reg.get("default", "slow").unwrap().state.lock().inflight.len(), 2);
+    eventually("offline", || {
+        reg.get("default", "slow").is_some_and(|s| !s.is_online())
+    })
+    .await;
+    assert_eq!(
+        reg.get("default", "slow")
+            .unwrap()
+            .state
+            .lock()
+            .inflight
+            .len(),
+        2
+    );
 
     o.set_manual_acks(false);
     let (mut c, ack) = v3::connect(o).await;
@@ -158,7 +237,15 @@ async fn unacknowledged_qos1_and_qos2_are_redelivered_with_dup() {
     assert!(r1.dup && r2.dup, "redelivery sets DUP");
     assert_eq!((&r1.payload[..], r1.pkid), (&b"a"[..], first.pkid));
     assert_eq!((&r2.payload[..], r2.pkid), (&b"b"[..], second.pkid));
-    eventually("acked", || reg.get("default", "slow").unwrap().state.lock().inflight.is_empty()).await;
+    eventually("acked", || {
+        reg.get("default", "slow")
+            .unwrap()
+            .state
+            .lock()
+            .inflight
+            .is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -186,7 +273,9 @@ async fn sys_topics_are_served_and_never_match_leading_wildcards() {
     assert_eq!(&m.payload[..], b"2");
     all.no_publish(Duration::from_millis(300)).await;
     let (p, _) = v3::connect(v3::opts(&tb, "pub", Tr::Tcp)).await;
-    p.c.publish("plain", QoS::AtMostOnce, false, "x").await.unwrap();
+    p.c.publish("plain", QoS::AtMostOnce, false, "x")
+        .await
+        .unwrap();
     assert_eq!(all.publish().await.topic, "plain");
 }
 
@@ -199,7 +288,9 @@ async fn shared_subscription_round_robin() {
     sub(&mut b, "$share/g/work/+", QoS::AtLeastOnce).await;
     let (p, _) = v3::connect(v3::opts(&tb, "pub", Tr::Tcp)).await;
     for i in 0..4u8 {
-        p.c.publish("work/x", QoS::AtLeastOnce, false, vec![i]).await.unwrap();
+        p.c.publish("work/x", QoS::AtLeastOnce, false, vec![i])
+            .await
+            .unwrap();
     }
     let got_a = [a.publish().await.payload[0], a.publish().await.payload[0]];
     let got_b = [b.publish().await.payload[0], b.publish().await.payload[0]];
@@ -216,7 +307,9 @@ async fn overlapping_subscriptions_deliver_once_with_the_highest_qos() {
     sub(&mut c, "o/#", QoS::AtMostOnce).await;
     sub(&mut c, "o/+", QoS::AtLeastOnce).await;
     let (p, _) = v3::connect(v3::opts(&tb, "pub", Tr::Tcp)).await;
-    p.c.publish("o/x", QoS::ExactlyOnce, false, "m").await.unwrap();
+    p.c.publish("o/x", QoS::ExactlyOnce, false, "m")
+        .await
+        .unwrap();
     assert_eq!(c.publish().await.qos, QoS::AtLeastOnce);
     c.no_publish(Duration::from_millis(300)).await;
 }
@@ -326,16 +419,27 @@ async fn queue_limit_drops_oldest_and_counts_per_session() {
     sub(&mut c, "q", QoS::AtLeastOnce).await;
     c.c.disconnect().await.unwrap();
     let reg = &tb.broker().registry;
-    eventually("offline", || reg.get("default", "q").is_some_and(|s| !s.is_online())).await;
-    let (p, _) = v3::connect(v3::opts(&tb, "pub", Tr::Tcp)).await;
-    for i in 0..5u8 {
-        p.c.publish("q", QoS::AtLeastOnce, false, vec![i]).await.unwrap();
-    }
-    eventually("dropped 2", || {
-        reg.snapshot("default", "q", &tb.broker().config).unwrap().mqueue_dropped == 2
+    eventually("offline", || {
+        reg.get("default", "q").is_some_and(|s| !s.is_online())
     })
     .await;
-    assert_eq!(metric(&tb, "apiary_messages_dropped_total{reason=\"queue_full\"}"), 2);
+    let (p, _) = v3::connect(v3::opts(&tb, "pub", Tr::Tcp)).await;
+    for i in 0..5u8 {
+        p.c.publish("q", QoS::AtLeastOnce, false, vec![i])
+            .await
+            .unwrap();
+    }
+    eventually("dropped 2", || {
+        reg.snapshot("default", "q", &tb.broker().config)
+            .unwrap()
+            .mqueue_dropped
+            == 2
+    })
+    .await;
+    assert_eq!(
+        metric(&tb, "apiary_messages_dropped_total{reason=\"queue_full\"}"),
+        2
+    );
     let (mut c, _) = v3::connect(o).await;
     for i in 2..5u8 {
         assert_eq!(c.publish().await.payload[..], [i]);

@@ -50,8 +50,15 @@ pub async fn serve<T: Transport>(broker: Broker, mut io: T, peer: SocketAddr, ki
     {
         Ok(x) => x,
         Err(HandshakeError::IdentifierRejected { v5 }) => {
-            broker.metrics.connect_refused.fetch_add(1, Ordering::Relaxed);
-            let ack: &[u8] = if v5 { &[0x20, 0x03, 0x00, 0x85, 0x00] } else { &[0x20, 0x02, 0x00, 0x02] };
+            broker
+                .metrics
+                .connect_refused
+                .fetch_add(1, Ordering::Relaxed);
+            let ack: &[u8] = if v5 {
+                &[0x20, 0x03, 0x00, 0x85, 0x00]
+            } else {
+                &[0x20, 0x02, 0x00, 0x02]
+            };
             let _ = io.write(ack).await;
             io.close().await;
             return;

@@ -356,6 +356,9 @@ pub mod raw {
 pub fn metric(tb: &TestBroker, name: &str) -> u64 {
     let text = tb.broker().metrics.render(&[]);
     text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
         .unwrap_or_else(|| panic!("metric {name} not found"))
 }
