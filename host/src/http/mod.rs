@@ -25,9 +25,10 @@ pub fn router(broker: Broker) -> Router {
 
 /// Serves the router until shutdown.
 pub async fn serve(listener: tokio::net::TcpListener, broker: Broker) {
-    let addr = listener.local_addr().ok();
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listener = "http", %addr, "listening");
+    }
     let mut shutdown = broker.shutdown_signal();
-    tracing::info!(listener = "http", addr = ?addr, "listening");
     let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();
     let r = axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -130,6 +130,7 @@ impl<T: Transport> Connection<T> {
         let c = &self.session.counters;
         Counters::add(&c.send_oct, n);
         Counters::add(&c.send_cnt, 1);
+        Counters::add(&c.send_pkt, self.wire.take_encoded());
         self.broker
             .metrics
             .bytes_sent
@@ -409,7 +410,6 @@ impl<T: Transport> Connection<T> {
         match self.wire.publish(p, &mut self.wbuf) {
             Ok(()) => {
                 Counters::add(&self.session.counters.send_msg, 1);
-                Counters::add(&self.session.counters.send_pkt, 1);
                 self.broker
                     .metrics
                     .messages_sent

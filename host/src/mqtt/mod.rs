@@ -260,6 +260,8 @@ async fn establish<T: Transport>(
         session_expiry,
         outgoing: Vec::new(),
     };
+    // CONNECT itself, read before the session existed.
+    crate::session::Counters::add(&conn.session.counters.recv_pkt, 1);
     if attach.session_present {
         let mut out = Vec::new();
         conn.session.state.lock().resend_all(&mut out);

@@ -68,6 +68,8 @@ pub struct Wire {
     codec: MqttCodec,
     /// Whether the connection speaks MQTT 5.
     pub v5: bool,
+    /// Packets encoded since the last [`Wire::take_encoded`].
+    encoded: u64,
 }
 
 fn pid(p: NonZeroU16) -> u16 {
@@ -82,7 +84,16 @@ impl Wire {
     /// Wraps a version-specific codec.
     pub fn new(codec: MqttCodec) -> Self {
         let v5 = matches!(codec, MqttCodec::V5(_));
-        Self { codec, v5 }
+        Self {
+            codec,
+            v5,
+            encoded: 0,
+        }
+    }
+
+    /// Packets encoded since the last call (for the session's send_pkt counter).
+    pub fn take_encoded(&mut self) -> u64 {
+        std::mem::take(&mut self.encoded)
     }
 
     /// Applies the client's maximum packet size to what we send (v5).
@@ -119,9 +130,10 @@ impl Wire {
                 None => Ok(()),
             }
         };
-        if let Err(e) = r {
+        match r {
+            Ok(()) => self.encoded += 1,
             // Control packets built here always encode; a failure is a bug worth a log line.
-            tracing::error!(error = %e, "failed to encode a control packet");
+            Err(e) => tracing::error!(error = %e, "failed to encode a control packet"),
         }
     }
 
@@ -270,8 +282,9 @@ impl Wire {
             return_code: code,
             session_present,
         });
-        if let Err(e) = self.codec.encode(MqttPacket::V3(p), out) {
-            tracing::error!(error = %e, "failed to encode CONNACK");
+        match self.codec.encode(MqttPacket::V3(p), out) {
+            Ok(()) => self.encoded += 1,
+            Err(e) => tracing::error!(error = %e, "failed to encode CONNACK"),
         }
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 
 use index::TenantIndex;
 pub use ops::{KickTarget, OpError};
-pub use query::{Page, Query, SessionSnapshot, SubscriptionSnapshot};
+pub use query::{Page, PageResult, Query, SessionSnapshot, SubscriptionSnapshot};
 
 use crate::message::Message;
 use crate::session::Session;
