@@ -19,6 +19,7 @@ use crate::registry::{Event, Registry};
 use crate::router::retained::RetainedStore;
 use crate::router::{Router, Subscriber};
 use crate::session::{EnqueueOutcome, Session, SubOptions};
+use crate::store::{Op, Store};
 use crate::topic::{self, TopicError};
 
 /// State shared by every task of one broker.
@@ -36,6 +37,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// API keys of every admin surface.
     pub api_keys: ApiKeyStore,
+    /// Durable state (None: nothing is stored, as in unit benchmarks).
+    pub store: Option<Arc<Store>>,
     /// When the broker started.
     pub started: Instant,
     next_id: AtomicU64,
@@ -88,8 +91,13 @@ impl SubscribeError {
 }
 
 impl Broker {
-    /// Builds the broker state (no listeners yet).
+    /// Builds the broker state without a store (no listeners yet).
     pub fn new(config: Config, api_keys: ApiKeyStore) -> Self {
+        Self::with_store(config, api_keys, None)
+    }
+
+    /// Builds the broker state over a store.
+    pub fn with_store(config: Config, api_keys: ApiKeyStore, store: Option<Arc<Store>>) -> Self {
         let (shutdown, _) = watch::channel(false);
         Broker(Arc::new(Shared {
             config,
@@ -98,6 +106,7 @@ impl Broker {
             retained: RetainedStore::default(),
             metrics: Metrics::default(),
             api_keys,
+            store,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             shutdown,
@@ -131,6 +140,13 @@ impl Broker {
             .fetch_add(1, Ordering::Relaxed);
         if msg.retain && self.config.mqtt.retain_available {
             self.retained.set(msg.clone());
+            if let Some(store) = &self.store {
+                store.submit(if msg.payload.is_empty() {
+                    Op::DeleteRetained(msg.tenant.clone(), msg.topic.clone())
+                } else {
+                    Op::PutRetained(msg.clone())
+                });
+            }
         }
         self.registry.emit_message(&msg);
         MATCHES.with_borrow_mut(|subs| {
@@ -163,7 +179,8 @@ impl Broker {
     }
 
     /// Queues one delivery for a session and wakes its connection. False if dropped.
-    pub fn deliver(&self, session: &Arc<Session>, d: Delivery) -> bool {
+    /// QoS 1/2 deliveries to a persistent session go to the store as well.
+    pub fn deliver(&self, session: &Arc<Session>, mut d: Delivery) -> bool {
         let cfg = &self.config.session;
         let online = session.is_online();
         if !online && d.qos == QoS::AtMostOnce && !cfg.queue_qos0_offline {
@@ -171,7 +188,35 @@ impl Broker {
             return false;
         }
         let msg = d.msg.clone();
-        let outcome = session.state.lock().enqueue(d, cfg);
+        let store = self
+            .store
+            .as_ref()
+            .filter(|_| d.qos != QoS::AtMostOnce && session.is_persistent());
+        let (outcome, dels) = {
+            let mut st = session.state.lock();
+            let put = store.map(|_| {
+                st.next_seq += 1;
+                d.seq = st.next_seq;
+                d.clone()
+            });
+            let outcome = st.enqueue(d, cfg);
+            // Submitted under the session lock: the connection may take the message and
+            // store its packet id the moment the lock is released, and that write must
+            // come after this one.
+            if let (Some(store), Some(delivery)) = (store, put) {
+                if outcome != EnqueueOutcome::Dropped {
+                    store.submit(Op::PutInbox {
+                        tenant: session.tenant.clone(),
+                        client_id: session.client_id.clone(),
+                        delivery,
+                        pid: None,
+                        state: 0,
+                    });
+                }
+            }
+            (outcome, std::mem::take(&mut st.store_dels))
+        };
+        self.store_deletes(session, dels);
         match outcome {
             EnqueueOutcome::Queued => {}
             EnqueueOutcome::QueuedDroppedOldest => self.dropped(session, &msg, "queue_full"),
@@ -184,6 +229,31 @@ impl Broker {
             session.notify.notify_one();
         }
         true
+    }
+
+    /// Removes stored inbox entries that left a session without an ack.
+    pub fn store_deletes(&self, session: &Session, seqs: Vec<u64>) {
+        if let Some(store) = &self.store {
+            for seq in seqs {
+                store.submit(Op::DeleteInbox(
+                    session.tenant.clone(),
+                    session.client_id.clone(),
+                    seq,
+                ));
+            }
+        }
+    }
+
+    /// Writes a persistent session's record (subscriptions, will, expiry, identity).
+    pub fn persist_session(&self, s: &Session) {
+        if let (Some(store), true) = (&self.store, s.is_persistent()) {
+            let r = crate::store::recovery::session_record(s);
+            store.submit(Op::PutSession(
+                s.tenant.clone(),
+                s.client_id.clone(),
+                Box::new(r),
+            ));
+        }
     }
 
     /// Counts and reports a message dropped for a session.
@@ -225,6 +295,7 @@ impl Broker {
             }
             st.subscriptions.insert(raw.to_string(), opts);
         }
+        self.persist_session(session);
         let new = self.router.subscribe(
             &session.tenant,
             &parsed,
@@ -263,6 +334,7 @@ impl Broker {
                 qos,
                 retain: true,
                 sub_ids: opts.sub_id.into_iter().collect(),
+                seq: 0,
             };
             self.deliver(session, d);
         }
@@ -271,6 +343,9 @@ impl Broker {
     /// Removes a subscription. Returns whether it existed.
     pub fn unsubscribe(&self, session: &Arc<Session>, raw: &str) -> bool {
         let existed = session.state.lock().subscriptions.remove(raw).is_some();
+        if existed {
+            self.persist_session(session);
+        }
         if let Ok(parsed) = topic::parse_filter(raw, self.config.mqtt.max_topic_levels) {
             if self
                 .router
@@ -312,5 +387,6 @@ fn merge(msg: &Arc<Message>, subs: &[Subscriber]) -> Option<Delivery> {
         qos,
         retain,
         sub_ids,
+        seq: 0,
     })
 }

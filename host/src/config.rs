@@ -46,6 +46,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// Native HTTP API.
     pub http: HttpConfig,
+    /// Durable state.
+    pub store: crate::store::StoreConfig,
     /// Where durable state lives.
     pub data_dir: PathBuf,
     /// Where plugins are loaded from.
@@ -65,6 +67,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             session: SessionConfig::default(),
             http: HttpConfig::default(),
+            store: crate::store::StoreConfig::default(),
             data_dir: PathBuf::from("data"),
             plugins_dir: PathBuf::from("plugins.d"),
             api_keys_file: None,
@@ -75,7 +78,7 @@ impl Default for Config {
 }
 
 /// Listener addresses; an absent address disables that listener.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenersConfig {
     /// MQTT over TCP.
@@ -95,6 +98,21 @@ pub struct ListenersConfig {
     pub max_connections: usize,
     /// Seconds a new connection may take to send CONNECT.
     pub connect_timeout_secs: u64,
+}
+
+impl Default for ListenersConfig {
+    fn default() -> Self {
+        Self {
+            tcp: None,
+            ws: None,
+            tls: None,
+            wss: None,
+            cert: None,
+            key: None,
+            max_connections: 100_000,
+            connect_timeout_secs: 10,
+        }
+    }
 }
 
 /// MQTT protocol limits.
@@ -279,6 +297,18 @@ mod tests {
         assert_eq!(c.listeners.tls.unwrap().port(), 8883);
         assert_eq!(c.listeners.wss.unwrap().port(), 8084);
         assert_eq!(c.http.listen.unwrap().port(), 18083);
+    }
+
+    #[test]
+    fn a_partial_table_keeps_the_documented_defaults() {
+        let c = Config::from_toml("[listeners]\ntcp = \"127.0.0.1:0\"\n", "t").unwrap();
+        assert_eq!(c.listeners.max_connections, 100_000);
+        assert_eq!(c.listeners.connect_timeout_secs, 10);
+        assert!(
+            c.listeners.ws.is_none(),
+            "an absent address disables the listener"
+        );
+        assert_eq!(c.session.max_inflight, 32);
     }
 
     #[test]

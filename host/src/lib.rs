@@ -16,6 +16,7 @@ pub mod mqtt;
 pub mod registry;
 pub mod router;
 pub mod session;
+pub mod store;
 pub mod sys;
 pub mod topic;
 
@@ -43,6 +44,9 @@ pub enum StartError {
     /// The API keys file is unusable.
     #[error(transparent)]
     ApiKeys(#[from] ApiKeyError),
+    /// The store cannot be opened or its contents cannot be read.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     /// The data dir cannot be created or written.
     #[error("data dir {path} is not usable: {source}")]
     DataDir {
@@ -89,6 +93,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         let n = keys.load_file(f)?;
         tracing::info!(file = %f.display(), keys = n, "loaded API keys");
     }
+    // Durable state first: the registry, router and retained set are whole before any
+    // listener accepts a connection.
+    let store_dir = data_dir.join("store");
+    let store = store::Store::open(&store_dir, &config.store)?;
+    let recovered = store::recovery::load(&store)?;
+
     let l = config.listeners.clone();
     let tls = if l.tls.is_some() || l.wss.is_some() {
         let (cert, key) = match (&l.cert, &l.key) {
@@ -120,7 +130,18 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     }
     let sys_interval = config.sys_interval_secs;
     let permits = Arc::new(Semaphore::new(l.max_connections.max(1)));
-    let broker = Broker::new(config, keys);
+    let broker = Broker::with_store(config, keys, Some(store));
+    let stats = broker.restore(recovered);
+    tracing::info!(
+        path = %store_dir.display(),
+        sessions = stats.sessions,
+        messages = stats.messages,
+        subscriptions = stats.subscriptions,
+        retained = stats.retained,
+        orphans_removed = stats.orphans,
+        elapsed_ms = stats.elapsed.as_millis() as u64,
+        "recovered durable state"
+    );
     let mut addrs = Addrs {
         http: http_listener.as_ref().and_then(|h| h.local_addr().ok()),
         ..Default::default()
@@ -164,6 +185,9 @@ impl Server {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while self.broker.registry.connected_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(store) = self.broker.store.clone() {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
     }
 }

@@ -90,4 +90,6 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription identifiers of the matching subscriptions (v5).
     pub sub_ids: Vec<NonZeroU32>,
+    /// Inbox sequence number when stored for a persistent session (0 = not stored).
+    pub seq: u64,
 }

@@ -2,7 +2,7 @@
 //! queue into batched writes, enforces keepalive, and obeys control commands (takeover,
 //! kick, shutdown). Everything it decodes in one read is answered in one write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU16;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -14,7 +14,7 @@ use bytestring::ByteString;
 use rmqtt_codec::error::{DecodeError, EncodeError};
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::{PublishProperties, ToReasonCode};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Sleep;
 use tracing::debug;
 
@@ -22,7 +22,8 @@ use super::transport::Transport;
 use super::wire::{Incoming, Wire};
 use crate::broker::Broker;
 use crate::message::{Delivery, Message};
-use crate::session::{Control, Counters, Outgoing, Session};
+use crate::session::{Control, Counters, InflightState, Outgoing, Session};
+use crate::store::Op;
 use crate::topic;
 
 /// Why a connection's loop ended.
@@ -68,6 +69,27 @@ pub(crate) struct Connection<T: Transport> {
     /// Session expiry in force (may change at DISCONNECT).
     pub session_expiry: u32,
     pub outgoing: Vec<Outgoing>,
+    /// Under `sync = "always"`: the store's durable ticket, and acks waiting for it.
+    pub durable: Option<watch::Receiver<u64>>,
+    pub pending_acks: VecDeque<(u64, PendingAck)>,
+}
+
+/// An acknowledgement held back until the store has made its publish durable.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PendingAck {
+    PubAck(u16, u8),
+    PubRec(u16, u8),
+}
+
+async fn durable_changed(d: &mut Option<watch::Receiver<u64>>) {
+    match d {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 impl<T: Transport> Connection<T> {
@@ -102,10 +124,12 @@ impl<T: Transport> Connection<T> {
                         if let Err(exit) = self.process() {
                             return exit;
                         }
+                        self.release_acks();
                     }
                     Err(e) => return Exit::Io(e),
                 },
                 _ = self.session.notify.notified() => {}
+                _ = durable_changed(&mut self.durable), if !self.pending_acks.is_empty() => {}
                 _ = &mut self.ka_timer, if self.keepalive.is_some() => {
                     let ka = self.keepalive.unwrap_or_default();
                     if self.last_recv.elapsed() >= ka {
@@ -116,7 +140,76 @@ impl<T: Transport> Connection<T> {
                     self.ka_timer.as_mut().reset(next.into());
                 }
             }
+            self.release_acks();
             self.pump();
+        }
+    }
+
+    /// Acknowledges a publish now, or once the store has it (sync = "always").
+    fn ack(&mut self, a: PendingAck) {
+        if let (Some(d), Some(store)) = (&self.durable, &self.broker.store) {
+            let ticket = store.last_ticket();
+            if ticket > *d.borrow() || !self.pending_acks.is_empty() {
+                self.pending_acks.push_back((ticket, a));
+                return;
+            }
+        }
+        self.write_ack(a);
+    }
+
+    fn write_ack(&mut self, a: PendingAck) {
+        match a {
+            PendingAck::PubAck(pid, r) => self.wire.puback(pid, r, &mut self.wbuf),
+            PendingAck::PubRec(pid, r) => self.wire.pubrec(pid, r, &mut self.wbuf),
+        }
+    }
+
+    /// Sends the held-back acks whose publishes are durable, in order.
+    fn release_acks(&mut self) {
+        let Some(d) = &self.durable else { return };
+        let durable = *d.borrow();
+        while self
+            .pending_acks
+            .front()
+            .is_some_and(|(t, _)| *t <= durable)
+        {
+            if let Some((_, a)) = self.pending_acks.pop_front() {
+                self.write_ack(a);
+            }
+        }
+    }
+
+    fn store_op(&self, op: impl FnOnce(Arc<str>, Arc<str>) -> Op) {
+        if let (Some(store), true) = (&self.broker.store, self.session.is_persistent()) {
+            store.submit(op(
+                self.session.tenant.clone(),
+                self.session.client_id.clone(),
+            ));
+        }
+    }
+
+    /// Stores where a stored delivery is in its flow.
+    fn store_delivery(&self, d: &Delivery, pid: u16, state: InflightState) {
+        if d.seq == 0 {
+            return;
+        }
+        let code = match state {
+            InflightState::AwaitAck => 1,
+            InflightState::AwaitRec => 2,
+            InflightState::AwaitComp => 3,
+        };
+        self.store_op(|tenant, client_id| Op::PutInbox {
+            tenant,
+            client_id,
+            delivery: d.clone(),
+            pid: Some(pid),
+            state: code,
+        });
+    }
+
+    fn store_delete(&self, seq: u64) {
+        if seq != 0 {
+            self.store_op(|t, c| Op::DeleteInbox(t, c, seq));
         }
     }
 
@@ -172,22 +265,42 @@ impl<T: Transport> Connection<T> {
         match pkt {
             Incoming::Publish(p) => self.on_publish(*p)?,
             Incoming::PubAck(pid) => {
-                self.session.state.lock().puback(pid);
+                let done = self.session.state.lock().puback(pid);
+                if let Some(i) = done {
+                    self.store_delete(i.delivery.seq);
+                }
             }
             Incoming::PubRec { pid, ok } => {
                 if ok {
-                    self.session.state.lock().pubrec(pid);
+                    let moved = self
+                        .session
+                        .state
+                        .lock()
+                        .pubrec(pid)
+                        .map(|i| i.delivery.clone());
+                    if let Some(d) = moved {
+                        self.store_delivery(&d, pid, InflightState::AwaitComp);
+                    }
                     self.wire.pubrel(pid, &mut self.wbuf);
                 } else {
-                    self.session.state.lock().pubrec_failed(pid);
+                    let done = self.session.state.lock().pubrec_failed(pid);
+                    if let Some(i) = done {
+                        self.store_delete(i.delivery.seq);
+                    }
                 }
             }
             Incoming::PubRel(pid) => {
                 let found = self.session.state.lock().awaiting_rel.remove(&pid);
+                if found {
+                    self.store_op(|t, c| Op::DeleteRel(t, c, pid));
+                }
                 self.wire.pubcomp(pid, found, &mut self.wbuf);
             }
             Incoming::PubComp(pid) => {
-                self.session.state.lock().pubcomp(pid);
+                let done = self.session.state.lock().pubcomp(pid);
+                if let Some(i) = done {
+                    self.store_delete(i.delivery.seq);
+                }
             }
             Incoming::Subscribe { pid, filters, .. } => self.on_subscribe(pid, filters)?,
             Incoming::Unsubscribe { pid, filters } => {
@@ -274,7 +387,7 @@ impl<T: Transport> Connection<T> {
             if st.awaiting_rel.contains(&pid) {
                 drop(st);
                 // A DUP of a message already routed: acknowledge again, do not route twice.
-                self.wire.pubrec(pid, 0, &mut self.wbuf);
+                self.ack(PendingAck::PubRec(pid, 0));
                 return Ok(());
             }
             if st.awaiting_rel.len() >= usize::from(cfg.mqtt.receive_maximum) && self.wire.v5 {
@@ -283,7 +396,7 @@ impl<T: Transport> Connection<T> {
             }
             if st.awaiting_rel.len() >= cfg.session.max_awaiting_rel {
                 drop(st);
-                self.wire.pubrec(pid, 0x97, &mut self.wbuf);
+                self.ack(PendingAck::PubRec(pid, 0x97));
                 return Ok(());
             }
         }
@@ -308,10 +421,11 @@ impl<T: Transport> Connection<T> {
         let reason = if matched == 0 { 0x10 } else { 0x00 };
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.wire.puback(pid, reason, &mut self.wbuf),
+            QoS::AtLeastOnce => self.ack(PendingAck::PubAck(pid, reason)),
             QoS::ExactlyOnce => {
                 self.session.state.lock().awaiting_rel.insert(pid);
-                self.wire.pubrec(pid, reason, &mut self.wbuf);
+                self.store_op(|t, c| Op::PutRel(t, c, pid));
+                self.ack(PendingAck::PubRec(pid, reason));
             }
         }
         Ok(())
@@ -350,10 +464,9 @@ impl<T: Transport> Connection<T> {
     pub fn pump(&mut self) {
         let now = Instant::now();
         let mut out = std::mem::take(&mut self.outgoing);
-        let expired_before;
-        {
+        let dels = {
             let mut st = self.session.state.lock();
-            expired_before = st.expired;
+            let expired_before = st.expired;
             st.take_outgoing(self.window, now, &mut out);
             let n = st.expired - expired_before;
             if n > 0 {
@@ -362,10 +475,20 @@ impl<T: Transport> Connection<T> {
                     .dropped_expired
                     .fetch_add(n, Ordering::Relaxed);
             }
-        }
+            std::mem::take(&mut st.store_dels)
+        };
+        self.broker.store_deletes(&self.session, dels);
         for o in out.drain(..) {
             match o {
                 Outgoing::Publish { pid, dup, delivery } => {
+                    if let (Some(p), false) = (pid, dup) {
+                        let state = if delivery.qos == QoS::AtLeastOnce {
+                            InflightState::AwaitAck
+                        } else {
+                            InflightState::AwaitRec
+                        };
+                        self.store_delivery(&delivery, p, state);
+                    }
                     self.write_publish(pid, dup, delivery, now)
                 }
                 Outgoing::PubRel(pid) => self.wire.pubrel(pid, &mut self.wbuf),
@@ -421,7 +544,12 @@ impl<T: Transport> Connection<T> {
                     self.alias_out.remove(&m.topic);
                 }
                 if let Some(pid) = pid {
-                    self.session.state.lock().forget(pid);
+                    let dels = {
+                        let mut st = self.session.state.lock();
+                        st.forget(pid);
+                        std::mem::take(&mut st.store_dels)
+                    };
+                    self.broker.store_deletes(&self.session, dels);
                 }
                 let reason = if matches!(e, EncodeError::OverMaxPacketSize { .. }) {
                     "too_large"

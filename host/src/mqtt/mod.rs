@@ -6,7 +6,7 @@ pub mod listener;
 pub mod transport;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::sync::atomic::Ordering;
@@ -259,6 +259,12 @@ async fn establish<T: Transport>(
         alias_out_max: req.topic_alias_max,
         session_expiry,
         outgoing: Vec::new(),
+        durable: broker
+            .store
+            .as_ref()
+            .filter(|s| s.sync == crate::store::SyncMode::Always)
+            .map(|s| s.durable()),
+        pending_acks: VecDeque::new(),
     };
     // CONNECT itself, read before the session existed.
     crate::session::Counters::add(&conn.session.counters.recv_pkt, 1);

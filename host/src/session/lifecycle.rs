@@ -60,6 +60,16 @@ impl Broker {
         };
         session.epoch.fetch_add(1, Ordering::AcqRel);
         *session.will.lock() = will;
+        let persistent = session.info.read().expiry_interval > 0;
+        if session.persistent.swap(persistent, Ordering::AcqRel) && !persistent {
+            // Resumed with session expiry 0: it ends with this connection, so leave the store now.
+            if let Some(store) = &self.store {
+                store.submit(crate::store::Op::DeleteSession(
+                    session.tenant.clone(),
+                    session.client_id.clone(),
+                ));
+            }
+        }
         let (tx, control) = mpsc::unbounded_channel();
         let generation = self.next_id();
         *session.conn.lock() = Some(ConnHandle { generation, tx });
@@ -69,6 +79,7 @@ impl Broker {
             i.connected_at = Some(SystemTime::now());
         }
         self.registry.refresh(&session);
+        self.persist_session(&session);
         let info = session.info.read().clone();
         self.registry.emit(Event::Connected {
             tenant: session.tenant.clone(),
@@ -132,27 +143,46 @@ impl Broker {
         let will = s.will.lock().take();
         if let Some(w) = will.filter(|_| publish_will) {
             if w.delay_secs > 0 && expiry > 0 {
-                *s.will.lock() = Some(w.clone());
-                let b = self.clone();
-                let s2 = s.clone();
                 let delay = w.delay_secs.min(expiry);
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-                    if s2.epoch.load(Ordering::Acquire) == epoch {
-                        b.publish_pending_will(&s2);
-                    }
-                });
+                *s.will.lock() = Some(w);
+                self.arm_will(s, epoch, Duration::from_secs(u64::from(delay)));
             } else {
                 self.publish_will(w);
             }
         }
         if expiry == 0 {
             self.discard(s, "expired");
-        } else if expiry != u32::MAX {
+            return;
+        }
+        self.persist_session(s);
+        self.arm_expiry(s, epoch, Duration::from_secs(u64::from(expiry)));
+    }
+
+    /// Publishes the session's pending will after `after` unless a connection attaches
+    /// first (epoch changes).
+    pub(crate) fn arm_will(&self, s: &Arc<Session>, epoch: u64, after: Duration) {
+        let b = self.clone();
+        let s2 = s.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if s2.epoch.load(Ordering::Acquire) == epoch {
+                b.publish_pending_will(&s2);
+                b.persist_session(&s2);
+            }
+        });
+    }
+
+    /// Ends the session after `after` unless a connection attaches first (epoch changes).
+    /// `Duration::MAX`-like values (u32::MAX seconds) mean never.
+    pub(crate) fn arm_expiry(&self, s: &Arc<Session>, epoch: u64, after: Duration) {
+        if after >= Duration::from_secs(u64::from(u32::MAX)) {
+            return;
+        }
+        {
             let b = self.clone();
             let s2 = s.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(u64::from(expiry))).await;
+                tokio::time::sleep(after).await;
                 if s2.epoch.load(Ordering::Acquire) == epoch && !s2.is_online() {
                     debug!(client_id = %s2.client_id, "session expired");
                     b.metrics.sessions_expired.fetch_add(1, Ordering::Relaxed);
@@ -162,7 +192,7 @@ impl Broker {
         }
     }
 
-    fn publish_will(&self, w: Will) {
+    pub(crate) fn publish_will(&self, w: Will) {
         self.metrics.wills_published.fetch_add(1, Ordering::Relaxed);
         self.publish(w.msg);
     }
@@ -187,6 +217,14 @@ impl Broker {
     }
 
     fn discard_unregistered(&self, s: &Arc<Session>, reason: &'static str) {
+        if s.persistent.swap(false, Ordering::AcqRel) {
+            if let Some(store) = &self.store {
+                store.submit(crate::store::Op::DeleteSession(
+                    s.tenant.clone(),
+                    s.client_id.clone(),
+                ));
+            }
+        }
         let filters: Vec<String> = s.state.lock().subscriptions.keys().cloned().collect();
         for f in filters {
             self.unsubscribe(s, &f);

@@ -170,6 +170,8 @@ pub struct Session {
     pub conn: Mutex<Option<ConnHandle>>,
     /// The will to publish if the connection ends abnormally.
     pub will: Mutex<Option<Will>>,
+    /// The session outlives its connection (session expiry > 0): its state is stored.
+    pub persistent: std::sync::atomic::AtomicBool,
     /// Bumped at every attach, so delayed-will and expiry timers started at a detach
     /// can tell whether the client came back since.
     pub epoch: AtomicU64,
@@ -190,7 +192,13 @@ impl Session {
             conn: Mutex::new(None),
             will: Mutex::new(None),
             epoch: AtomicU64::new(0),
+            persistent: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the session's state is kept in the store.
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Relaxed)
     }
 
     /// Whether a connection is attached.

@@ -102,7 +102,12 @@ pub struct SessionState {
     /// Incoming QoS 2 packet ids awaiting PUBREL.
     pub awaiting_rel: HashSet<u16>,
     /// Last packet id handed out.
-    last_pid: u16,
+    pub last_pid: u16,
+    /// Last inbox sequence number handed out (persistent sessions).
+    pub next_seq: u64,
+    /// Sequence numbers of stored deliveries that left without an ack (dropped, expired,
+    /// too large): the caller deletes them from the store.
+    pub store_dels: Vec<u64>,
     /// Messages dropped from this session's queue (EMQX's mqueue_dropped).
     pub dropped: u64,
     /// Messages dropped because they expired before delivery.
@@ -130,6 +135,9 @@ impl SessionState {
                 Some(old) => {
                     self.queue_bytes -= old.msg.payload.len();
                     self.dropped += 1;
+                    if old.seq != 0 {
+                        self.store_dels.push(old.seq);
+                    }
                 }
                 None => {
                     // A single message larger than the byte limit.
@@ -156,6 +164,9 @@ impl SessionState {
                 let d = self.queue.pop_front().expect("front exists");
                 self.queue_bytes -= d.msg.payload.len();
                 self.expired += 1;
+                if d.seq != 0 {
+                    self.store_dels.push(d.seq);
+                }
                 continue;
             }
             if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
@@ -226,42 +237,40 @@ impl SessionState {
             .position(|i| i.pid == pid && i.state == state)
     }
 
-    /// PUBACK received; true if it matched an inflight QoS 1 message.
-    pub fn puback(&mut self, pid: u16) -> bool {
+    /// PUBACK received; the acknowledged message if it matched an inflight QoS 1 one.
+    pub fn puback(&mut self, pid: u16) -> Option<Inflight> {
         self.position(pid, InflightState::AwaitAck)
             .and_then(|p| self.inflight.remove(p))
-            .is_some()
     }
 
-    /// PUBREC received; true if it matched (the message moves to awaiting PUBCOMP).
-    pub fn pubrec(&mut self, pid: u16) -> bool {
-        match self.position(pid, InflightState::AwaitRec) {
-            Some(p) => {
-                self.inflight[p].state = InflightState::AwaitComp;
-                true
-            }
-            None => self.position(pid, InflightState::AwaitComp).is_some(),
-        }
+    /// PUBREC received: the message moves to awaiting PUBCOMP. Returns it if it matched
+    /// a message awaiting PUBREC (a repeated PUBREC returns None).
+    pub fn pubrec(&mut self, pid: u16) -> Option<&Inflight> {
+        let p = self.position(pid, InflightState::AwaitRec)?;
+        self.inflight[p].state = InflightState::AwaitComp;
+        Some(&self.inflight[p])
     }
 
     /// PUBREC with an error reason code (v5): the flow ends there.
-    pub fn pubrec_failed(&mut self, pid: u16) {
-        if let Some(p) = self.position(pid, InflightState::AwaitRec) {
-            self.inflight.remove(p);
-        }
+    pub fn pubrec_failed(&mut self, pid: u16) -> Option<Inflight> {
+        self.position(pid, InflightState::AwaitRec)
+            .and_then(|p| self.inflight.remove(p))
     }
 
-    /// PUBCOMP received; true if it matched.
-    pub fn pubcomp(&mut self, pid: u16) -> bool {
+    /// PUBCOMP received; the completed message if it matched.
+    pub fn pubcomp(&mut self, pid: u16) -> Option<Inflight> {
         self.position(pid, InflightState::AwaitComp)
             .and_then(|p| self.inflight.remove(p))
-            .is_some()
     }
 
     /// Forgets an inflight message that could not be sent (too large for the client).
     pub fn forget(&mut self, pid: u16) {
         if let Some(p) = self.inflight.iter().position(|i| i.pid == pid) {
-            self.inflight.remove(p);
+            if let Some(i) = self.inflight.remove(p) {
+                if i.delivery.seq != 0 {
+                    self.store_dels.push(i.delivery.seq);
+                }
+            }
         }
     }
 
@@ -293,6 +302,7 @@ mod tests {
             qos,
             retain: false,
             sub_ids: Vec::new(),
+            seq: 0,
         }
     }
 
@@ -323,8 +333,11 @@ mod tests {
             })
             .collect();
         assert_eq!(pids, vec![1, 2]);
-        assert!(s.puback(1));
-        assert!(!s.puback(1), "second ack of the same id matches nothing");
+        assert!(s.puback(1).is_some());
+        assert!(
+            s.puback(1).is_none(),
+            "second ack of the same id matches nothing"
+        );
         out.clear();
         s.take_outgoing(2, Instant::now(), &mut out);
         assert_eq!(out.len(), 1);
@@ -338,7 +351,7 @@ mod tests {
         s.enqueue(delivery(QoS::ExactlyOnce, "b"), &c);
         let mut out = Vec::new();
         s.take_outgoing(10, Instant::now(), &mut out);
-        assert!(s.pubrec(1));
+        assert!(s.pubrec(1).is_some());
         out.clear();
         s.resend_all(&mut out);
         assert!(matches!(out[0], Outgoing::PubRel(1)));
@@ -350,8 +363,11 @@ mod tests {
                 ..
             }
         ));
-        assert!(!s.pubcomp(2), "PUBCOMP before PUBREC does not complete");
-        assert!(s.pubcomp(1));
+        assert!(
+            s.pubcomp(2).is_none(),
+            "PUBCOMP before PUBREC does not complete"
+        );
+        assert!(s.pubcomp(1).is_some());
         assert_eq!(s.inflight.len(), 1);
     }
 
