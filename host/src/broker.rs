@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytestring::ByteString;
 use rmqtt_codec::types::QoS;
 use tokio::sync::watch;
 
@@ -43,6 +44,7 @@ pub struct Shared {
     pub started: Instant,
     next_id: AtomicU64,
     shutdown: watch::Sender<bool>,
+    connect_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// Cheap cloneable handle to a running broker's state.
@@ -110,7 +112,18 @@ impl Broker {
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             shutdown,
+            connect_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
         }))
+    }
+
+    /// The lock serialising CONNECTs (and expiry) of one client id; striped, so
+    /// unrelated client ids rarely share one.
+    pub(crate) fn connect_lock(&self, tenant: &str, client_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        tenant.hash(&mut h);
+        client_id.hash(&mut h);
+        &self.connect_locks[(h.finish() as usize) % self.connect_locks.len()]
     }
 
     /// A fresh id for sessions and connection generations.
@@ -132,14 +145,20 @@ impl Broker {
     }
 
     /// Routes a message to every matching subscription and stores it if retained.
-    /// Returns the number of sessions it was queued for.
+    /// Returns the number of sessions whose subscriptions matched (a delivery dropped at
+    /// a full queue still counts: it had a subscriber, and the drop is counted apart).
     pub fn publish(&self, msg: Message) -> usize {
         let msg = Arc::new(msg);
         self.metrics
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
         if msg.retain && self.config.mqtt.retain_available {
-            self.retained.set(msg.clone());
+            // A compact copy: the decoded topic and payload are slices that would keep the
+            // whole read buffer they arrived in alive for as long as the message is retained.
+            let mut kept = (*msg).clone();
+            kept.topic = ByteString::from(&*msg.topic);
+            kept.payload = bytes::Bytes::copy_from_slice(&msg.payload);
+            self.retained.set(Arc::new(kept));
             if let Some(store) = &self.store {
                 store.submit(if msg.payload.is_empty() {
                     Op::DeleteRetained(msg.tenant.clone(), msg.topic.clone())
@@ -154,7 +173,7 @@ impl Broker {
             if subs.len() > 1 {
                 subs.sort_unstable_by_key(|s| s.session.id);
             }
-            let mut delivered = 0;
+            let mut matched = 0;
             let mut i = 0;
             while i < subs.len() {
                 let mut j = i + 1;
@@ -162,19 +181,18 @@ impl Broker {
                     j += 1;
                 }
                 if let Some(d) = merge(&msg, &subs[i..j]) {
-                    if self.deliver(&subs[i].session, d) {
-                        delivered += 1;
-                    }
+                    self.deliver(&subs[i].session, d);
+                    matched += 1;
                 }
                 i = j;
             }
             subs.clear();
-            if delivered == 0 {
+            if matched == 0 {
                 self.metrics
                     .messages_no_subscriber
                     .fetch_add(1, Ordering::Relaxed);
             }
-            delivered
+            matched
         })
     }
 
@@ -225,9 +243,9 @@ impl Broker {
                 return false;
             }
         }
-        if online {
-            session.notify.notify_one();
-        }
+        // Unconditional: a connection attaching right now must not miss it (a permit is
+        // stored when nobody waits).
+        session.notify.notify_one();
         true
     }
 
@@ -259,7 +277,7 @@ impl Broker {
     /// Counts and reports a message dropped for a session.
     pub fn dropped(&self, session: &Session, msg: &Message, reason: &'static str) {
         self.metrics.drop(reason);
-        self.registry.emit(Event::MessageDropped {
+        self.registry.emit_with(|| Event::MessageDropped {
             tenant: session.tenant.clone(),
             client_id: session.client_id.clone(),
             topic: msg.topic.to_string(),

@@ -98,6 +98,9 @@ pub struct ListenersConfig {
     pub max_connections: usize,
     /// Seconds a new connection may take to send CONNECT.
     pub connect_timeout_secs: u64,
+    /// Seconds one write to a client may block (it stopped reading) before the
+    /// connection is closed.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for ListenersConfig {
@@ -111,6 +114,7 @@ impl Default for ListenersConfig {
             key: None,
             max_connections: 100_000,
             connect_timeout_secs: 10,
+            write_timeout_secs: 30,
         }
     }
 }
@@ -145,7 +149,7 @@ impl Default for MqttConfig {
         Self {
             max_packet_size: 1024 * 1024,
             receive_maximum: 32,
-            topic_alias_maximum: 65535,
+            topic_alias_maximum: 1024,
             max_keepalive_secs: 0,
             max_subscriptions: 0,
             max_topic_levels: 128,
@@ -274,7 +278,6 @@ impl Config {
                 tls: Some(any),
                 wss: Some(any),
                 max_connections: 10_000,
-                connect_timeout_secs: 10,
                 ..Default::default()
             },
             http: HttpConfig { listen: Some(any) },

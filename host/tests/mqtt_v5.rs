@@ -55,7 +55,7 @@ async fn connack_advertises_limits_and_assigns_a_client_id() {
     assert!(assigned.starts_with("apiary-"), "{assigned}");
     assert_eq!(p.receive_max, Some(32));
     assert_eq!(p.max_packet_size, Some(1024 * 1024));
-    assert_eq!(p.topic_alias_max, Some(65535));
+    assert_eq!(p.topic_alias_max, Some(1024));
     assert_eq!(
         p.server_keep_alive,
         Some(5),

@@ -37,6 +37,8 @@ pub(crate) enum Exit {
     Io(std::io::Error),
     /// Keepalive expired.
     KeepAlive,
+    /// The client stopped reading: a write blocked past the write timeout.
+    WriteTimeout,
     /// Protocol violation: the v5 DISCONNECT reason code and what happened.
     Protocol(u8, String),
     /// Another connection takes the session.
@@ -72,6 +74,20 @@ pub(crate) struct Connection<T: Transport> {
     /// Under `sync = "always"`: the store's durable ticket, and acks waiting for it.
     pub durable: Option<watch::Receiver<u64>>,
     pub pending_acks: VecDeque<(u64, PendingAck)>,
+    /// How long one write may block before the client counts as gone.
+    pub write_timeout: Duration,
+    /// A write was interrupted: the stream may hold half a packet, send nothing more.
+    pub write_broken: bool,
+    /// Session expiry from CONNECT (DISCONNECT may not raise it from 0).
+    pub connect_expiry: u32,
+}
+
+fn control_exit(c: Control) -> Exit {
+    match c {
+        Control::Takeover(ack) => Exit::Takeover(ack),
+        Control::Kick { end_session } => Exit::Kick { end_session },
+        Control::Shutdown => Exit::Shutdown,
+    }
 }
 
 /// An acknowledgement held back until the store has made its publish durable.
@@ -100,19 +116,21 @@ impl<T: Transport> Connection<T> {
     }
 
     async fn serve(&mut self) -> Exit {
+        // Packets that arrived with CONNECT (clients need not wait for CONNACK).
+        if !self.rbuf.is_empty() {
+            if let Err(exit) = self.process() {
+                return exit;
+            }
+            self.release_acks();
+            self.pump();
+        }
         loop {
-            if let Err(e) = self.flush().await {
-                return Exit::Io(e);
+            if let Err(exit) = self.flush().await {
+                return exit;
             }
             tokio::select! {
                 biased;
-                Some(c) = self.control.recv() => {
-                    return match c {
-                        Control::Takeover(ack) => Exit::Takeover(ack),
-                        Control::Kick { end_session } => Exit::Kick { end_session },
-                        Control::Shutdown => Exit::Shutdown,
-                    };
-                }
+                Some(c) = self.control.recv() => return control_exit(c),
                 r = self.io.read(&mut self.rbuf) => match r {
                     Ok(0) => return Exit::Closed,
                     Ok(n) => {
@@ -213,13 +231,32 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    async fn flush(&mut self) -> std::io::Result<()> {
+    /// Writes the buffer, still obeying control commands and bounded by the write
+    /// timeout, so a client that stops reading cannot pin its session.
+    async fn flush(&mut self) -> Result<(), Exit> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
         let n = self.wbuf.len() as u64;
-        self.io.write(&self.wbuf).await?;
-        self.wbuf.clear();
+        let r = tokio::select! {
+            biased;
+            Some(c) = self.control.recv() => {
+                self.write_broken = true;
+                return Err(control_exit(c));
+            }
+            r = tokio::time::timeout(self.write_timeout, self.io.write(&mut self.wbuf)) => r,
+        };
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.write_broken = true;
+                return Err(Exit::Io(e));
+            }
+            Err(_) => {
+                self.write_broken = true;
+                return Err(Exit::WriteTimeout);
+            }
+        }
         let c = &self.session.counters;
         Counters::add(&c.send_oct, n);
         Counters::add(&c.send_cnt, 1);
@@ -278,10 +315,18 @@ impl<T: Transport> Connection<T> {
                         .lock()
                         .pubrec(pid)
                         .map(|i| i.delivery.clone());
+                    let known = moved.is_some()
+                        || self
+                            .session
+                            .state
+                            .lock()
+                            .inflight
+                            .iter()
+                            .any(|i| i.pid == pid);
                     if let Some(d) = moved {
                         self.store_delivery(&d, pid, InflightState::AwaitComp);
                     }
-                    self.wire.pubrel(pid, &mut self.wbuf);
+                    self.wire.pubrel(pid, known, &mut self.wbuf);
                 } else {
                     let done = self.session.state.lock().pubrec_failed(pid);
                     if let Some(i) = done {
@@ -304,10 +349,13 @@ impl<T: Transport> Connection<T> {
             }
             Incoming::Subscribe { pid, filters, .. } => self.on_subscribe(pid, filters)?,
             Incoming::Unsubscribe { pid, filters } => {
+                let levels = self.broker.config.mqtt.max_topic_levels;
                 let codes: Vec<u8> = filters
                     .iter()
                     .map(|f| {
-                        if self.broker.unsubscribe(&self.session, f) {
+                        if topic::parse_filter(f, levels).is_err() {
+                            0x8F
+                        } else if self.broker.unsubscribe(&self.session, f) {
                             0x00
                         } else {
                             0x11
@@ -322,7 +370,7 @@ impl<T: Transport> Connection<T> {
                 session_expiry,
             } => {
                 if let Some(e) = session_expiry {
-                    if self.session_expiry == 0 && e != 0 {
+                    if self.connect_expiry == 0 && e != 0 {
                         return Err(
                             self.protocol_error(0x82, "DISCONNECT raised a zero session expiry")
                         );
@@ -364,9 +412,13 @@ impl<T: Transport> Connection<T> {
                         }
                     }
                 } else {
-                    self.alias_in.insert(a, p.topic.clone());
+                    // A copy: the decoded topic is a slice that would pin the read buffer.
+                    self.alias_in.insert(a, ByteString::from(&*p.topic));
                 }
             }
+        }
+        if p.topic.is_empty() && self.wire.v5 {
+            return Err(self.protocol_error(0x82, "empty topic without a topic alias"));
         }
         if let Err(e) = topic::validate_name(&p.topic, cfg.mqtt.max_topic_levels) {
             self.broker
@@ -396,9 +448,21 @@ impl<T: Transport> Connection<T> {
             }
             if st.awaiting_rel.len() >= cfg.session.max_awaiting_rel {
                 drop(st);
+                if !self.wire.v5 {
+                    // 3.1.1 PUBREC has no reason code: a refusal would read as success.
+                    return Err(
+                        self.protocol_error(0x97, "too many QoS 2 messages awaiting PUBREL")
+                    );
+                }
                 self.ack(PendingAck::PubRec(pid, 0x97));
                 return Ok(());
             }
+        }
+        if p.qos != QoS::AtMostOnce
+            && self.wire.v5
+            && self.pending_acks.len() >= usize::from(cfg.mqtt.receive_maximum)
+        {
+            return Err(self.protocol_error(0x93, "receive maximum exceeded"));
         }
         let now = Instant::now();
         let props = p.properties.take().and_then(strip_props);
@@ -491,7 +555,7 @@ impl<T: Transport> Connection<T> {
                     }
                     self.write_publish(pid, dup, delivery, now)
                 }
-                Outgoing::PubRel(pid) => self.wire.pubrel(pid, &mut self.wbuf),
+                Outgoing::PubRel(pid) => self.wire.pubrel(pid, true, &mut self.wbuf),
             }
         }
         self.outgoing = out;
@@ -567,17 +631,24 @@ impl<T: Transport> Connection<T> {
             Exit::Closed => (None, true, "closed".into()),
             Exit::Io(e) => (None, true, format!("io error: {e}")),
             Exit::KeepAlive => (Some(0x8D), true, "keepalive timeout".into()),
+            Exit::WriteTimeout => (
+                None,
+                true,
+                "write timed out: the client stopped reading".into(),
+            ),
             Exit::Protocol(c, what) => (Some(*c), true, what.clone()),
             Exit::Takeover(_) => (Some(0x8E), true, "taken over".into()),
             Exit::Kick { .. } => (Some(0x98), true, "kicked".into()),
             Exit::Shutdown => (Some(0x8B), false, "shutdown".into()),
         };
         debug!(client_id = %self.session.client_id, %reason, "connection closed");
-        if let Some(c) = code {
-            self.wire.disconnect(c, &mut self.wbuf);
-        }
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            let _ = self.flush().await;
+            if !self.write_broken {
+                if let Some(c) = code {
+                    self.wire.disconnect(c, &mut self.wbuf);
+                }
+                let _ = self.io.write(&mut self.wbuf).await;
+            }
             self.io.close().await;
         })
         .await;

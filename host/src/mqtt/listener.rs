@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, info, warn};
 
 use super::transport::{StreamTransport, WsTransport};
@@ -154,7 +155,12 @@ async fn accept_one(
         std::time::Duration::from_secs(broker.config.listeners.connect_timeout_secs.max(1));
     match (kind, tls) {
         (Kind::Tcp, _) => super::serve(broker, StreamTransport(sock), peer, kind).await,
-        (Kind::Ws, _) => match tokio::time::timeout(handshake_timeout, ws_accept(sock)).await {
+        (Kind::Ws, _) => match tokio::time::timeout(
+            handshake_timeout,
+            ws_accept(sock, broker.config.mqtt.max_packet_size),
+        )
+        .await
+        {
             Ok(Ok(ws)) => super::serve(broker, WsTransport(ws), peer, kind).await,
             Ok(Err(e)) => handshake_failed(&broker, peer, &e.to_string()),
             Err(_) => handshake_failed(&broker, peer, "websocket handshake timed out"),
@@ -168,7 +174,12 @@ async fn accept_one(
             if kind == Kind::Tls {
                 super::serve(broker, StreamTransport(tls), peer, kind).await;
             } else {
-                match tokio::time::timeout(handshake_timeout, ws_accept(tls)).await {
+                match tokio::time::timeout(
+                    handshake_timeout,
+                    ws_accept(tls, broker.config.mqtt.max_packet_size),
+                )
+                .await
+                {
                     Ok(Ok(ws)) => super::serve(broker, WsTransport(ws), peer, kind).await,
                     Ok(Err(e)) => handshake_failed(&broker, peer, &e.to_string()),
                     Err(_) => handshake_failed(&broker, peer, "websocket handshake timed out"),
@@ -190,6 +201,7 @@ fn handshake_failed(broker: &Broker, peer: SocketAddr, why: &str) {
 /// WebSocket upgrade on path `/mqtt`, answering with subprotocol `mqtt` when offered.
 async fn ws_accept<S>(
     s: S,
+    max_packet_size: u32,
 ) -> Result<tokio_tungstenite::WebSocketStream<S>, tokio_tungstenite::tungstenite::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -217,5 +229,11 @@ where
         }
         Ok(resp)
     }
-    tokio_tungstenite::accept_hdr_async(s, check).await
+    // Frames and messages no larger than an MQTT packet may be: nothing bigger is buffered
+    // before the MQTT codec gets to refuse it.
+    let max = Some(max_packet_size as usize + 8);
+    let config = WebSocketConfig::default()
+        .max_message_size(max)
+        .max_frame_size(max);
+    tokio_tungstenite::accept_hdr_async_with_config(s, check, Some(config)).await
 }

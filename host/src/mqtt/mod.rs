@@ -59,7 +59,7 @@ pub async fn serve<T: Transport>(broker: Broker, mut io: T, peer: SocketAddr, ki
             } else {
                 &[0x20, 0x02, 0x00, 0x02]
             };
-            let _ = io.write(ack).await;
+            let _ = io.write(&mut BytesMut::from(ack)).await;
             io.close().await;
             return;
         }
@@ -73,7 +73,9 @@ pub async fn serve<T: Transport>(broker: Broker, mut io: T, peer: SocketAddr, ki
                     e
                 {
                     // Unknown protocol level: 3.1.1 CONNACK 0x01, which every version parses.
-                    let _ = io.write(&[0x20, 0x02, 0x00, 0x01]).await;
+                    let _ = io
+                        .write(&mut BytesMut::from(&[0x20u8, 0x02, 0x00, 0x01][..]))
+                        .await;
                 }
             }
             debug!(%peer, error = %e, "connection closed during CONNECT");
@@ -151,7 +153,7 @@ async fn establish<T: Transport>(
         } else {
             wire.connack_v3(c3, false, &mut wbuf);
         }
-        let _ = io.write(&wbuf).await;
+        let _ = io.write(&mut wbuf).await;
         io.close().await;
         return None;
     }
@@ -197,8 +199,9 @@ async fn establish<T: Transport>(
         let mut msg = Message::new(tenant.clone(), w.topic, w.payload, w.qos, w.retain);
         msg.props = w.props;
         Will {
-            msg: msg.with_expiry(w.expiry),
+            msg,
             delay_secs: w.delay_secs,
+            expiry: w.expiry,
         }
     });
     let attach = broker
@@ -265,19 +268,25 @@ async fn establish<T: Transport>(
             .filter(|s| s.sync == crate::store::SyncMode::Always)
             .map(|s| s.durable()),
         pending_acks: VecDeque::new(),
+        write_timeout: Duration::from_secs(cfg.listeners.write_timeout_secs.max(1)),
+        write_broken: false,
+        connect_expiry: session_expiry,
     };
     // CONNECT itself, read before the session existed.
     crate::session::Counters::add(&conn.session.counters.recv_pkt, 1);
     if attach.session_present {
         let mut out = Vec::new();
-        conn.session.state.lock().resend_all(&mut out);
+        let window = conn.window;
+        conn.session.state.lock().resend_all(window, &mut out);
         let now = Instant::now();
         for o in out {
             match o {
                 crate::session::Outgoing::Publish { pid, dup, delivery } => {
                     conn.write_publish(pid, dup, delivery, now)
                 }
-                crate::session::Outgoing::PubRel(pid) => conn.wire.pubrel(pid, &mut conn.wbuf),
+                crate::session::Outgoing::PubRel(pid) => {
+                    conn.wire.pubrel(pid, true, &mut conn.wbuf)
+                }
             }
         }
     }

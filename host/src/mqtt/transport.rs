@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -16,8 +16,8 @@ use tokio_tungstenite::WebSocketStream;
 pub trait Transport: Send + 'static {
     /// Appends received bytes to `buf`; Ok(0) means the peer closed.
     fn read(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
-    /// Writes all of `buf` and flushes.
-    fn write(&mut self, buf: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Writes all of `buf`, flushes, and leaves `buf` empty.
+    fn write(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<()>> + Send;
     /// Closes the write side gracefully.
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 }
@@ -33,8 +33,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for StreamTra
         self.0.read_buf(buf).await
     }
 
-    async fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+    async fn write(&mut self, buf: &mut BytesMut) -> io::Result<()> {
         self.0.write_all(buf).await?;
+        buf.clear();
         self.0.flush().await
     }
 
@@ -72,9 +73,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTranspo
         }
     }
 
-    async fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+    async fn write(&mut self, buf: &mut BytesMut) -> io::Result<()> {
+        // The frame takes the buffer's bytes without a copy.
         self.0
-            .send(WsMessage::Binary(Bytes::copy_from_slice(buf)))
+            .send(WsMessage::Binary(buf.split().freeze()))
             .await
             .map_err(io::Error::other)
     }

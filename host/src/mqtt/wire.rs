@@ -155,11 +155,11 @@ impl Wire {
         );
     }
 
-    /// PUBREL.
-    pub fn pubrel(&mut self, p: u16, out: &mut BytesMut) {
+    /// PUBREL; `found` false gives v5 0x92 Packet Identifier Not Found.
+    pub fn pubrel(&mut self, p: u16, found: bool, out: &mut BytesMut) {
         self.put(
             || Some(v3::Packet::PublishRelease { packet_id: nz(p) }),
-            || v5::Packet::PublishRelease(ack2(p, true)),
+            || v5::Packet::PublishRelease(ack2(p, found)),
             out,
         );
     }

@@ -110,6 +110,7 @@ pub struct Registry {
     count: AtomicUsize,
     events: broadcast::Sender<Event>,
     message_listeners: Arc<AtomicUsize>,
+    listeners: Arc<AtomicUsize>,
 }
 
 impl Default for Registry {
@@ -120,6 +121,7 @@ impl Default for Registry {
             count: AtomicUsize::new(0),
             events,
             message_listeners: Arc::new(AtomicUsize::new(0)),
+            listeners: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -130,10 +132,12 @@ pub struct EventStream {
     /// The receiver.
     pub rx: broadcast::Receiver<Event>,
     message_listeners: Option<Arc<AtomicUsize>>,
+    listeners: Arc<AtomicUsize>,
 }
 
 impl Drop for EventStream {
     fn drop(&mut self) {
+        self.listeners.fetch_sub(1, Ordering::Relaxed);
         if let Some(n) = self.message_listeners.take() {
             n.fetch_sub(1, Ordering::Relaxed);
         }
@@ -236,21 +240,32 @@ impl Registry {
             self.message_listeners.fetch_add(1, Ordering::Relaxed);
             self.message_listeners.clone()
         });
+        self.listeners.fetch_add(1, Ordering::Relaxed);
         EventStream {
             rx: self.events.subscribe(),
             message_listeners,
+            listeners: self.listeners.clone(),
         }
     }
 
     /// Emits an event (dropped if nobody listens).
     pub fn emit(&self, e: Event) {
-        let _ = self.events.send(e);
+        if self.listeners.load(Ordering::Relaxed) > 0 {
+            let _ = self.events.send(e);
+        }
+    }
+
+    /// Emits an event built only if someone listens (no allocation otherwise).
+    pub fn emit_with(&self, f: impl FnOnce() -> Event) {
+        if self.listeners.load(Ordering::Relaxed) > 0 {
+            let _ = self.events.send(f());
+        }
     }
 
     /// Emits MessagePublished only while a listener asked for messages (hot path).
     pub fn emit_message(&self, m: &Message) {
         if self.message_listeners.load(Ordering::Relaxed) > 0 {
-            self.emit(Event::MessagePublished {
+            let _ = self.events.send(Event::MessagePublished {
                 tenant: m.tenant.clone(),
                 topic: m.topic.to_string(),
                 qos: m.qos.value(),

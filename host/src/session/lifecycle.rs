@@ -36,6 +36,9 @@ impl Broker {
         info: ClientInfo,
         will: Option<Will>,
     ) -> Attach {
+        // One CONNECT per client id at a time: a racing second one waits and then takes
+        // over the first, instead of both attaching.
+        let _serial = self.connect_lock(&tenant, &client_id).lock().await;
         if let Some(old) = self.registry.get(&tenant, &client_id) {
             self.take_over(&old).await;
         }
@@ -59,6 +62,7 @@ impl Broker {
             }
         };
         session.epoch.fetch_add(1, Ordering::AcqRel);
+        session.cancel_timers();
         *session.will.lock() = will;
         let persistent = session.info.read().expiry_interval > 0;
         if session.persistent.swap(persistent, Ordering::AcqRel) && !persistent {
@@ -73,6 +77,7 @@ impl Broker {
         let (tx, control) = mpsc::unbounded_channel();
         let generation = self.next_id();
         *session.conn.lock() = Some(ConnHandle { generation, tx });
+        session.online.store(true, Ordering::Release);
         {
             let mut i = session.info.write();
             i.connected = true;
@@ -123,6 +128,7 @@ impl Broker {
             let mut conn = s.conn.lock();
             if conn.as_ref().is_some_and(|c| c.generation == generation) {
                 *conn = None;
+                s.online.store(false, Ordering::Release);
             } else {
                 return; // Taken over: the new connection owns the session now.
             }
@@ -163,13 +169,14 @@ impl Broker {
     pub(crate) fn arm_will(&self, s: &Arc<Session>, epoch: u64, after: Duration) {
         let b = self.clone();
         let s2 = s.clone();
-        tokio::spawn(async move {
+        let t = tokio::spawn(async move {
             tokio::time::sleep(after).await;
             if s2.epoch.load(Ordering::Acquire) == epoch {
                 b.publish_pending_will(&s2);
                 b.persist_session(&s2);
             }
         });
+        s.timers.lock().push(t.abort_handle());
     }
 
     /// Ends the session after `after` unless a connection attaches first (epoch changes).
@@ -178,23 +185,28 @@ impl Broker {
         if after >= Duration::from_secs(u64::from(u32::MAX)) {
             return;
         }
-        {
-            let b = self.clone();
-            let s2 = s.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(after).await;
-                if s2.epoch.load(Ordering::Acquire) == epoch && !s2.is_online() {
-                    debug!(client_id = %s2.client_id, "session expired");
-                    b.metrics.sessions_expired.fetch_add(1, Ordering::Relaxed);
-                    b.discard(&s2, "expired");
-                }
-            });
-        }
+        let b = self.clone();
+        let s2 = s.clone();
+        let t = tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            // Under the client id's connect lock: a CONNECT resuming this session either
+            // finished before (epoch changed) or starts after the session is gone.
+            let _serial = b.connect_lock(&s2.tenant, &s2.client_id).lock().await;
+            if s2.epoch.load(Ordering::Acquire) == epoch && !s2.is_online() {
+                debug!(client_id = %s2.client_id, "session expired");
+                b.metrics.sessions_expired.fetch_add(1, Ordering::Relaxed);
+                b.discard(&s2, "expired");
+            }
+        });
+        s.timers.lock().push(t.abort_handle());
     }
 
     pub(crate) fn publish_will(&self, w: Will) {
         self.metrics.wills_published.fetch_add(1, Ordering::Relaxed);
-        self.publish(w.msg);
+        let mut msg = w.msg;
+        // MQTT 5 §3.1.3.2.4: the will's lifetime starts when it is published.
+        msg.received = std::time::Instant::now();
+        self.publish(msg.with_expiry(w.expiry));
     }
 
     /// Publishes a will still waiting for its delay, if any.
@@ -217,6 +229,7 @@ impl Broker {
     }
 
     fn discard_unregistered(&self, s: &Arc<Session>, reason: &'static str) {
+        s.cancel_timers();
         if s.persistent.swap(false, Ordering::AcqRel) {
             if let Some(store) = &self.store {
                 store.submit(crate::store::Op::DeleteSession(

@@ -62,6 +62,8 @@ pub struct Will {
     pub msg: Message,
     /// v5 will delay interval in seconds.
     pub delay_secs: u32,
+    /// v5 message expiry interval, counted from when the will is published.
+    pub expiry: Option<std::num::NonZeroU32>,
 }
 
 /// What the registry shows about a session's client: identity, connection and settings.
@@ -170,6 +172,11 @@ pub struct Session {
     pub conn: Mutex<Option<ConnHandle>>,
     /// The will to publish if the connection ends abnormally.
     pub will: Mutex<Option<Will>>,
+    /// Pending will-delay and expiry timers, aborted when a connection attaches or the
+    /// session ends (so reconnect loops do not pile up sleeping tasks).
+    pub timers: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Mirrors `conn.is_some()` without the lock, for the publish path.
+    pub online: std::sync::atomic::AtomicBool,
     /// The session outlives its connection (session expiry > 0): its state is stored.
     pub persistent: std::sync::atomic::AtomicBool,
     /// Bumped at every attach, so delayed-will and expiry timers started at a detach
@@ -193,6 +200,8 @@ impl Session {
             will: Mutex::new(None),
             epoch: AtomicU64::new(0),
             persistent: std::sync::atomic::AtomicBool::new(false),
+            online: std::sync::atomic::AtomicBool::new(false),
+            timers: Mutex::new(Vec::new()),
         }
     }
 
@@ -203,7 +212,14 @@ impl Session {
 
     /// Whether a connection is attached.
     pub fn is_online(&self) -> bool {
-        self.conn.lock().is_some()
+        self.online.load(Ordering::Acquire)
+    }
+
+    /// Cancels pending will and expiry timers.
+    pub fn cancel_timers(&self) {
+        for t in self.timers.lock().drain(..) {
+            t.abort();
+        }
     }
 
     /// Sends a control command to the attached connection; false if offline.

@@ -59,6 +59,21 @@ pub struct Inflight {
     pub state: InflightState,
     /// The delivery (kept for redelivery).
     pub delivery: Delivery,
+    /// Not yet resent on the current connection (it reconnected with a smaller window).
+    pub unsent: bool,
+}
+
+impl Inflight {
+    fn resend(&self) -> Outgoing {
+        match self.state {
+            InflightState::AwaitComp => Outgoing::PubRel(self.pid),
+            _ => Outgoing::Publish {
+                pid: Some(self.pid),
+                dup: true,
+                delivery: self.delivery.clone(),
+            },
+        }
+    }
 }
 
 /// What the connection should write next.
@@ -99,6 +114,8 @@ pub struct SessionState {
     pub queue_bytes: usize,
     /// Outgoing unacknowledged messages in send order.
     pub inflight: VecDeque<Inflight>,
+    /// How many of `inflight` wait to be resent on this connection.
+    unsent: usize,
     /// Incoming QoS 2 packet ids awaiting PUBREL.
     pub awaiting_rel: HashSet<u16>,
     /// Last packet id handed out.
@@ -118,6 +135,11 @@ impl SessionState {
     /// Offers a delivery to the queue, applying the limits.
     pub fn enqueue(&mut self, d: Delivery, cfg: &SessionConfig) -> EnqueueOutcome {
         let len = d.msg.payload.len();
+        if cfg.max_queued_bytes > 0 && len > cfg.max_queued_bytes {
+            // Larger than the whole queue may hold: refuse it rather than empty the queue.
+            self.dropped += 1;
+            return EnqueueOutcome::Dropped;
+        }
         let full = |s: &Self| {
             s.queue.len() >= cfg.max_queued_messages
                 || (cfg.max_queued_bytes > 0 && s.queue_bytes + len > cfg.max_queued_bytes)
@@ -159,6 +181,18 @@ impl SessionState {
     /// assigning packet ids. Expired messages are dropped and counted. Order is kept:
     /// a QoS 0 message behind a blocked QoS 1 one waits too.
     pub fn take_outgoing(&mut self, window: usize, now: Instant, out: &mut Vec<Outgoing>) {
+        let mut sent = self.inflight.len() - self.unsent;
+        if self.unsent > 0 {
+            for i in self.inflight.iter_mut().filter(|i| i.unsent) {
+                if sent >= window {
+                    return;
+                }
+                i.unsent = false;
+                self.unsent -= 1;
+                sent += 1;
+                out.push(i.resend());
+            }
+        }
         while let Some(front) = self.queue.front() {
             if front.msg.expired(now) {
                 let d = self.queue.pop_front().expect("front exists");
@@ -169,7 +203,7 @@ impl SessionState {
                 }
                 continue;
             }
-            if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
+            if front.qos != QoS::AtMostOnce && sent >= window {
                 break;
             }
             let d = self.queue.pop_front().expect("front exists");
@@ -197,7 +231,9 @@ impl SessionState {
                 pid,
                 state,
                 delivery: d.clone(),
+                unsent: false,
             });
+            sent += 1;
             out.push(Outgoing::Publish {
                 pid: Some(pid),
                 dup: false,
@@ -206,18 +242,27 @@ impl SessionState {
         }
     }
 
-    /// Everything unacknowledged, to resend after a reconnect (PUBLISH with DUP, or PUBREL).
-    pub fn resend_all(&self, out: &mut Vec<Outgoing>) {
-        for i in &self.inflight {
-            out.push(match i.state {
-                InflightState::AwaitComp => Outgoing::PubRel(i.pid),
-                _ => Outgoing::Publish {
-                    pid: Some(i.pid),
-                    dup: true,
-                    delivery: i.delivery.clone(),
-                },
-            });
+    /// What is unacknowledged, to resend after a reconnect (PUBLISH with DUP, or PUBREL),
+    /// up to the new connection's window; the rest is resent by `take_outgoing` as acks
+    /// make room (MQTT 5 §4.9: the client's Receive Maximum applies to resends too).
+    pub fn resend_all(&mut self, window: usize, out: &mut Vec<Outgoing>) {
+        self.unsent = 0;
+        for (n, i) in self.inflight.iter_mut().enumerate() {
+            i.unsent = n >= window;
+            if i.unsent {
+                self.unsent += 1;
+            } else {
+                out.push(i.resend());
+            }
         }
+    }
+
+    fn remove_at(&mut self, p: usize) -> Option<Inflight> {
+        let i = self.inflight.remove(p)?;
+        if i.unsent {
+            self.unsent -= 1;
+        }
+        Some(i)
     }
 
     fn next_pid(&mut self) -> Option<u16> {
@@ -240,7 +285,7 @@ impl SessionState {
     /// PUBACK received; the acknowledged message if it matched an inflight QoS 1 one.
     pub fn puback(&mut self, pid: u16) -> Option<Inflight> {
         self.position(pid, InflightState::AwaitAck)
-            .and_then(|p| self.inflight.remove(p))
+            .and_then(|p| self.remove_at(p))
     }
 
     /// PUBREC received: the message moves to awaiting PUBCOMP. Returns it if it matched
@@ -254,19 +299,19 @@ impl SessionState {
     /// PUBREC with an error reason code (v5): the flow ends there.
     pub fn pubrec_failed(&mut self, pid: u16) -> Option<Inflight> {
         self.position(pid, InflightState::AwaitRec)
-            .and_then(|p| self.inflight.remove(p))
+            .and_then(|p| self.remove_at(p))
     }
 
     /// PUBCOMP received; the completed message if it matched.
     pub fn pubcomp(&mut self, pid: u16) -> Option<Inflight> {
         self.position(pid, InflightState::AwaitComp)
-            .and_then(|p| self.inflight.remove(p))
+            .and_then(|p| self.remove_at(p))
     }
 
     /// Forgets an inflight message that could not be sent (too large for the client).
     pub fn forget(&mut self, pid: u16) {
         if let Some(p) = self.inflight.iter().position(|i| i.pid == pid) {
-            if let Some(i) = self.inflight.remove(p) {
+            if let Some(i) = self.remove_at(p) {
                 if i.delivery.seq != 0 {
                     self.store_dels.push(i.delivery.seq);
                 }
@@ -279,6 +324,7 @@ impl SessionState {
         self.queue.clear();
         self.queue_bytes = 0;
         self.inflight.clear();
+        self.unsent = 0;
         self.awaiting_rel.clear();
     }
 }
@@ -353,7 +399,7 @@ mod tests {
         s.take_outgoing(10, Instant::now(), &mut out);
         assert!(s.pubrec(1).is_some());
         out.clear();
-        s.resend_all(&mut out);
+        s.resend_all(10, &mut out);
         assert!(matches!(out[0], Outgoing::PubRel(1)));
         assert!(matches!(
             out[1],
@@ -394,6 +440,80 @@ mod tests {
         );
         assert_eq!(&s.queue[1].msg.payload[..], b"2");
         assert_eq!(s.dropped, 1);
+    }
+
+    #[test]
+    fn resend_respects_a_smaller_window() {
+        let mut s = SessionState::default();
+        let c = cfg(100, QueueFullPolicy::DropOldest);
+        for _ in 0..3 {
+            s.enqueue(delivery(QoS::AtLeastOnce, "x"), &c);
+        }
+        let mut out = Vec::new();
+        s.take_outgoing(10, Instant::now(), &mut out);
+        s.enqueue(delivery(QoS::AtLeastOnce, "new"), &c);
+        out.clear();
+        s.resend_all(1, &mut out);
+        assert_eq!(out.len(), 1, "only the window is resent");
+        out.clear();
+        s.take_outgoing(1, Instant::now(), &mut out);
+        assert!(out.is_empty(), "window still full");
+        assert!(s.puback(1).is_some());
+        s.take_outgoing(1, Instant::now(), &mut out);
+        assert!(
+            matches!(
+                out[..],
+                [Outgoing::Publish {
+                    pid: Some(2),
+                    dup: true,
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        assert!(s.puback(2).is_some());
+        out.clear();
+        s.take_outgoing(1, Instant::now(), &mut out);
+        assert!(
+            matches!(
+                out[..],
+                [Outgoing::Publish {
+                    pid: Some(3),
+                    dup: true,
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+        assert!(s.puback(3).is_some());
+        out.clear();
+        s.take_outgoing(1, Instant::now(), &mut out);
+        assert!(
+            matches!(
+                out[..],
+                [Outgoing::Publish {
+                    pid: Some(4),
+                    dup: false,
+                    ..
+                }]
+            ),
+            "then new messages: {out:?}"
+        );
+    }
+
+    #[test]
+    fn a_message_larger_than_the_byte_limit_does_not_empty_the_queue() {
+        let mut s = SessionState::default();
+        let c = SessionConfig {
+            max_queued_bytes: 3,
+            ..cfg(100, QueueFullPolicy::DropOldest)
+        };
+        s.enqueue(delivery(QoS::AtMostOnce, "ab"), &c);
+        assert_eq!(
+            s.enqueue(delivery(QoS::AtMostOnce, "abcd"), &c),
+            EnqueueOutcome::Dropped
+        );
+        assert_eq!(s.queue.len(), 1);
     }
 
     #[test]

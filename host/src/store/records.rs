@@ -233,6 +233,18 @@ pub struct SubRecord {
     pub sub_id: Option<u32>,
 }
 
+/// A session's will.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WillRecord {
+    /// The message.
+    pub msg: MessageRecord,
+    /// Will delay interval.
+    pub delay_secs: u32,
+    /// Message expiry interval, applied when published.
+    #[serde(default)]
+    pub expiry_secs: Option<u32>,
+}
+
 /// A persistent session.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -269,9 +281,9 @@ pub struct SessionRecord {
     /// Subscriptions.
     #[serde(default)]
     pub subscriptions: Vec<SubRecord>,
-    /// Will and its delay.
+    /// The will (pending, or for the next abnormal disconnect).
     #[serde(default)]
-    pub will: Option<(MessageRecord, u32)>,
+    pub will: Option<WillRecord>,
     /// Last packet id handed out.
     #[serde(default)]
     pub last_pid: u16,

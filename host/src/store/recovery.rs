@@ -12,6 +12,7 @@ use rmqtt_codec::types::QoS;
 
 use super::records::{
     decode, split_key, system_time, to_ms, InboxRecord, MessageRecord, SessionRecord, SubRecord,
+    WillRecord,
 };
 use super::{Op, Space, Store, StoreError};
 use crate::broker::Broker;
@@ -39,11 +40,11 @@ pub fn session_record(s: &Session) -> SessionRecord {
             .collect();
         (subs, st.last_pid)
     };
-    let will = s
-        .will
-        .lock()
-        .as_ref()
-        .map(|w| (MessageRecord::from_message(&w.msg), w.delay_secs));
+    let will = s.will.lock().as_ref().map(|w| WillRecord {
+        msg: MessageRecord::from_message(&w.msg),
+        delay_secs: w.delay_secs,
+        expiry_secs: w.expiry.map(|e| e.get()),
+    });
     SessionRecord {
         created_ms: to_ms(s.created_at),
         username: i.username.as_deref().map(str::to_string),
@@ -266,6 +267,7 @@ impl Broker {
                             pid,
                             state,
                             delivery: d,
+                            unsent: false,
                         }),
                         _ => {
                             st.queue_bytes += d.msg.payload.len();
@@ -306,13 +308,14 @@ impl Broker {
 
             let since = now.duration_since(disconnected_at).unwrap_or_default();
             let epoch = session.epoch.load(Ordering::Acquire);
-            if let Some((m, delay)) = r.will {
+            if let Some(w) = r.will {
                 let will = Will {
-                    msg: m.into_message(tenant.clone()),
-                    delay_secs: delay,
+                    msg: w.msg.into_message(tenant.clone()),
+                    delay_secs: w.delay_secs,
+                    expiry: w.expiry_secs.and_then(NonZeroU32::new),
                 };
                 *session.will.lock() = Some(will);
-                let left = Duration::from_secs(u64::from(delay)).saturating_sub(since);
+                let left = Duration::from_secs(u64::from(w.delay_secs)).saturating_sub(since);
                 self.arm_will(&session, epoch, left);
             }
             if r.expiry_interval != u32::MAX {
