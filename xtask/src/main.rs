@@ -57,6 +57,46 @@ fn run(root: &Path, extra: &[String]) -> Result<()> {
     step(root, "build and start the broker", "cargo", &args)
 }
 
+/// Passed and failed counts from cargo test's `test result:` lines.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test ARGS`, echoing its output and adding up its result lines.
+fn cargo_test(root: &Path, what: &str, args: &[&str], tally: &mut Tally) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    println!("==> {what}: cargo test {}", args.join(" "));
+    let mut child = Command::new("cargo")
+        .arg("test")
+        .args(args)
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let out = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word))
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            tally.passed += count(" passed");
+            tally.failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
 fn test(root: &Path) -> Result<()> {
     step(
         root,
@@ -77,18 +117,20 @@ fn test(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
-    step(
+    let mut tally = Tally::default();
+    let r = cargo_test(
         root,
         "tests (unit, integration, benchmarks in test mode)",
-        "cargo",
-        &["test", "--workspace", "--all-targets"],
-    )?;
-    step(
-        root,
-        "doc tests",
-        "cargo",
-        &["test", "--workspace", "--doc"],
-    )?;
+        &["--workspace", "--all-targets"],
+        &mut tally,
+    )
+    .and_then(|()| cargo_test(root, "doc tests", &["--workspace", "--doc"], &mut tally));
+    // One closing line over every test binary, for people and for CI.
+    println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
+    r?;
+    if tally.passed == 0 {
+        bail!("no test ran");
+    }
     println!("==> all checks passed");
     Ok(())
 }
