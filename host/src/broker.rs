@@ -40,6 +40,9 @@ pub struct Shared {
     pub api_keys: ApiKeyStore,
     /// Durable state (None: nothing is stored, as in unit benchmarks).
     pub store: Option<Arc<Store>>,
+    /// Loaded plugins (set once at startup). Weak: the manager's plugins hold the broker,
+    /// and the server owns the manager, so shutdown drops the whole graph.
+    plugins_mgr: std::sync::OnceLock<std::sync::Weak<crate::plugins::PluginManager>>,
     /// When the broker started.
     pub started: Instant,
     next_id: AtomicU64,
@@ -109,6 +112,7 @@ impl Broker {
             metrics: Metrics::default(),
             api_keys,
             store,
+            plugins_mgr: std::sync::OnceLock::new(),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             shutdown,
@@ -126,6 +130,16 @@ impl Broker {
         &self.connect_locks[(h.finish() as usize) % self.connect_locks.len()]
     }
 
+    /// The plugin manager, while the server runs.
+    pub fn plugins(&self) -> Option<Arc<crate::plugins::PluginManager>> {
+        self.plugins_mgr.get()?.upgrade()
+    }
+
+    /// Registers the plugin manager (once, at startup).
+    pub fn set_plugins(&self, m: &Arc<crate::plugins::PluginManager>) {
+        let _ = self.plugins_mgr.set(Arc::downgrade(m));
+    }
+
     /// A fresh id for sessions and connection generations.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -141,6 +155,10 @@ impl Broker {
         self.shutdown.send_replace(true);
         for s in self.registry.online_sessions() {
             s.control(crate::session::Control::Shutdown);
+        }
+        // Pending will/expiry timers would keep the broker (and its store) alive.
+        for s in self.registry.sessions_of(None) {
+            s.cancel_timers();
         }
     }
 

@@ -13,6 +13,7 @@ pub mod http;
 pub mod message;
 pub mod metrics;
 pub mod mqtt;
+pub mod plugins;
 pub mod registry;
 pub mod router;
 pub mod session;
@@ -47,6 +48,9 @@ pub enum StartError {
     /// The store cannot be opened or its contents cannot be read.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The plugin runtime could not start.
+    #[error("plugin runtime: {0}")]
+    Plugins(#[from] plugins::PluginError),
     /// The data dir cannot be created or written.
     #[error("data dir {path} is not usable: {source}")]
     DataDir {
@@ -76,6 +80,8 @@ pub struct Addrs {
 pub struct Server {
     /// Handle to its state.
     pub broker: Broker,
+    /// The loaded plugins.
+    pub plugins: Arc<plugins::PluginManager>,
     /// Where it listens.
     pub addrs: Addrs,
     tasks: JoinSet<()>,
@@ -142,6 +148,11 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         elapsed_ms = stats.elapsed.as_millis() as u64,
         "recovered durable state"
     );
+    let plugins_dir = broker.config.plugins_dir.clone();
+    let manager =
+        plugins::PluginManager::new(&plugins_dir, &data_dir.join("plugin-cache"), broker.clone())?;
+    manager.load_all().await;
+    broker.set_plugins(&manager);
     let mut addrs = Addrs {
         http: http_listener.as_ref().and_then(|h| h.local_addr().ok()),
         ..Default::default()
@@ -162,11 +173,13 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     if let Some(h) = http_listener {
         tasks.spawn(http::serve(h, broker.clone()));
     }
+    tasks.spawn(manager.clone().watch());
     if sys_interval > 0 {
         tasks.spawn(sys::run(broker.clone(), Duration::from_secs(sys_interval)));
     }
     Ok(Server {
         broker,
+        plugins: manager,
         addrs,
         tasks,
     })

@@ -15,10 +15,12 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("run") => run(&root, &args[1..]),
         Some("test") => test(&root),
+        Some("plugins") => plugins(&root).map(|_| ()),
         _ => {
             eprintln!(
                 "usage:\n  cargo xtask run [-- apiary flags]   build and start the broker (embedded defaults)\n  \
-                 cargo xtask test                    format check, clippy, all tests (what CI runs)"
+                 cargo xtask test                    format check, clippy, all tests (what CI runs)\n  \
+                 cargo xtask plugins                 build every plugin under plugins/ into target/plugins/"
             );
             bail!("unknown or missing xtask command")
         }
@@ -46,12 +48,120 @@ fn step(root: &Path, what: &str, program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Makes sure the wasm32-wasip2 target is installed (rustup, bounded in time).
+fn ensure_wasm_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-wasip2"))
+        .unwrap_or(false);
+    if installed {
+        return Ok(());
+    }
+    println!(
+        "==> installing the wasm32-wasip2 target: rustup target add wasm32-wasip2 (2 min limit)"
+    );
+    let ok = Command::new("timeout")
+        .args(["120", "rustup", "target", "add", "wasm32-wasip2"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        bail!(
+            "cannot install the wasm32-wasip2 target with rustup; see ../shared/toolchain.md \
+             (Debian rustc-web fallback) to build plugins on this machine"
+        );
+    }
+    Ok(())
+}
+
+/// Plugin crates: `plugins/*` (the stock set) and `plugins/testing/*` (test fixtures).
+fn plugin_crates(root: &Path) -> Vec<(PathBuf, bool)> {
+    let mut out = Vec::new();
+    for (dir, stock) in [
+        (root.join("plugins"), true),
+        (root.join("plugins/testing"), false),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut v: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("Cargo.toml").exists())
+            .collect();
+        v.sort();
+        out.extend(v.into_iter().map(|p| (p, stock)));
+    }
+    out
+}
+
+/// Builds every plugin for wasm32-wasip2 (own target dir) into `target/plugins/NAME.wasm`
+/// with its `NAME.toml` beside it. Returns the stock plugins' names.
+fn plugins(root: &Path) -> Result<Vec<String>> {
+    ensure_wasm_target()?;
+    let out = root.join("target/plugins");
+    std::fs::create_dir_all(&out)?;
+    let build_dir = root.join("target/plugins-build");
+    let mut stock = Vec::new();
+    for (dir, is_stock) in plugin_crates(root) {
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("plugin dir name")?
+            .to_string();
+        let manifest = dir.join("Cargo.toml");
+        step(
+            root,
+            &format!("plugin {name}"),
+            "cargo",
+            &[
+                "build",
+                "--release",
+                "--quiet",
+                "--target",
+                "wasm32-wasip2",
+                "--manifest-path",
+                manifest.to_str().context("path")?,
+                "--target-dir",
+                build_dir.to_str().context("path")?,
+            ],
+        )?;
+        let artifact = build_dir.join(format!(
+            "wasm32-wasip2/release/{}.wasm",
+            name.replace('-', "_")
+        ));
+        std::fs::copy(&artifact, out.join(format!("{name}.wasm")))
+            .with_context(|| format!("copying {}", artifact.display()))?;
+        let toml = dir.join(format!("{name}.toml"));
+        if toml.exists() {
+            std::fs::copy(&toml, out.join(format!("{name}.toml")))?;
+        }
+        if is_stock {
+            stock.push(name);
+        }
+    }
+    Ok(stock)
+}
+
 fn run(root: &Path, extra: &[String]) -> Result<()> {
     let extra: Vec<&str> = extra
         .iter()
         .map(String::as_str)
         .skip_while(|a| *a == "--")
         .collect();
+    // The stock plugins, built fresh, served from plugins.d/ (the default plugins dir).
+    let stock = plugins(root)?;
+    let dir = root.join("plugins.d");
+    std::fs::create_dir_all(&dir)?;
+    for name in stock {
+        for ext in ["wasm", "toml"] {
+            let from = root.join(format!("target/plugins/{name}.{ext}"));
+            if from.exists() {
+                std::fs::copy(&from, dir.join(format!("{name}.{ext}")))?;
+            }
+        }
+    }
     let mut args = vec!["run", "--release", "-p", "apiary", "--bin", "apiary", "--"];
     args.extend(extra);
     step(root, "build and start the broker", "cargo", &args)
@@ -117,6 +227,7 @@ fn test(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
+    plugins(root)?;
     let mut tally = Tally::default();
     let r = cargo_test(
         root,

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::json;
@@ -15,12 +15,34 @@ use serde_json::json;
 use crate::apikeys::ApiKey;
 use crate::broker::Broker;
 
+mod gateway;
+
 /// Builds the native API router.
 pub fn router(broker: Broker) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/plugins", get(gateway::list))
+        .route("/plugins/{name}/reload", post(gateway::reload))
+        .fallback(gateway::mounted)
         .with_state(broker)
+}
+
+/// Serves one plugin on its dedicated listener (no prefix) until shutdown.
+pub async fn serve_plugin(listener: tokio::net::TcpListener, broker: Broker, name: String) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(listener = "http", plugin = %name, %addr, "listening");
+    }
+    let mut shutdown = broker.shutdown_signal();
+    let app = Router::new()
+        .fallback(gateway::dedicated)
+        .with_state((broker, name))
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let _ = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
 }
 
 /// Serves the router until shutdown.

@@ -12,7 +12,7 @@ use super::{Backend, ScanFn, Space, StoreError, Write};
 /// fjall database with one keyspace per space.
 pub struct FjallBackend {
     db: Database,
-    spaces: [Keyspace; 4],
+    spaces: [Keyspace; 5],
     path: PathBuf,
 }
 
@@ -38,6 +38,7 @@ impl FjallBackend {
             open(Space::Inbox)?,
             open(Space::Rel)?,
             open(Space::Retained)?,
+            open(Space::Kv)?,
         ];
         Ok(Self {
             db,
@@ -52,6 +53,7 @@ impl FjallBackend {
             Space::Inbox => 1,
             Space::Rel => 2,
             Space::Retained => 3,
+            Space::Kv => 4,
         }]
     }
 
@@ -99,6 +101,28 @@ impl Backend for FjallBackend {
             }
         }
         b.commit().map_err(|e| self.err(e))
+    }
+
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.ks(space)
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| self.err(e))
+    }
+
+    fn scan_prefix(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for kv in self.ks(space).prefix(prefix) {
+            let (k, v) = kv.into_inner().map_err(|e| self.err(e))?;
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn flush(&self, durable: bool) -> Result<(), StoreError> {

@@ -93,6 +93,8 @@ pub enum Space {
     Rel,
     /// Retained messages.
     Retained,
+    /// Plugins' private key-value data.
+    Kv,
 }
 
 impl Space {
@@ -103,6 +105,7 @@ impl Space {
             Space::Inbox => "inbox",
             Space::Rel => "rel",
             Space::Retained => "retained",
+            Space::Kv => "kv",
         }
     }
 }
@@ -128,6 +131,16 @@ pub trait Backend: Send + Sync + 'static {
     fn write(&self, batch: Vec<Write>) -> Result<(), StoreError>;
     /// Pushes written data to the OS (`durable = false`) or to disk (`true`).
     fn flush(&self, durable: bool) -> Result<(), StoreError>;
+    /// The value of one key.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Visits the keys/values of a space that start with `prefix`, in key order, until
+    /// `f` returns false.
+    fn scan_prefix(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError>;
     /// Visits every key/value of a space in key order.
     fn scan(&self, space: Space, f: ScanFn<'_>) -> Result<(), StoreError>;
 }

@@ -1,0 +1,179 @@
+//! The plugin HTTP gateway: requests under a plugin's mount (or on its dedicated
+//! listener) become calls of its `http` role; plugin faults become JSON errors, never a
+//! hung request. Also the native plugin admin routes.
+
+use std::net::SocketAddr;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::authorize;
+use crate::broker::Broker;
+use crate::plugins::bindings::exports::apiary::plugin::http as wit;
+use crate::plugins::runtime::LoadedPlugin;
+use crate::plugins::PluginError;
+
+/// Largest request body passed to a plugin.
+const MAX_BODY: usize = 16 << 20;
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"code": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+/// Routes a request to the plugin mounted at the longest matching prefix.
+pub async fn mounted(
+    State(b): State<Broker>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let Some(mgr) = b.plugins() else {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route");
+    };
+    match mgr.http_route(req.uri().path()) {
+        Some((plugin, rest)) => call(&b, plugin, rest, Some(peer), req).await,
+        None => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route"),
+    }
+}
+
+/// Serves one plugin with no prefix (its dedicated listener).
+pub async fn dedicated(
+    State((b, name)): State<(Broker, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let Some(plugin) = b.plugins().and_then(|m| m.get(&name)) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PLUGIN_UNAVAILABLE",
+            format!("plugin {name} is not loaded"),
+        );
+    };
+    let path = req.uri().path().to_string();
+    call(&b, plugin, path, Some(peer), req).await
+}
+
+async fn call(
+    b: &Broker,
+    plugin: std::sync::Arc<LoadedPlugin>,
+    path: String,
+    peer: Option<SocketAddr>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match to_bytes(body, MAX_BODY).await {
+        Ok(b) => b.to_vec(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PAYLOAD_TOO_LARGE",
+                "request body over 16 MiB",
+            )
+        }
+    };
+    let headers = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let wreq = wit::Request {
+        method: parts.method.as_str().to_string(),
+        path,
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers,
+        body,
+        peer: peer.map(|p| p.to_string()),
+    };
+    let Some(mgr) = b.plugins() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PLUGIN_UNAVAILABLE",
+            "plugins not started",
+        );
+    };
+    match plugin.handle_http(mgr.runtime().engine(), wreq).await {
+        Ok(r) => {
+            let mut resp = Response::new(Body::from(r.body));
+            *resp.status_mut() =
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let h: &mut HeaderMap = resp.headers_mut();
+            for (k, v) in r.headers {
+                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
+                    h.append(k, v);
+                }
+            }
+            resp
+        }
+        Err(PluginError::BackingOff) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PLUGIN_BACKING_OFF",
+            format!(
+                "plugin {} failed repeatedly and is backing off",
+                plugin.ctx.name
+            ),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "PLUGIN_ERROR",
+            format!("plugin {}: {e}", plugin.ctx.name),
+        ),
+    }
+}
+
+/// `GET /plugins` (admin).
+pub async fn list(State(b): State<Broker>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&b, &headers, "admin") {
+        return e.into_response();
+    }
+    let list = b.plugins().map(|m| m.list()).unwrap_or_default();
+    Json(list).into_response()
+}
+
+/// `POST /plugins/{name}/reload` (admin).
+pub async fn reload(
+    State(b): State<Broker>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize(&b, &headers, "admin") {
+        return e.into_response();
+    }
+    let Some(mgr) = b.plugins() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PLUGIN_UNAVAILABLE",
+            "plugins not started",
+        );
+    };
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_PARAMETER",
+            "bad plugin name",
+        );
+    }
+    match mgr.load(&name).await {
+        Ok(p) => Json(json!({"name": name, "version": &p.hash[..12], "roles": p.roles()}))
+            .into_response(),
+        Err(PluginError::Load(m)) if m.contains("No such file") => error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no plugin {name}"),
+        ),
+        Err(e) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "PLUGIN_LOAD_FAILED",
+            e.to_string(),
+        ),
+    }
+}

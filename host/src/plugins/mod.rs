@@ -1,0 +1,26 @@
+//! The plugin runtime: WebAssembly components defined by the WIT package in `wit/`,
+//! sandboxed in wasmtime, loaded and hot-reloaded from the plugins directory.
+//!
+//! - [`manifest`]: `NAME.toml`, what a plugin may do and its limits;
+//! - [`runtime`]: engine, compile cache, instances, calls with deadlines;
+//! - `host_api`: the host interfaces a plugin imports, each checked against its grants;
+//! - [`manager`]: the loaded set, the directory watcher, lookup by role.
+
+mod host_api;
+pub mod manager;
+pub mod manifest;
+pub mod runtime;
+
+/// Generated bindings (host side) for the `full` world.
+#[allow(missing_docs)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "full",
+        imports: { default: async | trappable },
+        exports: { default: async },
+    });
+}
+
+pub use manager::PluginManager;
+pub use runtime::PluginError;

@@ -1,0 +1,465 @@
+//! The component runtime: one wasmtime Engine, components compiled once and cached on disk
+//! by content hash, one `InstancePre` per loaded plugin, and a small pool of initialised
+//! instances per plugin (each with its own Store, memory limit and epoch deadline). A call
+//! that traps, overruns its deadline or hits its memory limit fails alone; its instance
+//! is dropped and a fresh one takes its place.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::exports::apiary::plugin::{auth, events, http, lifecycle};
+use super::bindings::Full;
+use super::manifest::Manifest;
+use crate::broker::Broker;
+
+/// Epoch tick: the granularity of call deadlines.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// Why a plugin could not be loaded or a call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PluginError {
+    /// Not a component, or it does not link against the host's interfaces.
+    #[error("cannot load: {0}")]
+    Load(String),
+    /// `init` refused.
+    #[error("init failed: {0}")]
+    Init(String),
+    /// The call trapped (panic, unreachable, out of memory...).
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    /// The call ran past `call_timeout_ms`.
+    #[error("plugin call timed out")]
+    Timeout,
+    /// The plugin failed repeatedly and is backing off.
+    #[error("plugin is backing off after repeated failures")]
+    BackingOff,
+    /// The plugin does not serve this role.
+    #[error("plugin does not export the {0} role")]
+    NoRole(&'static str),
+}
+
+/// What host calls of one plugin may touch.
+#[derive(Debug)]
+pub struct PluginContext {
+    /// Plugin name.
+    pub name: String,
+    /// Its settings.
+    pub manifest: Manifest,
+    /// The broker it acts on.
+    pub broker: Broker,
+}
+
+/// Store data of one instance.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    /// Shared per-plugin context for host calls.
+    pub ctx: Arc<PluginContext>,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The engine, linker and compile cache shared by every plugin.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    cache_dir: PathBuf,
+}
+
+impl Runtime {
+    /// Builds the engine (epoch interruption on) and the linker with the host interfaces
+    /// and WASI (whose reach is decided per instance by its WasiCtx), and starts the epoch
+    /// ticker thread.
+    pub fn new(cache_dir: &Path) -> Result<Arc<Self>, PluginError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| PluginError::Load(e.to_string()))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| PluginError::Load(e.to_string()))?;
+        Full::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| PluginError::Load(e.to_string()))?;
+        let _ = std::fs::create_dir_all(cache_dir);
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("apiary-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(TICK);
+                match weak.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => return,
+                }
+            })
+            .map_err(|e| PluginError::Load(e.to_string()))?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_path_buf(),
+        }))
+    }
+
+    /// Compiles a component, or loads it from the on-disk cache keyed by the content hash
+    /// and the engine's compatibility hash. Returns it with its content hash.
+    pub fn compile(&self, bytes: &[u8]) -> Result<(Component, String), PluginError> {
+        let hash = hex(&Sha256::digest(bytes));
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut h);
+        let key = format!("{hash}-{:016x}.cwasm", std::hash::Hasher::finish(&h));
+        let cached = self.cache_dir.join(key);
+        if cached.exists() {
+            // SAFETY: the file was written by `serialize` of this same engine configuration
+            // (the key includes its compatibility hash) into a directory only we write.
+            if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                return Ok((c, hash));
+            }
+        }
+        let c =
+            Component::new(&self.engine, bytes).map_err(|e| PluginError::Load(format!("{e:#}")))?;
+        if let Ok(bytes) = c.serialize() {
+            let tmp = cached.with_extension("tmp");
+            if std::fs::write(&tmp, bytes).is_ok() {
+                let _ = std::fs::rename(&tmp, &cached);
+            }
+        }
+        Ok((c, hash))
+    }
+
+    /// Links a component against the host, finding which roles it exports.
+    pub fn prepare(&self, component: &Component) -> Result<Prepared, PluginError> {
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| PluginError::Load(format!("{e:#}")))?;
+        let lifecycle = lifecycle::GuestIndices::new(&pre).map_err(|e| {
+            PluginError::Load(format!("does not export apiary:plugin/lifecycle: {e:#}"))
+        })?;
+        Ok(Prepared {
+            http: http::GuestIndices::new(&pre).ok(),
+            auth: auth::GuestIndices::new(&pre).ok(),
+            events: events::GuestIndices::new(&pre).ok(),
+            lifecycle,
+            pre,
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A linked component and the roles it exports.
+pub struct Prepared {
+    pre: InstancePre<PluginState>,
+    lifecycle: lifecycle::GuestIndices,
+    http: Option<http::GuestIndices>,
+    auth: Option<auth::GuestIndices>,
+    events: Option<events::GuestIndices>,
+}
+
+impl Prepared {
+    /// Names of the roles exported.
+    pub fn roles(&self) -> Vec<&'static str> {
+        let mut r = Vec::new();
+        if self.http.is_some() {
+            r.push("http");
+        }
+        if self.auth.is_some() {
+            r.push("auth");
+        }
+        if self.events.is_some() {
+            r.push("events");
+        }
+        r
+    }
+}
+
+/// One initialised instance with its store.
+pub struct Instance {
+    store: Store<PluginState>,
+    http: Option<http::Guest>,
+    auth: Option<auth::Guest>,
+    events: Option<events::Guest>,
+}
+
+/// A loaded plugin version: linked component, pool of instances, counters.
+pub struct LoadedPlugin {
+    /// Shared context for host calls.
+    pub ctx: Arc<PluginContext>,
+    prepared: Prepared,
+    pool: Mutex<Vec<Instance>>,
+    /// Content hash of the `.wasm`.
+    pub hash: String,
+    /// When this version was loaded (Unix ms).
+    pub loaded_at: i64,
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Calls that failed.
+    pub errors: AtomicU64,
+    /// The last failure.
+    pub last_error: Mutex<Option<String>>,
+    consecutive_failures: AtomicU64,
+    backoff_until: Mutex<Option<Instant>>,
+}
+
+impl LoadedPlugin {
+    /// Links, instantiates and initialises one instance (which `init` must accept).
+    pub async fn new(
+        ctx: Arc<PluginContext>,
+        prepared: Prepared,
+        hash: String,
+        runtime: &Runtime,
+    ) -> Result<Arc<Self>, PluginError> {
+        let p = Arc::new(Self {
+            ctx,
+            prepared,
+            pool: Mutex::new(Vec::new()),
+            hash,
+            loaded_at: crate::store::records::to_ms(std::time::SystemTime::now()),
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            consecutive_failures: AtomicU64::new(0),
+            backoff_until: Mutex::new(None),
+        });
+        let first = p.instantiate(runtime.engine()).await?;
+        p.pool.lock().push(first);
+        Ok(p)
+    }
+
+    /// Roles this plugin serves.
+    pub fn roles(&self) -> Vec<&'static str> {
+        self.prepared.roles()
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.ctx.manifest.call_timeout_ms / TICK.as_millis() as u64).max(1)
+    }
+
+    async fn instantiate(&self, engine: &Engine) -> Result<Instance, PluginError> {
+        let m = &self.ctx.manifest;
+        let mut wasi = WasiCtxBuilder::new();
+        if m.wasi.stdio {
+            wasi.inherit_stdout().inherit_stderr();
+        }
+        for (k, v) in &m.wasi.env {
+            wasi.env(k, v);
+        }
+        let limits = StoreLimitsBuilder::new()
+            .memory_size((m.memory_limit_mb as usize) << 20)
+            .instances(16)
+            .build();
+        let mut store = Store::new(
+            engine,
+            PluginState {
+                wasi: wasi.build(),
+                table: ResourceTable::new(),
+                limits,
+                ctx: self.ctx.clone(),
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.deadline_ticks());
+        let trap = |e: wasmtime::Error| classify(&e);
+        let inst = self
+            .prepared
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(trap)?;
+        let p = &self.prepared;
+        let lifecycle = p.lifecycle.load(&mut store, &inst).map_err(trap)?;
+        let http = p
+            .http
+            .as_ref()
+            .map(|i| i.load(&mut store, &inst))
+            .transpose()
+            .map_err(trap)?;
+        let auth = p
+            .auth
+            .as_ref()
+            .map(|i| i.load(&mut store, &inst))
+            .transpose()
+            .map_err(trap)?;
+        let events = p
+            .events
+            .as_ref()
+            .map(|i| i.load(&mut store, &inst))
+            .transpose()
+            .map_err(trap)?;
+        store.set_epoch_deadline(self.deadline_ticks());
+        let config = self.ctx.manifest.config_json();
+        match lifecycle
+            .call_init(&mut store, &config)
+            .await
+            .map_err(trap)?
+        {
+            Ok(()) => {}
+            Err(lifecycle::InitError::InvalidConfig(m)) => {
+                return Err(PluginError::Init(format!("invalid config: {m}")))
+            }
+            Err(lifecycle::InitError::Failed(m)) => return Err(PluginError::Init(m)),
+        }
+        Ok(Instance {
+            store,
+            http,
+            auth,
+            events,
+        })
+    }
+
+    /// Runs `f` on a pooled (or fresh) instance under the call deadline. A failed call
+    /// drops its instance; repeated failures make the plugin back off.
+    pub async fn call<R>(
+        &self,
+        engine: &Engine,
+        f: impl for<'a> FnOnce(
+            &'a mut Instance,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,
+        >,
+    ) -> Result<R, PluginError> {
+        if let Some(until) = *self.backoff_until.lock() {
+            if Instant::now() < until {
+                return Err(PluginError::BackingOff);
+            }
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let pooled = self.pool.lock().pop();
+        let mut inst = match pooled {
+            Some(i) => i,
+            None => match self.instantiate(engine).await {
+                Ok(i) => i,
+                Err(e) => return Err(self.failed(e)),
+            },
+        };
+        inst.store.set_epoch_deadline(self.deadline_ticks());
+        match f(&mut inst).await {
+            Ok(r) => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                let mut pool = self.pool.lock();
+                if pool.len() < self.ctx.manifest.max_instances {
+                    pool.push(inst);
+                }
+                Ok(r)
+            }
+            Err(e) => Err(self.failed(classify(&e))),
+        }
+    }
+
+    fn failed(&self, e: PluginError) -> PluginError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock() = Some(e.to_string());
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= 5 {
+            // 100 ms doubling per further failure, at most 30 s.
+            let ms = (100u64 << (n - 5).min(9)).min(30_000);
+            *self.backoff_until.lock() = Some(Instant::now() + Duration::from_millis(ms));
+        }
+        tracing::warn!(plugin = %self.ctx.name, error = %e, "plugin call failed");
+        e
+    }
+
+    /// Calls the http role.
+    pub async fn handle_http(
+        &self,
+        engine: &Engine,
+        req: http::Request,
+    ) -> Result<http::Response, PluginError> {
+        if self.prepared.http.is_none() {
+            return Err(PluginError::NoRole("http"));
+        }
+        self.call(engine, move |i| {
+            Box::pin(async move {
+                let h = i.http.as_ref().expect("role checked");
+                h.call_handle(&mut i.store, &req).await
+            })
+        })
+        .await
+    }
+
+    /// Calls the auth role's authenticate.
+    pub async fn authenticate(
+        &self,
+        engine: &Engine,
+        req: auth::ConnectRequest,
+    ) -> Result<auth::ConnectDecision, PluginError> {
+        if self.prepared.auth.is_none() {
+            return Err(PluginError::NoRole("auth"));
+        }
+        self.call(engine, move |i| {
+            Box::pin(async move {
+                let a = i.auth.as_ref().expect("role checked");
+                a.call_authenticate(&mut i.store, &req).await
+            })
+        })
+        .await
+    }
+
+    /// Calls the auth role's authorize.
+    pub async fn authorize(
+        &self,
+        engine: &Engine,
+        req: auth::AuthorizeRequest,
+    ) -> Result<auth::AuthorizeDecision, PluginError> {
+        if self.prepared.auth.is_none() {
+            return Err(PluginError::NoRole("auth"));
+        }
+        self.call(engine, move |i| {
+            Box::pin(async move {
+                let a = i.auth.as_ref().expect("role checked");
+                a.call_authorize(&mut i.store, &req).await
+            })
+        })
+        .await
+    }
+
+    /// Delivers a batch of events.
+    pub async fn on_events(
+        &self,
+        engine: &Engine,
+        batch: Vec<events::Event>,
+    ) -> Result<(), PluginError> {
+        if self.prepared.events.is_none() {
+            return Err(PluginError::NoRole("events"));
+        }
+        self.call(engine, move |i| {
+            Box::pin(async move {
+                let e = i.events.as_ref().expect("role checked");
+                e.call_on_events(&mut i.store, &batch).await
+            })
+        })
+        .await
+    }
+}
+
+/// Maps a wasmtime error to what the operator should read.
+fn classify(e: &wasmtime::Error) -> PluginError {
+    // The wasm backtrace goes to the debug log; the error keeps the one-line cause.
+    tracing::debug!(error = ?e, "plugin call failed");
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => PluginError::Timeout,
+        Some(t) => PluginError::Trap(t.to_string()),
+        None => PluginError::Trap(e.to_string()),
+    }
+}

@@ -1,0 +1,319 @@
+//! The plugin runtime end to end: real components built by `cargo xtask plugins` (which
+//! `cargo xtask test` runs first), loaded from a plugins directory, called over real HTTP,
+//! hot-added, replaced and removed while MQTT clients stay connected, and misbehaving
+//! (trap, endless loop, unbounded allocation, ungranted host call) without taking
+//! anything else down.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::{v3, TestBroker, Tr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn built(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo xtask plugins` (cargo xtask test does)",
+        p.display()
+    );
+    p
+}
+
+fn install(dir: &Path, name: &str, as_name: &str, toml: Option<&str>) {
+    // Write to a temporary name and rename, as an operator's `cp` + `mv` would.
+    let tmp = dir.join(format!(".{as_name}.tmp"));
+    std::fs::copy(built(name), &tmp).unwrap();
+    if let Some(t) = toml {
+        std::fs::write(dir.join(format!("{as_name}.toml")), t).unwrap();
+    }
+    std::fs::rename(&tmp, dir.join(format!("{as_name}.wasm"))).unwrap();
+}
+
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("ops:s3cret");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic {auth}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(common::WAIT, s.read_to_end(&mut resp))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn broker_with(plugins: &Path) -> TestBroker {
+    let keys = plugins.join("../keys");
+    std::fs::write(&keys, "ops:s3cret:admin\n").unwrap();
+    let dir = plugins.to_path_buf();
+    TestBroker::start_with(move |c| {
+        c.plugins_dir = dir;
+        c.api_keys_file = Some(keys);
+    })
+    .await
+}
+
+const HELLO: &str =
+    "mount = \"/hello\"\ncapabilities = [\"registry.read\", \"kv\"]\n[config]\ngreeting = \"Hi\"\n";
+const FAULTY: &str = "mount = \"/faulty\"\nmemory_limit_mb = 16\ncall_timeout_ms = 200\n[config]\nversion = \"v1\"\n";
+
+#[tokio::test]
+async fn a_plugin_serves_http_with_registry_and_kv_access() {
+    let root = tempfile::tempdir().unwrap();
+    let pdir = root.path().join("plugins");
+    std::fs::create_dir_all(&pdir).unwrap();
+    install(&pdir, "hello", "hello", Some(HELLO));
+    let tb = broker_with(&pdir).await;
+    let a = tb.http_addr();
+    let (_c, _) = v3::connect(v3::opts(&tb, "seen-by-plugin", Tr::Tcp)).await;
+
+    assert_eq!(
+        http(a, "GET", "/hello/hello/bob", b"").await,
+        (200, "{\"message\":\"Hi, bob!\"}".into())
+    );
+    let (s, body) = http(a, "GET", "/hello/sessions?connected=true", b"").await;
+    assert_eq!(s, 200);
+    assert!(
+        body.contains("seen-by-plugin") && body.contains("\"count\":1"),
+        "{body}"
+    );
+    assert_eq!(http(a, "PUT", "/hello/kv/colour", b"blue").await.0, 204);
+    assert_eq!(
+        http(a, "GET", "/hello/kv/colour", b"").await,
+        (200, "blue".into())
+    );
+    assert_eq!(http(a, "GET", "/hello/nope", b"").await.0, 404);
+    assert_eq!(http(a, "GET", "/elsewhere", b"").await.0, 404);
+
+    let (s, list) = http(a, "GET", "/plugins", b"").await;
+    assert_eq!(s, 200);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(v[0]["name"], "hello");
+    assert_eq!(v[0]["state"], "running");
+    assert_eq!(v[0]["roles"][0], "http");
+    assert!(v[0]["calls"].as_u64().unwrap() >= 5);
+}
+
+#[tokio::test]
+async fn hot_add_replace_and_remove_keep_mqtt_connections() {
+    let root = tempfile::tempdir().unwrap();
+    let pdir = root.path().join("plugins");
+    std::fs::create_dir_all(&pdir).unwrap();
+    let tb = broker_with(&pdir).await;
+    let a = tb.http_addr();
+    let (mut c, _) = v3::connect(v3::opts(&tb, "stays", Tr::Tcp)).await;
+    c.c.subscribe("still/here", v3::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    c.suback().await;
+    let connected_at = tb
+        .broker()
+        .registry
+        .snapshot("default", "stays", &tb.broker().config)
+        .unwrap()
+        .connected_at;
+
+    // Add.
+    install(
+        &pdir,
+        "faulty",
+        "svc",
+        Some(&FAULTY.replace("/faulty", "/svc")),
+    );
+    let mut ok = false;
+    for _ in 0..100 {
+        if http(a, "GET", "/svc/ok", b"").await == (200, "v1".into()) {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "added plugin serves");
+
+    // Replace (new version: another config and another component).
+    install(
+        &pdir,
+        "hello",
+        "svc",
+        Some(&HELLO.replace("/hello", "/svc")),
+    );
+    let mut replaced = false;
+    for _ in 0..100 {
+        if http(a, "GET", "/svc/hello/x", b"").await.0 == 200 {
+            replaced = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(replaced, "replaced plugin serves the new version");
+
+    // Remove.
+    std::fs::remove_file(pdir.join("svc.wasm")).unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if http(a, "GET", "/svc/hello/x", b"").await.0 == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "removed plugin stops serving");
+
+    // The MQTT client never noticed.
+    b_publish(&tb, "still/here").await;
+    assert_eq!(&c.publish().await.payload[..], b"ping");
+    let snap = tb
+        .broker()
+        .registry
+        .snapshot("default", "stays", &tb.broker().config)
+        .unwrap();
+    assert!(
+        snap.connected && snap.connected_at == connected_at,
+        "same connection throughout"
+    );
+}
+
+async fn b_publish(tb: &TestBroker, topic: &str) {
+    tb.broker()
+        .publish_as_broker(
+            "default",
+            topic,
+            bytes::Bytes::from_static(b"ping"),
+            rmqtt_codec::types::QoS::AtLeastOnce,
+            false,
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn misbehaving_plugins_fail_only_their_own_call() {
+    let root = tempfile::tempdir().unwrap();
+    let pdir = root.path().join("plugins");
+    std::fs::create_dir_all(&pdir).unwrap();
+    install(&pdir, "faulty", "faulty", Some(FAULTY));
+    install(&pdir, "hello", "hello", Some(HELLO));
+    let tb = broker_with(&pdir).await;
+    let a = tb.http_addr();
+    for (path, expect) in [
+        ("/faulty/trap", "unreachable"),
+        ("/faulty/loop", "timed out"),
+        ("/faulty/alloc", "trapped"),
+    ] {
+        let (s, body) = http(a, "GET", path, b"").await;
+        assert_eq!(s, 500, "{path}: {body}");
+        assert!(
+            body.contains("PLUGIN_ERROR") && body.contains(expect),
+            "{path}: {body}"
+        );
+        // The same plugin answers the next call, and so does every other.
+        assert_eq!(http(a, "GET", "/faulty/ok", b"").await, (200, "v1".into()));
+        assert_eq!(http(a, "GET", "/hello/hello/z", b"").await.0, 200);
+    }
+    let (s, body) = http(a, "GET", "/faulty/forbidden", b"").await;
+    assert_eq!(
+        s, 403,
+        "a host call outside the grants returns permission-denied: {body}"
+    );
+    assert!(body.contains("not granted broker.publish"), "{body}");
+
+    let (_, list) = http(a, "GET", "/plugins", b"").await;
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let faulty = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "faulty")
+        .unwrap();
+    assert_eq!(faulty["errors"], 3, "{faulty}");
+
+    // Repeated failures back off (503) instead of burning CPU.
+    for _ in 0..5 {
+        http(a, "GET", "/faulty/trap", b"").await;
+    }
+    let (s, body) = http(a, "GET", "/faulty/ok", b"").await;
+    assert_eq!(s, 503, "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(http(a, "GET", "/faulty/ok", b"").await, (200, "v1".into()));
+}
+
+#[tokio::test]
+async fn broken_files_and_failed_reloads_leave_the_rest_serving() {
+    let root = tempfile::tempdir().unwrap();
+    let pdir = root.path().join("plugins");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(pdir.join("garbage.wasm"), b"\0asm but not really").unwrap();
+    install(&pdir, "faulty", "faulty", Some(FAULTY));
+    let tb = broker_with(&pdir).await;
+    let a = tb.http_addr();
+    let (_, list) = http(a, "GET", "/plugins", b"").await;
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let g = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "garbage")
+        .unwrap();
+    assert_eq!(g["state"], "failed");
+    assert!(
+        g["last_error"].as_str().unwrap().contains("cannot load"),
+        "{g}"
+    );
+
+    // A new version whose init fails: the old one keeps serving, the error is reported.
+    std::fs::write(
+        pdir.join("faulty.toml"),
+        FAULTY.replace("version = \"v1\"", "fail_init = true"),
+    )
+    .unwrap();
+    let (s, body) = http(a, "POST", "/plugins/faulty/reload", b"").await;
+    assert_eq!(s, 422, "{body}");
+    assert!(body.contains("fail_init"), "{body}");
+    assert_eq!(http(a, "GET", "/faulty/ok", b"").await, (200, "v1".into()));
+    // A fixed config reloads.
+    std::fs::write(pdir.join("faulty.toml"), FAULTY.replace("v1", "v2")).unwrap();
+    assert_eq!(http(a, "POST", "/plugins/faulty/reload", b"").await.0, 200);
+    assert_eq!(http(a, "GET", "/faulty/ok", b"").await, (200, "v2".into()));
+    assert_eq!(http(a, "POST", "/plugins/nothing/reload", b"").await.0, 404);
+}
+
+#[tokio::test]
+async fn a_plugin_can_have_a_listener_of_its_own() {
+    let root = tempfile::tempdir().unwrap();
+    let pdir = root.path().join("plugins");
+    std::fs::create_dir_all(&pdir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    install(
+        &pdir,
+        "hello",
+        "hello",
+        Some(&format!(
+            "listen = \"127.0.0.1:{port}\"\ncapabilities = [\"kv\"]\n"
+        )),
+    );
+    let _tb = broker_with(&pdir).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(
+        http(addr, "GET", "/hello/there", b"").await,
+        (200, "{\"message\":\"Hello, there!\"}".into())
+    );
+}

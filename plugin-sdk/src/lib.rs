@@ -1,0 +1,171 @@
+//! Write [Apiary](https://example.invalid/apiary) broker plugins in Rust.
+//!
+//! A plugin is a WebAssembly component (`cargo build --target wasm32-wasip2` of a
+//! `cdylib`). It always exports `lifecycle` (its `init`), and one or more roles: `http`
+//! (answer HTTP requests under its mount), `auth` (decide CONNECT, publish, subscribe),
+//! `events` (consume registry events). It may call the host: the session [`registry`],
+//! [`broker`] publishing, a private [`kv`] store, [`log`] and [`clock`] — each only as far
+//! as its toml grants.
+//!
+//! ```ignore
+//! use apiary_plugin_sdk::http::{Request, Response, Router};
+//! use apiary_plugin_sdk::{export, InitError, Plugin};
+//!
+//! struct Hello;
+//!
+//! impl Plugin for Hello {
+//!     fn init(_config: String) -> Result<(), InitError> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! impl apiary_plugin_sdk::http::Handler for Hello {
+//!     fn handle(req: Request) -> Response {
+//!         Router::new()
+//!             .get("/hello/{name}", |_req, p| Response::json(200, &serde_json::json!({"hello": p.get("name")})))
+//!             .dispatch(req)
+//!     }
+//! }
+//!
+//! export!(Hello: http);
+//! ```
+//!
+//! (The example is `ignore`d only because exporting needs the wasm32-wasip2 target; the
+//! same code is `plugins/hello`, which `cargo xtask plugins` builds.)
+#![deny(missing_docs)]
+
+pub mod http;
+
+/// Bindings generated from the WIT package: host imports and the `lifecycle` export.
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "export_plugin",
+        default_bindings_module: "$crate::bindings",
+    });
+}
+
+/// Bindings of the `http` role.
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod http_role {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "http-role",
+        pub_export_macro: true,
+        export_macro_name: "export_http",
+        default_bindings_module: "$crate::http_role",
+    });
+}
+
+/// Bindings of the `auth` role.
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod auth_role {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "auth-role",
+        pub_export_macro: true,
+        export_macro_name: "export_auth",
+        default_bindings_module: "$crate::auth_role",
+    });
+}
+
+/// Bindings of the `events` role.
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod events_role {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "events-role",
+        pub_export_macro: true,
+        export_macro_name: "export_events",
+        default_bindings_module: "$crate::events_role",
+    });
+}
+
+pub use bindings::apiary::plugin::{broker, clock, kv, log, registry, types};
+pub use bindings::exports::apiary::plugin::lifecycle::{Guest as Plugin, InitError};
+
+/// The `auth` role: implement [`auth::Guest`] and export with `export!(T: auth)`.
+pub mod auth {
+    pub use crate::auth_role::exports::apiary::plugin::auth::*;
+}
+
+/// The `events` role: implement [`events::Guest`] and export with `export!(T: events)`.
+pub mod events {
+    pub use crate::events_role::exports::apiary::plugin::events::*;
+}
+
+/// Logs a message at `info` into the broker's log (tagged with the plugin's name).
+pub fn info(message: &str) {
+    log::log(log::Level::Info, message);
+}
+
+/// Logs a message at `warn`.
+pub fn warn(message: &str) {
+    log::log(log::Level::Warn, message);
+}
+
+/// A registry filter with nothing set (every session of every tenant the plugin may see);
+/// set the fields you need.
+pub fn session_filter() -> registry::SessionFilter {
+    registry::SessionFilter {
+        tenant: None,
+        client_id: None,
+        username: None,
+        user_id: None,
+        ip_address: None,
+        proto_name: None,
+        proto_ver: None,
+        transport: None,
+        connected: None,
+        clean_start: None,
+        like_client_id: None,
+        like_username: None,
+        created_from: None,
+        created_to: None,
+        connected_from: None,
+        connected_to: None,
+    }
+}
+
+impl From<types::Error> for http::HttpError {
+    fn from(e: types::Error) -> Self {
+        match e {
+            types::Error::PermissionDenied(m) => http::HttpError::new(403, "FORBIDDEN", m),
+            types::Error::NotFound(m) => http::HttpError::not_found(m),
+            types::Error::InvalidArgument(m) => http::HttpError::bad_request(m),
+            types::Error::Unavailable(m) => http::HttpError::new(503, "UNAVAILABLE", m),
+        }
+    }
+}
+
+/// Parses the `[config]` table `init` receives into your own type.
+pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T, InitError> {
+    serde_json::from_str(config).map_err(|e| InitError::InvalidConfig(e.to_string()))
+}
+
+/// Exports a plugin type: its `lifecycle` (the [`Plugin`] trait) and the roles listed,
+/// e.g. `export!(MyPlugin: http)` or `export!(MyPlugin: http, auth)`.
+#[macro_export]
+macro_rules! export {
+    ($ty:ident : $($role:ident),+ $(,)?) => {
+        $crate::bindings::export_plugin!($ty with_types_in $crate::bindings);
+        $( $crate::export!(@role $ty $role); )+
+    };
+    (@role $ty:ident http) => {
+        impl $crate::http_role::exports::apiary::plugin::http::Guest for $ty {
+            fn handle(req: $crate::http::Request) -> $crate::http::Response {
+                <$ty as $crate::http::Handler>::handle(req)
+            }
+        }
+        $crate::http_role::export_http!($ty with_types_in $crate::http_role);
+    };
+    (@role $ty:ident auth) => {
+        $crate::auth_role::export_auth!($ty with_types_in $crate::auth_role);
+    };
+    (@role $ty:ident events) => {
+        $crate::events_role::export_events!($ty with_types_in $crate::events_role);
+    };
+}

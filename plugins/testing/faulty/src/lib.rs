@@ -1,0 +1,56 @@
+//! A plugin that misbehaves on request, for the runtime's fault tests.
+
+use apiary_plugin_sdk::http::{Handler, HttpError, Request, Response, Router};
+use apiary_plugin_sdk::{broker, export, parse_config, InitError, Plugin};
+use serde::Deserialize;
+
+#[derive(Deserialize, Default)]
+struct Config {
+    #[serde(default)]
+    fail_init: bool,
+    #[serde(default)]
+    version: String,
+}
+
+static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+struct Faulty;
+
+impl Plugin for Faulty {
+    fn init(config: String) -> Result<(), InitError> {
+        let c: Config = parse_config(&config)?;
+        if c.fail_init {
+            return Err(InitError::InvalidConfig("fail_init is set".into()));
+        }
+        let _ = VERSION.set(c.version);
+        Ok(())
+    }
+}
+
+impl Handler for Faulty {
+    fn handle(req: Request) -> Response {
+        Router::new()
+            .get("/ok", |_, _| Response::text(200, VERSION.get().cloned().unwrap_or_default()))
+            .get("/trap", |_, _| panic!("boom"))
+            .get("/loop", |_, _| {
+                let mut n = 0u64;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            })
+            .get("/alloc", |_, _| {
+                let mut v: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    v.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&v);
+                }
+            })
+            .get("/forbidden", |_, _| match broker::publish("default", "t", b"x", 0, false) {
+                Ok(_) => Response::text(200, "published?!"),
+                Err(e) => HttpError::from(e).into(),
+            })
+            .dispatch(req)
+    }
+}
+
+export!(Faulty: http);
