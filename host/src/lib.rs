@@ -174,6 +174,9 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         tasks.spawn(http::serve(h, broker.clone()));
     }
     tasks.spawn(manager.clone().watch());
+    let initial_events =
+        (!manager.events_plugins().is_empty()).then(|| broker.registry.subscribe_events(true));
+    tasks.spawn(manager.clone().pump_events(initial_events));
     if sys_interval > 0 {
         tasks.spawn(sys::run(broker.clone(), Duration::from_secs(sys_interval)));
     }

@@ -317,3 +317,50 @@ async fn a_plugin_can_have_a_listener_of_its_own() {
         (200, "{\"message\":\"Hello, there!\"}".into())
     );
 }
+
+#[tokio::test]
+async fn events_plugins_receive_registry_events() {
+    let root = tempfile::tempdir().unwrap();
+    let pdir = root.path().join("plugins");
+    std::fs::create_dir_all(&pdir).unwrap();
+    install(
+        &pdir,
+        "recorder",
+        "recorder",
+        Some("mount = \"/rec\"\ncapabilities = [\"kv\"]\n"),
+    );
+    let tb = broker_with(&pdir).await;
+    let a = tb.http_addr();
+    let (mut c, _) = v3::connect(v3::opts(&tb, "watched", Tr::Tcp)).await;
+    c.c.subscribe("ev/t", v3::QoS::AtMostOnce).await.unwrap();
+    c.suback().await;
+    c.c.publish("ev/t", v3::QoS::AtMostOnce, false, "payload-1")
+        .await
+        .unwrap();
+    c.publish().await;
+    c.c.disconnect().await.unwrap();
+    let want = [
+        "connected:watched",
+        "subscribed:watched:ev/t",
+        "published:ev/t:payload-1",
+        "disconnected:watched",
+    ];
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = http(a, "GET", "/rec/seen", b"").await.1;
+        if want.iter().all(|w| seen.contains(w)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v: Vec<String> = serde_json::from_str(&seen).unwrap();
+    let pos = |w: &str| {
+        v.iter()
+            .position(|s| s == w)
+            .unwrap_or_else(|| panic!("{w} missing from {v:?}"))
+    };
+    assert!(
+        pos(want[0]) < pos(want[1]) && pos(want[1]) < pos(want[2]) && pos(want[2]) < pos(want[3]),
+        "in order: {v:?}"
+    );
+}

@@ -51,6 +51,8 @@ pub struct PluginManager {
     load_errors: RwLock<BTreeMap<String, String>>,
     listeners: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     serial: tokio::sync::Mutex<()>,
+    /// Signalled when the loaded set changes (the events pump starts or stops on it).
+    pub(crate) changed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for PluginManager {
@@ -72,6 +74,7 @@ impl PluginManager {
             load_errors: RwLock::new(BTreeMap::new()),
             listeners: Mutex::new(HashMap::new()),
             serial: tokio::sync::Mutex::new(()),
+            changed: tokio::sync::Notify::new(),
         }))
     }
 
@@ -140,6 +143,7 @@ impl PluginManager {
         self.plugins
             .write()
             .insert(name.to_string(), plugin.clone());
+        self.changed.notify_one();
         if let Some(addr) = listen {
             self.ensure_listener(name, addr).await?;
         }
@@ -174,6 +178,7 @@ impl PluginManager {
             h.abort();
         }
         let gone = self.plugins.write().remove(name).is_some();
+        self.changed.notify_one();
         if gone {
             info!(plugin = name, "plugin unloaded");
         }
@@ -222,6 +227,24 @@ impl PluginManager {
             .collect();
         v.sort_by_key(|p| (p.ctx.manifest.priority, p.ctx.name.clone()));
         v
+    }
+
+    /// Plugins serving the events role, in priority order.
+    pub fn events_plugins(&self) -> Vec<Arc<LoadedPlugin>> {
+        let mut v: Vec<_> = self
+            .plugins
+            .read()
+            .values()
+            .filter(|p| p.roles().contains(&"events"))
+            .cloned()
+            .collect();
+        v.sort_by_key(|p| (p.ctx.manifest.priority, p.ctx.name.clone()));
+        v
+    }
+
+    /// The broker the plugins act on.
+    pub(crate) fn broker(&self) -> &Broker {
+        &self.broker
     }
 
     /// What `GET /plugins` shows.

@@ -6,6 +6,7 @@
 //! - `host_api`: the host interfaces a plugin imports, each checked against its grants;
 //! - [`manager`]: the loaded set, the directory watcher, lookup by role.
 
+mod events;
 mod host_api;
 pub mod manager;
 pub mod manifest;

@@ -80,6 +80,9 @@ pub enum Event {
         retain: bool,
         /// Payload size.
         size: usize,
+        /// Payload (shared, not copied).
+        #[serde(skip)]
+        payload: bytes::Bytes,
     },
     /// A message was dropped for a session.
     MessageDropped {
@@ -271,6 +274,7 @@ impl Registry {
                 qos: m.qos.value(),
                 retain: m.retain,
                 size: m.payload.len(),
+                payload: m.payload.clone(),
             });
         }
     }

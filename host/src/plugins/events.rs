@@ -1,0 +1,153 @@
+//! Delivers registry events to plugins serving the `events` role, in batches. The pump
+//! subscribes to the registry (publishes included) only while such a plugin is loaded, so
+//! the publish path pays nothing otherwise.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+
+use super::bindings::exports::apiary::plugin::events as wit;
+use super::manager::PluginManager;
+use crate::registry::Event;
+
+/// Largest batch handed to one `on-events` call.
+const BATCH: usize = 256;
+
+fn convert(e: Event) -> wit::Event {
+    match e {
+        Event::Connected {
+            tenant,
+            client_id,
+            username,
+            peer,
+            proto_ver,
+        } => wit::Event::Connected(wit::ConnectedEvent {
+            tenant: tenant.to_string(),
+            client_id: client_id.to_string(),
+            username: username.map(|u| u.to_string()),
+            peer,
+            proto_ver,
+        }),
+        Event::Disconnected {
+            tenant,
+            client_id,
+            reason,
+        } => wit::Event::Disconnected(wit::SessionEvent {
+            tenant: tenant.to_string(),
+            client_id: client_id.to_string(),
+            reason,
+        }),
+        Event::Subscribed {
+            tenant,
+            client_id,
+            filter,
+            qos,
+        } => wit::Event::Subscribed(wit::SubscriptionEvent {
+            tenant: tenant.to_string(),
+            client_id: client_id.to_string(),
+            topic: filter,
+            qos,
+        }),
+        Event::Unsubscribed {
+            tenant,
+            client_id,
+            filter,
+        } => wit::Event::Unsubscribed(wit::SubscriptionEvent {
+            tenant: tenant.to_string(),
+            client_id: client_id.to_string(),
+            topic: filter,
+            qos: 0,
+        }),
+        Event::MessagePublished {
+            tenant,
+            topic,
+            qos,
+            retain,
+            payload,
+            ..
+        } => wit::Event::MessagePublished(wit::MessageEvent {
+            tenant: tenant.to_string(),
+            topic,
+            qos,
+            retain,
+            payload: payload.to_vec(),
+        }),
+        Event::MessageDropped {
+            tenant,
+            client_id,
+            topic,
+            reason,
+        } => wit::Event::MessageDropped(wit::DropEvent {
+            tenant: tenant.to_string(),
+            client_id: client_id.to_string(),
+            topic,
+            reason: reason.to_string(),
+        }),
+        Event::SessionEnded {
+            tenant,
+            client_id,
+            reason,
+        } => wit::Event::SessionEnded(wit::SessionEvent {
+            tenant: tenant.to_string(),
+            client_id: client_id.to_string(),
+            reason: reason.to_string(),
+        }),
+    }
+}
+
+impl PluginManager {
+    /// Runs until shutdown: while any events plugin is loaded, batches registry events
+    /// (up to 256, or what arrives within 20 ms) and hands each batch to every one of
+    /// them. A plugin that cannot keep up loses events (counted in the log), never
+    /// stalls the broker.
+    /// `initial` is a subscription taken before the listeners opened, so plugins loaded at
+    /// startup see the very first events.
+    pub async fn pump_events(self: Arc<Self>, mut initial: Option<crate::registry::EventStream>) {
+        let mut shutdown = self.broker().shutdown_signal();
+        loop {
+            while initial.is_none() && self.events_plugins().is_empty() {
+                tokio::select! {
+                    _ = self.changed.notified() => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            let mut stream = match initial.take() {
+                Some(s) => s,
+                None => self.broker().registry.subscribe_events(true),
+            };
+            loop {
+                let first = tokio::select! {
+                    r = stream.rx.recv() => r,
+                    _ = self.changed.notified() => {
+                        if self.events_plugins().is_empty() { break } else { continue }
+                    }
+                    _ = shutdown.changed() => return,
+                };
+                let mut batch = Vec::new();
+                match first {
+                    Ok(e) => batch.push(convert(e)),
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(lost = n, "events plugins fell behind; events dropped");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+                let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
+                while batch.len() < BATCH {
+                    match tokio::time::timeout_at(deadline, stream.rx.recv()).await {
+                        Ok(Ok(e)) => batch.push(convert(e)),
+                        Ok(Err(RecvError::Lagged(n))) => {
+                            tracing::warn!(lost = n, "events plugins fell behind; events dropped")
+                        }
+                        Ok(Err(RecvError::Closed)) | Err(_) => break,
+                    }
+                }
+                for p in self.events_plugins() {
+                    // Failures are counted and logged by the call itself.
+                    let _ = p.on_events(self.runtime().engine(), batch.clone()).await;
+                }
+            }
+        }
+    }
+}
