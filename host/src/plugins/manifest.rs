@@ -44,7 +44,8 @@ pub struct Manifest {
     pub memory_limit_mb: u64,
     /// CPU time one call may take, in ms (epoch-based, 10 ms granularity).
     pub call_timeout_ms: u64,
-    /// Instances kept warm for concurrent calls.
+    /// Initialised instances kept for reuse; 0 = a fresh instance (and `init`) per call,
+    /// for plugins that must not keep state between calls.
     pub max_instances: usize,
     /// WASI grants.
     pub wasi: WasiGrants,
@@ -97,9 +98,9 @@ impl Manifest {
                 ));
             }
         }
-        if m.memory_limit_mb == 0 || m.call_timeout_ms == 0 || m.max_instances == 0 {
+        if m.memory_limit_mb == 0 || m.call_timeout_ms == 0 {
             return Err(format!(
-                "{}: memory_limit_mb, call_timeout_ms and max_instances must be positive",
+                "{}: memory_limit_mb and call_timeout_ms must be positive",
                 path.display()
             ));
         }

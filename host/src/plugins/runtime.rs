@@ -243,7 +243,9 @@ impl LoadedPlugin {
             backoff_until: Mutex::new(None),
         });
         let first = p.instantiate(runtime.engine()).await?;
-        p.pool.lock().push(first);
+        if p.ctx.manifest.max_instances > 0 {
+            p.pool.lock().push(first);
+        }
         Ok(p)
     }
 

@@ -1,7 +1,7 @@
 //! A plugin that misbehaves on request, for the runtime's fault tests.
 
 use apiary_plugin_sdk::http::{Handler, HttpError, Request, Response, Router};
-use apiary_plugin_sdk::{broker, export, parse_config, InitError, Plugin};
+use apiary_plugin_sdk::{auth, broker, export, parse_config, InitError, Plugin};
 use serde::Deserialize;
 
 #[derive(Deserialize, Default)]
@@ -24,6 +24,25 @@ impl Plugin for Faulty {
         }
         let _ = VERSION.set(c.version);
         Ok(())
+    }
+}
+
+/// A trivial auth role (for the call-overhead benchmark): user "ok" is allowed.
+impl apiary_plugin_sdk::auth::Guest for Faulty {
+    fn authenticate(req: auth::ConnectRequest) -> auth::ConnectDecision {
+        if req.username.as_deref() == Some("ok") {
+            auth::ConnectDecision::Allow(auth::Identity {
+                tenant: None,
+                user_id: None,
+                superuser: false,
+            })
+        } else {
+            auth::ConnectDecision::Ignore
+        }
+    }
+
+    fn authorize(_req: auth::AuthorizeRequest) -> auth::AuthorizeDecision {
+        auth::AuthorizeDecision::Allow
     }
 }
 
@@ -53,4 +72,4 @@ impl Handler for Faulty {
     }
 }
 
-export!(Faulty: http);
+export!(Faulty: http, auth);
