@@ -43,7 +43,11 @@ async fn manager(dir: &Path, pooled: bool) -> Arc<PluginManager> {
     let p = dir.join("plugins");
     std::fs::create_dir_all(&p).unwrap();
     std::fs::copy(&built, p.join("faulty.wasm")).unwrap();
-    std::fs::write(p.join("faulty.toml"), format!("max_instances = {}\n", if pooled { 4 } else { 0 })).unwrap();
+    std::fs::write(
+        p.join("faulty.toml"),
+        format!("max_instances = {}\n", if pooled { 4 } else { 0 }),
+    )
+    .unwrap();
     let b = Broker::new(Config::embedded(), ApiKeyStore::default());
     let m = PluginManager::new(&p, &dir.join("cache"), b).unwrap();
     m.load_all().await;
@@ -68,14 +72,21 @@ where
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let n = if full { 20_000 } else { 200 };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         for pooled in [true, false] {
             let dir = tempfile::tempdir().unwrap();
             let m = manager(dir.path(), pooled).await;
             let p = m.get("faulty").expect("loaded");
             let engine = m.runtime().engine().clone();
-            let mode = if pooled { "pooled instance" } else { "fresh instance per call" };
+            let mode = if pooled {
+                "pooled instance"
+            } else {
+                "fresh instance per call"
+            };
             let us = per_call(n, || {
                 let (p, e) = (p.clone(), engine.clone());
                 async move {

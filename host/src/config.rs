@@ -52,6 +52,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where plugins are loaded from.
     pub plugins_dir: PathBuf,
+    /// Where compiled plugins are cached (default: `data_dir/plugin-cache`).
+    pub plugin_cache_dir: Option<PathBuf>,
     /// Bootstrap API keys file: one `key:secret:right[,right...][:tenant=NAME]` per line.
     pub api_keys_file: Option<PathBuf>,
     /// Interval of `$SYS/broker/...` publications in seconds (0 disables them).
@@ -70,6 +72,7 @@ impl Default for Config {
             store: crate::store::StoreConfig::default(),
             data_dir: PathBuf::from("data"),
             plugins_dir: PathBuf::from("plugins.d"),
+            plugin_cache_dir: None,
             api_keys_file: None,
             sys_interval_secs: 10,
             allow_anonymous: true,

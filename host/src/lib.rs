@@ -149,8 +149,12 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         "recovered durable state"
     );
     let plugins_dir = broker.config.plugins_dir.clone();
-    let manager =
-        plugins::PluginManager::new(&plugins_dir, &data_dir.join("plugin-cache"), broker.clone())?;
+    let cache_dir = broker
+        .config
+        .plugin_cache_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("plugin-cache"));
+    let manager = plugins::PluginManager::new(&plugins_dir, &cache_dir, broker.clone())?;
     manager.load_all().await;
     broker.set_plugins(&manager);
     let mut addrs = Addrs {

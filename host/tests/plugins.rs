@@ -364,3 +364,47 @@ async fn events_plugins_receive_registry_events() {
         "in order: {v:?}"
     );
 }
+
+/// A plugin written in JavaScript (plugins/testing/js-hello, componentize-js). Skipped,
+/// with a message, only where the JavaScript toolchain (node) is absent.
+#[tokio::test]
+async fn a_javascript_plugin_serves_http_and_calls_the_host() {
+    let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/js-hello.wasm");
+    if !wasm.exists() {
+        let node = std::process::Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok();
+        assert!(
+            !node,
+            "node is installed but {} is missing: run `cargo xtask plugins`",
+            wasm.display()
+        );
+        eprintln!("skipped: no node on this machine, so no JavaScript plugin was built");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let pdir = root.path().join("plugins");
+    std::fs::create_dir_all(&pdir).unwrap();
+    install(
+        &pdir,
+        "js-hello",
+        "js-hello",
+        Some("mount = \"/js\"\ncapabilities = [\"registry.read\"]\n[config]\ngreeting = \"Hey\"\n"),
+    );
+    let tb = broker_with(&pdir).await;
+    let a = tb.http_addr();
+    let (_c, _) = v3::connect(v3::opts(&tb, "js-sees-me", Tr::Tcp)).await;
+    let (s, body) = http(a, "GET", "/js/hello/ada", b"").await;
+    assert_eq!(
+        (s, body.as_str()),
+        (
+            200,
+            "{\"message\":\"Hey, ada!\",\"language\":\"javascript\"}"
+        )
+    );
+    let (s, body) = http(a, "GET", "/js/sessions", b"").await;
+    assert_eq!(s, 200);
+    assert!(body.contains("js-sees-me"), "{body}");
+    assert_eq!(http(a, "GET", "/js/other", b"").await.0, 404);
+}

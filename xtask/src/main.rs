@@ -75,6 +75,43 @@ fn ensure_wasm_target() -> Result<()> {
     Ok(())
 }
 
+/// componentize-js, installed under target/ once; None (with the reason printed) when
+/// node or npm is missing or the install fails.
+fn componentize_js(root: &Path) -> Option<PathBuf> {
+    let prefix = root.join("target/js-toolchain");
+    let entry = prefix.join("node_modules/@bytecodealliance/componentize-js/src/componentize.js");
+    if entry.exists() {
+        return Some(entry);
+    }
+    if Command::new("node").arg("--version").output().is_err()
+        || Command::new("npm").arg("--version").output().is_err()
+    {
+        println!("==> skipping JavaScript plugins: node and npm are not installed");
+        return None;
+    }
+    println!("==> installing componentize-js 0.23.0 into target/js-toolchain (npm, 5 min limit)");
+    let ok = Command::new("timeout")
+        .args([
+            "300",
+            "npm",
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+        ])
+        .arg(&prefix)
+        .arg("@bytecodealliance/componentize-js@0.23.0")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok && entry.exists() {
+        Some(entry)
+    } else {
+        println!("==> skipping JavaScript plugins: npm could not install componentize-js");
+        None
+    }
+}
+
 /// Plugin crates: `plugins/*` (the stock set) and `plugins/testing/*` (test fixtures).
 fn plugin_crates(root: &Path) -> Vec<(PathBuf, bool)> {
     let mut out = Vec::new();
@@ -88,7 +125,7 @@ fn plugin_crates(root: &Path) -> Vec<(PathBuf, bool)> {
         let mut v: Vec<PathBuf> = entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.join("Cargo.toml").exists())
+            .filter(|p| p.join("Cargo.toml").exists() || p.join("build.mjs").exists())
             .collect();
         v.sort();
         out.extend(v.into_iter().map(|p| (p, stock)));
@@ -104,12 +141,37 @@ fn plugins(root: &Path) -> Result<Vec<String>> {
     std::fs::create_dir_all(&out)?;
     let build_dir = root.join("target/plugins-build");
     let mut stock = Vec::new();
+    let mut js_tool: Option<Option<PathBuf>> = None;
     for (dir, is_stock) in plugin_crates(root) {
         let name = dir
             .file_name()
             .and_then(|n| n.to_str())
             .context("plugin dir name")?
             .to_string();
+        if dir.join("build.mjs").exists() {
+            let tool = js_tool.get_or_insert_with(|| componentize_js(root)).clone();
+            let Some(entry) = tool else { continue };
+            let target = out.join(format!("{name}.wasm"));
+            println!("==> plugin {name} (JavaScript): node build.mjs");
+            let ok = Command::new("node")
+                .arg(dir.join("build.mjs"))
+                .arg(&target)
+                .env("APIARY_COMPONENTIZE_JS", &entry)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                bail!("building the JavaScript plugin {name} failed");
+            }
+            let toml = dir.join(format!("{name}.toml"));
+            if toml.exists() {
+                std::fs::copy(&toml, out.join(format!("{name}.toml")))?;
+            }
+            if is_stock {
+                stock.push(name);
+            }
+            continue;
+        }
         let manifest = dir.join("Cargo.toml");
         step(
             root,

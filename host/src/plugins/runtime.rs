@@ -132,7 +132,11 @@ impl Runtime {
         let c =
             Component::new(&self.engine, bytes).map_err(|e| PluginError::Load(format!("{e:#}")))?;
         if let Ok(bytes) = c.serialize() {
-            let tmp = cached.with_extension("tmp");
+            let tmp = cached.with_extension(format!(
+                "{}.{:x}.tmp",
+                std::process::id(),
+                rand::random::<u64>()
+            ));
             if std::fs::write(&tmp, bytes).is_ok() {
                 let _ = std::fs::rename(&tmp, &cached);
             }

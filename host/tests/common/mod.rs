@@ -25,6 +25,10 @@ impl TestBroker {
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = Config::ephemeral(dir.path().join("data"));
+        // Compiled plugins are keyed by content hash: every test may share them.
+        cfg.plugin_cache_dir = Some(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache"),
+        );
         f(&mut cfg);
         let server = apiary::start(cfg).await.expect("broker starts");
         Self { server, dir }
