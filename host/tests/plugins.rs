@@ -408,3 +408,52 @@ async fn a_javascript_plugin_serves_http_and_calls_the_host() {
     assert!(body.contains("js-sees-me"), "{body}");
     assert_eq!(http(a, "GET", "/js/other", b"").await.0, 404);
 }
+
+/// A plugin written in C (plugins/testing/c-hello, wit-bindgen c + clang). Skipped, with
+/// a message, only where clang-22 is absent.
+#[tokio::test]
+async fn a_c_plugin_serves_http_and_calls_the_host() {
+    let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/c-hello.wasm");
+    if !wasm.exists() {
+        let clang = std::process::Command::new("clang-22")
+            .arg("--version")
+            .output()
+            .is_ok();
+        assert!(
+            !clang,
+            "clang-22 is installed but {} is missing: run `cargo xtask plugins`",
+            wasm.display()
+        );
+        eprintln!("skipped: no clang-22 on this machine, so no C plugin was built");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let pdir = root.path().join("plugins");
+    std::fs::create_dir_all(&pdir).unwrap();
+    install(
+        &pdir,
+        "c-hello",
+        "c-hello",
+        Some("mount = \"/c\"\n[config]\ngreeting = \"Ahoy\"\n"),
+    );
+    let tb = broker_with(&pdir).await;
+    let a = tb.http_addr();
+    let (s, body) = http(a, "GET", "/c/hello/grace", b"").await;
+    assert_eq!(
+        (s, body.as_str()),
+        (200, "{\"message\":\"Ahoy, grace!\",\"language\":\"c\"}")
+    );
+    let (s, body) = http(a, "GET", "/c/now", b"").await;
+    assert_eq!(s, 200);
+    let now: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ms = now["now_ms"].as_i64().unwrap();
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (real - ms).abs() < 60_000,
+        "host clock reached the guest: {ms} vs {real}"
+    );
+    assert_eq!(http(a, "GET", "/c/other", b"").await.0, 404);
+}

@@ -112,6 +112,122 @@ fn componentize_js(root: &Path) -> Option<PathBuf> {
     }
 }
 
+/// The C toolchain (clang-22 + Debian's wasi-libc, `wit-bindgen c`, and the
+/// wasm-component-ld rustup ships), installing what is missing; None (with the reason
+/// printed) where that is not possible.
+fn c_toolchain(root: &Path) -> Option<(PathBuf, PathBuf)> {
+    let have_clang = || {
+        Command::new("clang-22").arg("--version").output().is_ok()
+            && Path::new("/usr/lib/wasm32-wasi/libc.a").exists()
+    };
+    if !have_clang() {
+        println!(
+            "==> installing clang-22, wasi-libc, libclang-rt-22-dev-wasm32, lld-22 for C plugins (apt, 10 min limit)"
+        );
+        let _ = Command::new("timeout")
+            .args(["300", "apt-get", "update", "-qq"])
+            .status();
+        let _ = Command::new("timeout")
+            .args([
+                "600",
+                "apt-get",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+            ])
+            .args([
+                "clang-22",
+                "wasi-libc",
+                "libclang-rt-22-dev-wasm32",
+                "lld-22",
+            ])
+            .status();
+        if !have_clang() {
+            println!("==> skipping C plugins: clang-22 with wasi-libc is not available");
+            return None;
+        }
+    }
+    let wit_bindgen = root.join("target/c-toolchain/bin/wit-bindgen");
+    if !wit_bindgen.exists() {
+        println!("==> installing wit-bindgen-cli 0.63.0 (C generator) into target/c-toolchain (cargo install)");
+        let ok = Command::new("timeout")
+            .args(["900", "cargo", "install", "--quiet", "--locked", "--root"])
+            .arg(root.join("target/c-toolchain"))
+            .args([
+                "wit-bindgen-cli@0.63.0",
+                "--no-default-features",
+                "--features",
+                "c",
+            ])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok || !wit_bindgen.exists() {
+            println!("==> skipping C plugins: cannot install wit-bindgen-cli");
+            return None;
+        }
+    }
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    let linker = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim())
+        .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/wasm-component-ld");
+    if !linker.exists() {
+        println!("==> skipping C plugins: the toolchain has no wasm-component-ld");
+        return None;
+    }
+    Some((wit_bindgen, linker))
+}
+
+/// Builds a C plugin: bindings from the WIT `http-plugin` world, then clang with
+/// wasm-component-ld turning the reactor module into a component.
+fn build_c_plugin(
+    root: &Path,
+    dir: &Path,
+    name: &str,
+    tools: &(PathBuf, PathBuf),
+    out: &Path,
+) -> Result<()> {
+    let gen = root.join(format!("target/c-build/{name}"));
+    std::fs::create_dir_all(&gen)?;
+    let (wit_bindgen, linker) = tools;
+    println!("==> plugin {name} (C): wit-bindgen c + clang-22");
+    let ok = Command::new(wit_bindgen)
+        .args(["c", "--world", "http-plugin", "--out-dir"])
+        .arg(&gen)
+        .arg(root.join("wit"))
+        .status()?
+        .success();
+    if !ok {
+        bail!("wit-bindgen c failed for {name}");
+    }
+    let ok = Command::new("clang-22")
+        .args([
+            "--target=wasm32-wasi",
+            "-Wno-deprecated",
+            "--sysroot=/usr",
+            "-mexec-model=reactor",
+            "-O2",
+        ])
+        .arg("-I")
+        .arg(&gen)
+        .arg(dir.join("plugin.c"))
+        .arg(gen.join("http_plugin.c"))
+        .arg(gen.join("http_plugin_component_type.o"))
+        .arg(format!("-fuse-ld={}", linker.display()))
+        .arg("-Wl,--wasi-adapter=reactor")
+        .arg("-o")
+        .arg(out)
+        .status()?
+        .success();
+    if !ok {
+        bail!("clang failed for the C plugin {name}");
+    }
+    Ok(())
+}
+
 /// Plugin crates: `plugins/*` (the stock set) and `plugins/testing/*` (test fixtures).
 fn plugin_crates(root: &Path) -> Vec<(PathBuf, bool)> {
     let mut out = Vec::new();
@@ -125,7 +241,11 @@ fn plugin_crates(root: &Path) -> Vec<(PathBuf, bool)> {
         let mut v: Vec<PathBuf> = entries
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.join("Cargo.toml").exists() || p.join("build.mjs").exists())
+            .filter(|p| {
+                p.join("Cargo.toml").exists()
+                    || p.join("build.mjs").exists()
+                    || p.join("plugin.c").exists()
+            })
             .collect();
         v.sort();
         out.extend(v.into_iter().map(|p| (p, stock)));
@@ -142,12 +262,26 @@ fn plugins(root: &Path) -> Result<Vec<String>> {
     let build_dir = root.join("target/plugins-build");
     let mut stock = Vec::new();
     let mut js_tool: Option<Option<PathBuf>> = None;
+    let mut c_tool: Option<Option<(PathBuf, PathBuf)>> = None;
     for (dir, is_stock) in plugin_crates(root) {
         let name = dir
             .file_name()
             .and_then(|n| n.to_str())
             .context("plugin dir name")?
             .to_string();
+        if dir.join("plugin.c").exists() {
+            let tools = c_tool.get_or_insert_with(|| c_toolchain(root)).clone();
+            let Some(tools) = tools else { continue };
+            build_c_plugin(root, &dir, &name, &tools, &out.join(format!("{name}.wasm")))?;
+            let toml = dir.join(format!("{name}.toml"));
+            if toml.exists() {
+                std::fs::copy(&toml, out.join(format!("{name}.toml")))?;
+            }
+            if is_stock {
+                stock.push(name);
+            }
+            continue;
+        }
         if dir.join("build.mjs").exists() {
             let tool = js_tool.get_or_insert_with(|| componentize_js(root)).clone();
             let Some(entry) = tool else { continue };

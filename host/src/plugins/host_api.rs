@@ -37,9 +37,24 @@ impl PluginState {
         Ok(())
     }
 
+    /// The store backend, if the plugin holds the `kv` capability.
+    fn kv(&self) -> Result<&dyn crate::store::Backend, Error> {
+        self.check("kv", None)?;
+        self.ctx
+            .broker
+            .store
+            .as_deref()
+            .map(|s| s.backend())
+            .ok_or_else(|| Error::Unavailable("no store".into()))
+    }
+
     fn kv_key(&self, key: &str) -> Vec<u8> {
         crate::store::records::session_key(&self.ctx.name, key)
     }
+}
+
+fn unavailable(e: crate::store::StoreError) -> Error {
+    Error::Unavailable(e.to_string())
 }
 
 fn op_error(e: OpError) -> Error {
@@ -317,59 +332,26 @@ impl broker::Host for PluginState {
 
 impl kv::Host for PluginState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        let run = || -> Result<Option<Vec<u8>>, Error> {
-            self.check("kv", None)?;
-            let store = self
-                .ctx
-                .broker
-                .store
-                .as_ref()
-                .ok_or_else(|| Error::Unavailable("no store".into()))?;
-            store
-                .backend()
-                .get(Space::Kv, &self.kv_key(&key))
-                .map_err(|e| Error::Unavailable(e.to_string()))
-        };
-        Ok(run())
+        Ok(self
+            .kv()
+            .and_then(|b| b.get(Space::Kv, &self.kv_key(&key)).map_err(unavailable)))
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
-        let run = || -> Result<(), Error> {
-            self.check("kv", None)?;
-            let store = self
-                .ctx
-                .broker
-                .store
-                .as_ref()
-                .ok_or_else(|| Error::Unavailable("no store".into()))?;
-            store
-                .backend()
-                .write(vec![Write::Put(Space::Kv, self.kv_key(&key), value)])
-                .map_err(|e| Error::Unavailable(e.to_string()))
-        };
-        Ok(run())
+        Ok(self.kv().and_then(|b| {
+            b.write(vec![Write::Put(Space::Kv, self.kv_key(&key), value)])
+                .map_err(unavailable)
+        }))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
-        let run = || -> Result<bool, Error> {
-            self.check("kv", None)?;
-            let store = self
-                .ctx
-                .broker
-                .store
-                .as_ref()
-                .ok_or_else(|| Error::Unavailable("no store".into()))?;
+        Ok(self.kv().and_then(|b| {
             let k = self.kv_key(&key);
-            let b = store.backend();
-            let existed = b
-                .get(Space::Kv, &k)
-                .map_err(|e| Error::Unavailable(e.to_string()))?
-                .is_some();
+            let existed = b.get(Space::Kv, &k).map_err(unavailable)?.is_some();
             b.write(vec![Write::Delete(Space::Kv, k)])
-                .map_err(|e| Error::Unavailable(e.to_string()))?;
+                .map_err(unavailable)?;
             Ok(existed)
-        };
-        Ok(run())
+        }))
     }
 
     async fn list_keys(
@@ -377,33 +359,23 @@ impl kv::Host for PluginState {
         prefix: String,
         limit: u32,
     ) -> wasmtime::Result<Result<Vec<String>, Error>> {
-        let run = || -> Result<Vec<String>, Error> {
-            self.check("kv", None)?;
-            let store = self
-                .ctx
-                .broker
-                .store
-                .as_ref()
-                .ok_or_else(|| Error::Unavailable("no store".into()))?;
-            let mut keys = Vec::new();
+        Ok(self.kv().and_then(|b| {
             // Keys are length-prefixed, so scan the plugin's own space and filter by prefix.
             let base = self.kv_key("");
-            store
-                .backend()
-                .scan_prefix(Space::Kv, &base[..base.len() - 4], &mut |k, _| {
-                    if let Ok((_, key, _)) = crate::store::records::split_key(k) {
-                        if key.starts_with(&prefix) {
-                            keys.push(key.to_string());
-                        }
+            let mut keys = Vec::new();
+            b.scan_prefix(Space::Kv, &base[..base.len() - 4], &mut |k, _| {
+                if let Ok((_, key, _)) = crate::store::records::split_key(k) {
+                    if key.starts_with(&prefix) {
+                        keys.push(key.to_string());
                     }
-                    true
-                })
-                .map_err(|e| Error::Unavailable(e.to_string()))?;
+                }
+                true
+            })
+            .map_err(unavailable)?;
             keys.sort();
             keys.truncate(limit as usize);
             Ok(keys)
-        };
-        Ok(run())
+        }))
     }
 }
 
