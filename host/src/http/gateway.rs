@@ -17,6 +17,19 @@ use crate::plugins::bindings::exports::apiary::plugin::http as wit;
 use crate::plugins::runtime::LoadedPlugin;
 use crate::plugins::PluginError;
 
+/// Response headers a plugin may not set: they would desynchronise the connection.
+const HOP_BY_HOP: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authenticate",
+    "proxy-connection",
+];
+
 /// Largest request body passed to a plugin.
 const MAX_BODY: usize = 16 << 20;
 
@@ -101,16 +114,31 @@ async fn call(
     match plugin.handle_http(mgr.runtime().engine(), wreq).await {
         Ok(r) => {
             let mut resp = Response::new(Body::from(r.body));
-            *resp.status_mut() =
-                StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            *resp.status_mut() = match StatusCode::from_u16(r.status) {
+                Ok(s) if (200..=599).contains(&r.status) => s,
+                _ => StatusCode::BAD_GATEWAY,
+            };
             let h: &mut HeaderMap = resp.headers_mut();
             for (k, v) in r.headers {
                 if let (Ok(k), Ok(v)) = (HeaderName::try_from(k), HeaderValue::try_from(v)) {
-                    h.append(k, v);
+                    // Framing and hop-by-hop headers are the server's, not the plugin's.
+                    if !HOP_BY_HOP.contains(&k.as_str()) {
+                        h.append(k, v);
+                    }
                 }
             }
             resp
         }
+        Err(PluginError::Timeout) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "PLUGIN_TIMEOUT",
+            format!("plugin {}: call timed out", plugin.ctx.name),
+        ),
+        Err(PluginError::Busy) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PLUGIN_BUSY",
+            format!("plugin {} has too many calls in progress", plugin.ctx.name),
+        ),
         Err(PluginError::BackingOff) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "PLUGIN_BACKING_OFF",

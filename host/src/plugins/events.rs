@@ -96,6 +96,16 @@ fn convert(e: Event) -> wit::Event {
     }
 }
 
+fn tenant_of(e: &wit::Event) -> &str {
+    match e {
+        wit::Event::Connected(c) => &c.tenant,
+        wit::Event::Disconnected(s) | wit::Event::SessionEnded(s) => &s.tenant,
+        wit::Event::Subscribed(s) | wit::Event::Unsubscribed(s) => &s.tenant,
+        wit::Event::MessagePublished(m) => &m.tenant,
+        wit::Event::MessageDropped(d) => &d.tenant,
+    }
+}
+
 impl PluginManager {
     /// Runs until shutdown: while any events plugin is loaded, batches registry events
     /// (up to 256, or what arrives within 20 ms) and hands each batch to every one of
@@ -144,8 +154,16 @@ impl PluginManager {
                     }
                 }
                 for p in self.events_plugins() {
-                    // Failures are counted and logged by the call itself.
-                    let _ = p.on_events(self.runtime().engine(), batch.clone()).await;
+                    // Only the tenants its toml grants.
+                    let mine: Vec<wit::Event> = batch
+                        .iter()
+                        .filter(|e| p.ctx.manifest.may_touch(tenant_of(e)))
+                        .cloned()
+                        .collect();
+                    if !mine.is_empty() {
+                        // Failures are counted and logged by the call itself.
+                        let _ = p.on_events(self.runtime().engine(), mine).await;
+                    }
                 }
             }
         }

@@ -17,6 +17,11 @@ use crate::store::{Space, Write};
 
 type Error = types::Error;
 
+/// Longest kv key a plugin may use.
+const KV_MAX_KEY: usize = 1024;
+/// Largest kv value a plugin may store.
+const KV_MAX_VALUE: usize = 1 << 20;
+
 impl PluginState {
     fn check(&self, cap: &str, tenant: Option<&str>) -> Result<(), Error> {
         let m = &self.ctx.manifest;
@@ -46,6 +51,21 @@ impl PluginState {
             .as_deref()
             .map(|s| s.backend())
             .ok_or_else(|| Error::Unavailable("no store".into()))
+    }
+
+    /// Checks a key (and value) against the kv limits.
+    fn kv_limits(key: &str, value: Option<&[u8]>) -> Result<(), Error> {
+        if key.len() > KV_MAX_KEY {
+            return Err(Error::InvalidArgument(format!(
+                "kv keys are at most {KV_MAX_KEY} bytes"
+            )));
+        }
+        if value.is_some_and(|v| v.len() > KV_MAX_VALUE) {
+            return Err(Error::InvalidArgument(format!(
+                "kv values are at most {KV_MAX_VALUE} bytes"
+            )));
+        }
+        Ok(())
     }
 
     fn kv_key(&self, key: &str) -> Vec<u8> {
@@ -332,26 +352,30 @@ impl broker::Host for PluginState {
 
 impl kv::Host for PluginState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        Ok(self
-            .kv()
+        Ok(Self::kv_limits(&key, None)
+            .and_then(|()| self.kv())
             .and_then(|b| b.get(Space::Kv, &self.kv_key(&key)).map_err(unavailable)))
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
-        Ok(self.kv().and_then(|b| {
-            b.write(vec![Write::Put(Space::Kv, self.kv_key(&key), value)])
-                .map_err(unavailable)
-        }))
+        Ok(Self::kv_limits(&key, Some(&value))
+            .and_then(|()| self.kv())
+            .and_then(|b| {
+                b.write(vec![Write::Put(Space::Kv, self.kv_key(&key), value)])
+                    .map_err(unavailable)
+            }))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
-        Ok(self.kv().and_then(|b| {
-            let k = self.kv_key(&key);
-            let existed = b.get(Space::Kv, &k).map_err(unavailable)?.is_some();
-            b.write(vec![Write::Delete(Space::Kv, k)])
-                .map_err(unavailable)?;
-            Ok(existed)
-        }))
+        Ok(Self::kv_limits(&key, None)
+            .and_then(|()| self.kv())
+            .and_then(|b| {
+                let k = self.kv_key(&key);
+                let existed = b.get(Space::Kv, &k).map_err(unavailable)?.is_some();
+                b.write(vec![Write::Delete(Space::Kv, k)])
+                    .map_err(unavailable)?;
+                Ok(existed)
+            }))
     }
 
     async fn list_keys(

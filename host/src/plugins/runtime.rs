@@ -44,6 +44,9 @@ pub enum PluginError {
     /// The plugin does not serve this role.
     #[error("plugin does not export the {0} role")]
     NoRole(&'static str),
+    /// Too many calls are in progress.
+    #[error("plugin is busy (too many calls in progress)")]
+    Busy,
 }
 
 /// What host calls of one plugin may touch.
@@ -62,6 +65,8 @@ pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    /// Epoch ticks the current call may still run for.
+    ticks_left: u64,
     /// Shared per-plugin context for host calls.
     pub ctx: Arc<PluginContext>,
 }
@@ -224,6 +229,8 @@ pub struct LoadedPlugin {
     pub last_error: Mutex<Option<String>>,
     consecutive_failures: AtomicU64,
     backoff_until: Mutex<Option<Instant>>,
+    /// Bounds calls in progress (each may need an instance of its own).
+    concurrency: tokio::sync::Semaphore,
 }
 
 impl LoadedPlugin {
@@ -234,6 +241,7 @@ impl LoadedPlugin {
         hash: String,
         runtime: &Runtime,
     ) -> Result<Arc<Self>, PluginError> {
+        let ctx_max_instances = ctx.manifest.max_instances;
         let p = Arc::new(Self {
             ctx,
             prepared,
@@ -245,8 +253,13 @@ impl LoadedPlugin {
             last_error: Mutex::new(None),
             consecutive_failures: AtomicU64::new(0),
             backoff_until: Mutex::new(None),
+            concurrency: tokio::sync::Semaphore::new((ctx_max_instances * 2).max(4)),
         });
-        let first = p.instantiate(runtime.engine()).await?;
+        let first = tokio::time::timeout(p.wall_timeout(), p.instantiate(runtime.engine()))
+            .await
+            .map_err(|_| {
+                PluginError::Init("init did not finish within call_timeout_ms".into())
+            })??;
         if p.ctx.manifest.max_instances > 0 {
             p.pool.lock().push(first);
         }
@@ -262,6 +275,18 @@ impl LoadedPlugin {
         (self.ctx.manifest.call_timeout_ms / TICK.as_millis() as u64).max(1)
     }
 
+    /// Gives the next guest entry its full CPU budget.
+    fn arm(&self, store: &mut Store<PluginState>) {
+        store.data_mut().ticks_left = self.deadline_ticks();
+        store.set_epoch_deadline(1);
+    }
+
+    /// Wall-clock bound on one call, for a guest blocked in a host call (where epochs
+    /// do not reach it).
+    fn wall_timeout(&self) -> Duration {
+        Duration::from_millis(self.ctx.manifest.call_timeout_ms) + Duration::from_millis(100)
+    }
+
     async fn instantiate(&self, engine: &Engine) -> Result<Instance, PluginError> {
         let m = &self.ctx.manifest;
         let mut wasi = WasiCtxBuilder::new();
@@ -273,6 +298,9 @@ impl LoadedPlugin {
         }
         let limits = StoreLimitsBuilder::new()
             .memory_size((m.memory_limit_mb as usize) << 20)
+            .memories(4)
+            .tables(16)
+            .table_elements(100_000)
             .instances(16)
             .build();
         let mut store = Store::new(
@@ -281,11 +309,23 @@ impl LoadedPlugin {
                 wasi: wasi.build(),
                 table: ResourceTable::new(),
                 limits,
+                ticks_left: 0,
                 ctx: self.ctx.clone(),
             },
         );
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
+        // Yield to the scheduler every tick (a busy guest never holds a worker thread for
+        // long) and interrupt once the call's budget is spent.
+        store.epoch_deadline_callback(|mut cx| {
+            let s = cx.data_mut();
+            if s.ticks_left == 0 {
+                Ok(wasmtime::UpdateDeadline::Interrupt)
+            } else {
+                s.ticks_left -= 1;
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
+        self.arm(&mut store);
         let trap = |e: wasmtime::Error| classify(&e);
         let inst = self
             .prepared
@@ -313,7 +353,7 @@ impl LoadedPlugin {
             .map(|i| i.load(&mut store, &inst))
             .transpose()
             .map_err(trap)?;
-        store.set_epoch_deadline(self.deadline_ticks());
+        self.arm(&mut store);
         let config = self.ctx.manifest.config_json();
         match lifecycle
             .call_init(&mut store, &config)
@@ -350,17 +390,29 @@ impl LoadedPlugin {
                 return Err(PluginError::BackingOff);
             }
         }
+        let Ok(_permit) =
+            tokio::time::timeout(self.wall_timeout(), self.concurrency.acquire()).await
+        else {
+            return Err(PluginError::Busy);
+        };
         self.calls.fetch_add(1, Ordering::Relaxed);
         let pooled = self.pool.lock().pop();
         let mut inst = match pooled {
             Some(i) => i,
-            None => match self.instantiate(engine).await {
-                Ok(i) => i,
-                Err(e) => return Err(self.failed(e)),
+            None => match tokio::time::timeout(self.wall_timeout(), self.instantiate(engine)).await
+            {
+                Ok(Ok(i)) => i,
+                Ok(Err(e)) => return Err(self.failed(e)),
+                Err(_) => return Err(self.failed(PluginError::Timeout)),
             },
         };
-        inst.store.set_epoch_deadline(self.deadline_ticks());
-        match f(&mut inst).await {
+        self.arm(&mut inst.store);
+        let r = match tokio::time::timeout(self.wall_timeout(), f(&mut inst)).await {
+            Ok(r) => r,
+            // Dropping the instance with the future abandons the blocked call.
+            Err(_) => return Err(self.failed(PluginError::Timeout)),
+        };
+        match r {
             Ok(r) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 let mut pool = self.pool.lock();

@@ -57,6 +57,11 @@ impl Handler for Faulty {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
             })
+            .get("/sleep", |_, _| {
+                // Blocked in a host call (WASI clocks), where epochs do not reach.
+                std::thread::sleep(std::time::Duration::from_secs(30));
+                Response::text(200, "slept")
+            })
             .get("/alloc", |_, _| {
                 let mut v: Vec<Vec<u8>> = Vec::new();
                 loop {
