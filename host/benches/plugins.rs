@@ -1,16 +1,16 @@
 //! Plugin runtime costs (issue 4): host→guest call overhead of an `http` and an `auth`
 //! call with a pooled instance, the same with a fresh instance per call (instantiate +
-//! init), and the time to reload a plugin. Full run: `cargo bench -p apiary --bench
-//! plugins` (after `cargo xtask plugins`); under `cargo test` it runs a smoke version.
+//! init), and the time to reload a plugin (criterion). Run: `cargo bench -p apiary --bench
+//! plugins` after `cargo xtask plugins`; under `cargo test` each runs once.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 use apiary::apikeys::ApiKeyStore;
 use apiary::plugins::bindings::exports::apiary::plugin::{auth, http};
 use apiary::plugins::PluginManager;
 use apiary::{Broker, Config};
+use criterion::{criterion_group, criterion_main, Criterion};
 
 fn req() -> http::Request {
     http::Request {
@@ -54,66 +54,42 @@ async fn manager(dir: &Path, pooled: bool) -> Arc<PluginManager> {
     m
 }
 
-async fn per_call<F, Fut>(n: usize, mut f: F) -> f64
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for _ in 0..n / 10 {
-        f().await;
-    }
-    let t = Instant::now();
-    for _ in 0..n {
-        f().await;
-    }
-    t.elapsed().as_secs_f64() * 1e6 / n as f64
-}
-
-fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let n = if full { 20_000 } else { 200 };
+fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        for pooled in [true, false] {
-            let dir = tempfile::tempdir().unwrap();
-            let m = manager(dir.path(), pooled).await;
-            let p = m.get("faulty").expect("loaded");
-            let engine = m.runtime().engine().clone();
-            let mode = if pooled {
-                "pooled instance"
-            } else {
-                "fresh instance per call"
-            };
-            let us = per_call(n, || {
-                let (p, e) = (p.clone(), engine.clone());
-                async move {
-                    let r = p.handle_http(&e, req()).await.unwrap();
-                    assert_eq!(r.status, 200);
-                }
+    let mut g = c.benchmark_group("plugins");
+    for pooled in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = rt.block_on(manager(dir.path(), pooled));
+        let p = m.get("faulty").expect("loaded");
+        let engine = m.runtime().engine().clone();
+        let mode = if pooled { "pooled" } else { "fresh_instance" };
+        g.bench_function(format!("http_call/{mode}"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let r = p.handle_http(&engine, req()).await.unwrap();
+                assert_eq!(r.status, 200);
             })
-            .await;
-            println!("plugins/http_call ({mode}): {us:.1} µs/call");
-            let us = per_call(n, || {
-                let (p, e) = (p.clone(), engine.clone());
-                async move {
-                    let d = p.authenticate(&e, connect()).await.unwrap();
-                    assert!(matches!(d, auth::ConnectDecision::Allow(_)));
-                }
+        });
+        g.bench_function(format!("auth_call/{mode}"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let d = p.authenticate(&engine, connect()).await.unwrap();
+                assert!(matches!(d, auth::ConnectDecision::Allow(_)));
             })
-            .await;
-            println!("plugins/auth_call ({mode}): {us:.1} µs/call");
-            if pooled {
-                let reloads = if full { 50 } else { 3 };
-                let t = Instant::now();
-                for _ in 0..reloads {
-                    m.load("faulty").await.unwrap();
-                }
-                let ms = t.elapsed().as_secs_f64() * 1e3 / reloads as f64;
-                println!("plugins/reload (compile cache warm, instantiate + init): {ms:.2} ms");
-            }
+        });
+        if pooled {
+            g.sample_size(20);
+            g.bench_function("reload/compile_cache_warm", |b| {
+                b.to_async(&rt)
+                    .iter(|| async { m.load("faulty").await.unwrap() })
+            });
         }
-    });
+        drop(p);
+        drop(m);
+    }
+    g.finish();
 }
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
