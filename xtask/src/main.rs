@@ -9,6 +9,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod toolchain;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
@@ -46,139 +48,6 @@ fn step(root: &Path, what: &str, program: &str, args: &[&str]) -> Result<()> {
         bail!("{what} failed ({status})");
     }
     Ok(())
-}
-
-/// Makes sure the wasm32-wasip2 target is installed (rustup, bounded in time).
-fn ensure_wasm_target() -> Result<()> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-wasip2"))
-        .unwrap_or(false);
-    if installed {
-        return Ok(());
-    }
-    println!(
-        "==> installing the wasm32-wasip2 target: rustup target add wasm32-wasip2 (2 min limit)"
-    );
-    let ok = Command::new("timeout")
-        .args(["120", "rustup", "target", "add", "wasm32-wasip2"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !ok {
-        bail!(
-            "cannot install the wasm32-wasip2 target with rustup; see ../shared/toolchain.md \
-             (Debian rustc-web fallback) to build plugins on this machine"
-        );
-    }
-    Ok(())
-}
-
-/// componentize-js, installed under target/ once; None (with the reason printed) when
-/// node or npm is missing or the install fails.
-fn componentize_js(root: &Path) -> Option<PathBuf> {
-    let prefix = root.join("target/js-toolchain");
-    let entry = prefix.join("node_modules/@bytecodealliance/componentize-js/src/componentize.js");
-    if entry.exists() {
-        return Some(entry);
-    }
-    if Command::new("node").arg("--version").output().is_err()
-        || Command::new("npm").arg("--version").output().is_err()
-    {
-        println!("==> skipping JavaScript plugins: node and npm are not installed");
-        return None;
-    }
-    println!("==> installing componentize-js 0.23.0 into target/js-toolchain (npm, 5 min limit)");
-    let ok = Command::new("timeout")
-        .args([
-            "300",
-            "npm",
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--prefix",
-        ])
-        .arg(&prefix)
-        .arg("@bytecodealliance/componentize-js@0.23.0")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok && entry.exists() {
-        Some(entry)
-    } else {
-        println!("==> skipping JavaScript plugins: npm could not install componentize-js");
-        None
-    }
-}
-
-/// The C toolchain (clang-22 + Debian's wasi-libc, `wit-bindgen c`, and the
-/// wasm-component-ld rustup ships), installing what is missing; None (with the reason
-/// printed) where that is not possible.
-fn c_toolchain(root: &Path) -> Option<(PathBuf, PathBuf)> {
-    let have_clang = || {
-        Command::new("clang-22").arg("--version").output().is_ok()
-            && Path::new("/usr/lib/wasm32-wasi/libc.a").exists()
-    };
-    if !have_clang() {
-        println!(
-            "==> installing clang-22, wasi-libc, libclang-rt-22-dev-wasm32, lld-22 for C plugins (apt, 10 min limit)"
-        );
-        let _ = Command::new("timeout")
-            .args(["300", "apt-get", "update", "-qq"])
-            .status();
-        let _ = Command::new("timeout")
-            .args([
-                "600",
-                "apt-get",
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-            ])
-            .args([
-                "clang-22",
-                "wasi-libc",
-                "libclang-rt-22-dev-wasm32",
-                "lld-22",
-            ])
-            .status();
-        if !have_clang() {
-            println!("==> skipping C plugins: clang-22 with wasi-libc is not available");
-            return None;
-        }
-    }
-    let wit_bindgen = root.join("target/c-toolchain/bin/wit-bindgen");
-    if !wit_bindgen.exists() {
-        println!("==> installing wit-bindgen-cli 0.63.0 (C generator) into target/c-toolchain (cargo install)");
-        let ok = Command::new("timeout")
-            .args(["900", "cargo", "install", "--quiet", "--locked", "--root"])
-            .arg(root.join("target/c-toolchain"))
-            .args([
-                "wit-bindgen-cli@0.63.0",
-                "--no-default-features",
-                "--features",
-                "c",
-            ])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok || !wit_bindgen.exists() {
-            println!("==> skipping C plugins: cannot install wit-bindgen-cli");
-            return None;
-        }
-    }
-    let sysroot = Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()?;
-    let linker = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim())
-        .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/wasm-component-ld");
-    if !linker.exists() {
-        println!("==> skipping C plugins: the toolchain has no wasm-component-ld");
-        return None;
-    }
-    Some((wit_bindgen, linker))
 }
 
 /// Builds a C plugin: bindings from the WIT `http-plugin` world, then clang with
@@ -256,7 +125,7 @@ fn plugin_crates(root: &Path) -> Vec<(PathBuf, bool)> {
 /// Builds every plugin for wasm32-wasip2 (own target dir) into `target/plugins/NAME.wasm`
 /// with its `NAME.toml` beside it. Returns the stock plugins' names.
 fn plugins(root: &Path) -> Result<Vec<String>> {
-    ensure_wasm_target()?;
+    let rust = toolchain::ensure_wasm_target(root)?;
     let out = root.join("target/plugins");
     std::fs::create_dir_all(&out)?;
     let build_dir = root.join("target/plugins-build");
@@ -270,7 +139,9 @@ fn plugins(root: &Path) -> Result<Vec<String>> {
             .context("plugin dir name")?
             .to_string();
         if dir.join("plugin.c").exists() {
-            let tools = c_tool.get_or_insert_with(|| c_toolchain(root)).clone();
+            let tools = c_tool
+                .get_or_insert_with(|| toolchain::c_toolchain(root))
+                .clone();
             let Some(tools) = tools else { continue };
             build_c_plugin(root, &dir, &name, &tools, &out.join(format!("{name}.wasm")))?;
             let toml = dir.join(format!("{name}.toml"));
@@ -283,7 +154,9 @@ fn plugins(root: &Path) -> Result<Vec<String>> {
             continue;
         }
         if dir.join("build.mjs").exists() {
-            let tool = js_tool.get_or_insert_with(|| componentize_js(root)).clone();
+            let tool = js_tool
+                .get_or_insert_with(|| toolchain::componentize_js(root))
+                .clone();
             let Some(entry) = tool else { continue };
             let target = out.join(format!("{name}.wasm"));
             println!("==> plugin {name} (JavaScript): node build.mjs");
@@ -307,22 +180,20 @@ fn plugins(root: &Path) -> Result<Vec<String>> {
             continue;
         }
         let manifest = dir.join("Cargo.toml");
-        step(
-            root,
-            &format!("plugin {name}"),
-            "cargo",
-            &[
-                "build",
-                "--release",
-                "--quiet",
-                "--target",
-                "wasm32-wasip2",
-                "--manifest-path",
-                manifest.to_str().context("path")?,
-                "--target-dir",
-                build_dir.to_str().context("path")?,
-            ],
-        )?;
+        println!("==> plugin {name}: cargo build --release --target wasm32-wasip2");
+        let status = rust
+            .cargo()
+            .current_dir(root)
+            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(&build_dir)
+            .status()
+            .context("starting cargo")?;
+        if !status.success() {
+            bail!("building the plugin {name} failed ({status})");
+        }
         let artifact = build_dir.join(format!(
             "wasm32-wasip2/release/{}.wasm",
             name.replace('-', "_")

@@ -1,0 +1,272 @@
+//! The toolchains plugins are built with, installed by the xtask itself where they are
+//! missing (each step says what it does): Rust for wasm32-wasip2, componentize-js for
+//! JavaScript, and clang-22 + wasi-libc + `wit-bindgen c` for C.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// How Rust plugins get built for wasm32-wasip2.
+#[derive(Clone)]
+pub enum WasmRust {
+    /// rustup's target for the project toolchain.
+    Rustup,
+    /// Debian's rustc-web with a std built for wasm32-wasip2 (../shared/toolchain.md).
+    Sysroot {
+        /// The sysroot to pass with `--sysroot`.
+        sysroot: PathBuf,
+    },
+}
+
+impl WasmRust {
+    /// `cargo build` for a plugin, with the environment this toolchain needs.
+    pub fn cargo(&self) -> Command {
+        match self {
+            WasmRust::Rustup => Command::new("cargo"),
+            WasmRust::Sysroot { sysroot } => {
+                let mut c = Command::new("/usr/bin/cargo");
+                c.env("RUSTC", "/usr/bin/rustc").env(
+                    "CARGO_TARGET_WASM32_WASIP2_RUSTFLAGS",
+                    format!("--sysroot={}", sysroot.display()),
+                );
+                c
+            }
+        }
+    }
+}
+
+/// Makes sure Rust can build for wasm32-wasip2: rustup's target (bounded in time), or
+/// else the Debian rustc-web fallback with a std built once and cached under target/.
+pub fn ensure_wasm_target(root: &Path) -> Result<WasmRust> {
+    // Lets the fallback path be exercised on a machine where rustup works.
+    if std::env::var_os("APIARY_WASM_FALLBACK").is_some() {
+        println!("==> APIARY_WASM_FALLBACK is set: using the rustc-web fallback");
+        return fallback_sysroot(root);
+    }
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wasm32-wasip2"))
+        .unwrap_or(false);
+    if installed {
+        return Ok(WasmRust::Rustup);
+    }
+    println!(
+        "==> installing the wasm32-wasip2 target: rustup target add wasm32-wasip2 (2 min limit)"
+    );
+    let ok = Command::new("timeout")
+        .args(["120", "rustup", "target", "add", "wasm32-wasip2"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return Ok(WasmRust::Rustup);
+    }
+    println!("==> rustup could not install wasm32-wasip2; using Debian's rustc-web with a std built for it");
+    fallback_sysroot(root)
+}
+
+fn run(what: &str, c: &mut Command) -> Result<()> {
+    println!("==> {what}");
+    let status = c.status().with_context(|| format!("starting: {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The fallback of ../shared/toolchain.md: rustc-web 1.96 (which ships std's source),
+/// wasm-component-ld, std built with -Zbuild-std, laid out as a sysroot.
+fn fallback_sysroot(root: &Path) -> Result<WasmRust> {
+    let sysroot = root.join("target/wasm-sysroot");
+    if sysroot.join(".complete").exists() {
+        return Ok(WasmRust::Sysroot { sysroot });
+    }
+    let _ = Command::new("timeout")
+        .args(["300", "apt-get", "update", "-qq"])
+        .status();
+    run(
+        "apt-get install rustc-web cargo-web rust-web-src lld-22 wasi-libc",
+        Command::new("timeout")
+            .args([
+                "600",
+                "apt-get",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+            ])
+            .args([
+                "rustc-web",
+                "cargo-web",
+                "rust-web-src",
+                "lld-22",
+                "wasi-libc",
+            ]),
+    )?;
+    let tools = root.join("target/wasm-tools");
+    if !tools.join("bin/wasm-component-ld").exists() {
+        run(
+            "cargo install wasm-component-ld@0.5.21",
+            Command::new("cargo")
+                .args(["install", "--quiet", "--locked", "--root"])
+                .arg(&tools)
+                .arg("wasm-component-ld@0.5.21"),
+        )?;
+    }
+    let std_build = root.join("target/wasm-std-build");
+    std::fs::create_dir_all(std_build.join("src"))?;
+    std::fs::write(
+        std_build.join("Cargo.toml"),
+        "[package]\nname = \"apiary_wasm_std\"\nversion = \"0.0.0\"\nedition = \"2021\"\n[workspace]\n",
+    )?;
+    std::fs::write(std_build.join("src/lib.rs"), "")?;
+    run(
+        "build std for wasm32-wasip2 (-Zbuild-std)",
+        Command::new("/usr/bin/cargo")
+            .current_dir(&std_build)
+            .env("RUSTC", "/usr/bin/rustc")
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args([
+                "build",
+                "--release",
+                "-Zbuild-std=std,panic_abort",
+                "--target",
+                "wasm32-wasip2",
+            ])
+            .args([
+                "--config",
+                "target.wasm32-wasip2.rustflags=[\"-Cembed-bitcode=yes\"]",
+            ]),
+    )?;
+    let lib = sysroot.join("lib/rustlib/wasm32-wasip2/lib");
+    let own = lib.join("self-contained");
+    let bin = sysroot.join("lib/rustlib/x86_64-unknown-linux-gnu/bin");
+    for d in [&lib, &own, &bin] {
+        std::fs::create_dir_all(d)?;
+    }
+    for e in std::fs::read_dir(std_build.join("target/wasm32-wasip2/release/deps"))?.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.ends_with(".rlib") && !name.contains("apiary_wasm_std") {
+            std::fs::copy(e.path(), lib.join(&name))?;
+        }
+    }
+    for f in ["libc.a", "crt1-command.o", "crt1-reactor.o"] {
+        std::fs::copy(Path::new("/usr/lib/wasm32-wasi").join(f), own.join(f))?;
+    }
+    std::fs::copy(
+        tools.join("bin/wasm-component-ld"),
+        bin.join("wasm-component-ld"),
+    )?;
+    let _ = std::fs::remove_file(bin.join("wasm-ld"));
+    std::os::unix::fs::symlink("/usr/lib/llvm-22/bin/wasm-ld", bin.join("wasm-ld"))?;
+    std::fs::write(sysroot.join(".complete"), "")?;
+    Ok(WasmRust::Sysroot { sysroot })
+}
+
+/// componentize-js, installed under target/ once; None (with the reason printed) when
+/// node or npm is missing or the install fails.
+pub fn componentize_js(root: &Path) -> Option<PathBuf> {
+    let prefix = root.join("target/js-toolchain");
+    let entry = prefix.join("node_modules/@bytecodealliance/componentize-js/src/componentize.js");
+    if entry.exists() {
+        return Some(entry);
+    }
+    if Command::new("node").arg("--version").output().is_err()
+        || Command::new("npm").arg("--version").output().is_err()
+    {
+        println!("==> skipping JavaScript plugins: node and npm are not installed");
+        return None;
+    }
+    println!("==> installing componentize-js 0.23.0 into target/js-toolchain (npm, 5 min limit)");
+    let ok = Command::new("timeout")
+        .args([
+            "300",
+            "npm",
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+        ])
+        .arg(&prefix)
+        .arg("@bytecodealliance/componentize-js@0.23.0")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok && entry.exists() {
+        Some(entry)
+    } else {
+        println!("==> skipping JavaScript plugins: npm could not install componentize-js");
+        None
+    }
+}
+
+/// The C toolchain (clang-22 + Debian's wasi-libc, `wit-bindgen c`, and the
+/// wasm-component-ld rustup ships), installing what is missing; None (with the reason
+/// printed) where that is not possible.
+pub fn c_toolchain(root: &Path) -> Option<(PathBuf, PathBuf)> {
+    let have_clang = || {
+        Command::new("clang-22").arg("--version").output().is_ok()
+            && Path::new("/usr/lib/wasm32-wasi/libc.a").exists()
+    };
+    if !have_clang() {
+        println!(
+            "==> installing clang-22, wasi-libc, libclang-rt-22-dev-wasm32, lld-22 for C plugins (apt, 10 min limit)"
+        );
+        let _ = Command::new("timeout")
+            .args(["300", "apt-get", "update", "-qq"])
+            .status();
+        let _ = Command::new("timeout")
+            .args([
+                "600",
+                "apt-get",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+            ])
+            .args([
+                "clang-22",
+                "wasi-libc",
+                "libclang-rt-22-dev-wasm32",
+                "lld-22",
+            ])
+            .status();
+        if !have_clang() {
+            println!("==> skipping C plugins: clang-22 with wasi-libc is not available");
+            return None;
+        }
+    }
+    let wit_bindgen = root.join("target/c-toolchain/bin/wit-bindgen");
+    if !wit_bindgen.exists() {
+        println!("==> installing wit-bindgen-cli 0.63.0 (C generator) into target/c-toolchain (cargo install)");
+        let ok = Command::new("timeout")
+            .args(["900", "cargo", "install", "--quiet", "--locked", "--root"])
+            .arg(root.join("target/c-toolchain"))
+            .args([
+                "wit-bindgen-cli@0.63.0",
+                "--no-default-features",
+                "--features",
+                "c",
+            ])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok || !wit_bindgen.exists() {
+            println!("==> skipping C plugins: cannot install wit-bindgen-cli");
+            return None;
+        }
+    }
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    let linker = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim())
+        .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/wasm-component-ld");
+    if !linker.exists() {
+        println!("==> skipping C plugins: the toolchain has no wasm-component-ld");
+        return None;
+    }
+    Some((wit_bindgen, linker))
+}
