@@ -298,11 +298,14 @@ async fn a_plugin_can_have_a_listener_of_its_own() {
     let root = tempfile::tempdir().unwrap();
     let pdir = root.path().join("plugins");
     std::fs::create_dir_all(&pdir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let port = free_port();
     install(
         &pdir,
         "hello",
@@ -311,12 +314,37 @@ async fn a_plugin_can_have_a_listener_of_its_own() {
             "listen = \"127.0.0.1:{port}\"\ncapabilities = [\"kv\"]\n"
         )),
     );
-    let _tb = broker_with(&pdir).await;
+    let tb = broker_with(&pdir).await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(
         http(addr, "GET", "/hello/there", b"").await,
         (200, "{\"message\":\"Hello, there!\"}".into())
     );
+
+    // Moving it to another address on reload: the new one serves, the old one stops.
+    let port2 = free_port();
+    std::fs::write(
+        pdir.join("hello.toml"),
+        format!("listen = \"127.0.0.1:{port2}\"\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        http(tb.http_addr(), "POST", "/plugins/hello/reload", b"")
+            .await
+            .0,
+        200
+    );
+    let addr2: std::net::SocketAddr = format!("127.0.0.1:{port2}").parse().unwrap();
+    assert_eq!(http(addr2, "GET", "/hello/again", b"").await.0, 200);
+    let mut closed = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "the old listener stopped");
 }
 
 #[tokio::test]

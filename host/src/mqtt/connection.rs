@@ -11,17 +11,18 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use bytestring::ByteString;
-use rmqtt_codec::error::{DecodeError, EncodeError};
+use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::{PublishProperties, ToReasonCode};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Sleep;
 use tracing::debug;
 
+use super::outbound::{durable_changed, PendingAck};
 use super::transport::Transport;
 use super::wire::{Incoming, Wire};
 use crate::broker::Broker;
-use crate::message::{Delivery, Message};
+use crate::message::Message;
 use crate::session::{Control, Counters, InflightState, Outgoing, Session};
 use crate::store::Op;
 use crate::topic;
@@ -90,24 +91,6 @@ fn control_exit(c: Control) -> Exit {
     }
 }
 
-/// An acknowledgement held back until the store has made its publish durable.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum PendingAck {
-    PubAck(u16, u8),
-    PubRec(u16, u8),
-}
-
-async fn durable_changed(d: &mut Option<watch::Receiver<u64>>) {
-    match d {
-        Some(r) => {
-            if r.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending().await,
-    }
-}
-
 impl<T: Transport> Connection<T> {
     /// Runs until the connection ends, then detaches from the session.
     pub async fn run(mut self) {
@@ -160,74 +143,6 @@ impl<T: Transport> Connection<T> {
             }
             self.release_acks();
             self.pump();
-        }
-    }
-
-    /// Acknowledges a publish now, or once the store has it (sync = "always").
-    fn ack(&mut self, a: PendingAck) {
-        if let (Some(d), Some(store)) = (&self.durable, &self.broker.store) {
-            let ticket = store.last_ticket();
-            if ticket > *d.borrow() || !self.pending_acks.is_empty() {
-                self.pending_acks.push_back((ticket, a));
-                return;
-            }
-        }
-        self.write_ack(a);
-    }
-
-    fn write_ack(&mut self, a: PendingAck) {
-        match a {
-            PendingAck::PubAck(pid, r) => self.wire.puback(pid, r, &mut self.wbuf),
-            PendingAck::PubRec(pid, r) => self.wire.pubrec(pid, r, &mut self.wbuf),
-        }
-    }
-
-    /// Sends the held-back acks whose publishes are durable, in order.
-    fn release_acks(&mut self) {
-        let Some(d) = &self.durable else { return };
-        let durable = *d.borrow();
-        while self
-            .pending_acks
-            .front()
-            .is_some_and(|(t, _)| *t <= durable)
-        {
-            if let Some((_, a)) = self.pending_acks.pop_front() {
-                self.write_ack(a);
-            }
-        }
-    }
-
-    fn store_op(&self, op: impl FnOnce(Arc<str>, Arc<str>) -> Op) {
-        if let (Some(store), true) = (&self.broker.store, self.session.is_persistent()) {
-            store.submit(op(
-                self.session.tenant.clone(),
-                self.session.client_id.clone(),
-            ));
-        }
-    }
-
-    /// Stores where a stored delivery is in its flow.
-    fn store_delivery(&self, d: &Delivery, pid: u16, state: InflightState) {
-        if d.seq == 0 {
-            return;
-        }
-        let code = match state {
-            InflightState::AwaitAck => 1,
-            InflightState::AwaitRec => 2,
-            InflightState::AwaitComp => 3,
-        };
-        self.store_op(|tenant, client_id| Op::PutInbox {
-            tenant,
-            client_id,
-            delivery: d.clone(),
-            pid: Some(pid),
-            state: code,
-        });
-    }
-
-    fn store_delete(&self, seq: u64) {
-        if seq != 0 {
-            self.store_op(|t, c| Op::DeleteInbox(t, c, seq));
         }
     }
 
@@ -522,107 +437,6 @@ impl<T: Transport> Connection<T> {
             self.broker.send_retained(&self.session, &f, opts, new);
         }
         Ok(())
-    }
-
-    /// Moves deliverable messages from the session queue into the write buffer.
-    pub fn pump(&mut self) {
-        let now = Instant::now();
-        let mut out = std::mem::take(&mut self.outgoing);
-        let dels = {
-            let mut st = self.session.state.lock();
-            let expired_before = st.expired;
-            st.take_outgoing(self.window, now, &mut out);
-            let n = st.expired - expired_before;
-            if n > 0 {
-                self.broker
-                    .metrics
-                    .dropped_expired
-                    .fetch_add(n, Ordering::Relaxed);
-            }
-            std::mem::take(&mut st.store_dels)
-        };
-        self.broker.store_deletes(&self.session, dels);
-        for o in out.drain(..) {
-            match o {
-                Outgoing::Publish { pid, dup, delivery } => {
-                    if let (Some(p), false) = (pid, dup) {
-                        let state = if delivery.qos == QoS::AtLeastOnce {
-                            InflightState::AwaitAck
-                        } else {
-                            InflightState::AwaitRec
-                        };
-                        self.store_delivery(&delivery, p, state);
-                    }
-                    self.write_publish(pid, dup, delivery, now)
-                }
-                Outgoing::PubRel(pid) => self.wire.pubrel(pid, true, &mut self.wbuf),
-            }
-        }
-        self.outgoing = out;
-    }
-
-    /// Encodes one delivery for this client (aliases, properties, limits).
-    pub fn write_publish(&mut self, pid: Option<u16>, dup: bool, d: Delivery, now: Instant) {
-        let m = &d.msg;
-        let mut topic = m.topic.clone();
-        let mut new_alias = false;
-        let properties = if self.wire.v5 {
-            let mut pr = m.props.as_deref().cloned().unwrap_or_default();
-            pr.subscription_ids = d.sub_ids;
-            pr.message_expiry_interval = m.remaining_expiry(now);
-            if self.alias_out_max > 0 {
-                if let Some(&a) = self.alias_out.get(&topic) {
-                    pr.topic_alias = NonZeroU16::new(a);
-                    topic = ByteString::new();
-                } else if self.alias_out.len() < usize::from(self.alias_out_max) {
-                    let a = self.alias_out.len() as u16 + 1;
-                    self.alias_out.insert(topic.clone(), a);
-                    pr.topic_alias = NonZeroU16::new(a);
-                    new_alias = true;
-                }
-            }
-            Some(pr)
-        } else {
-            None
-        };
-        let p = Publish {
-            dup,
-            retain: d.retain,
-            qos: d.qos,
-            topic,
-            packet_id: pid.and_then(NonZeroU16::new),
-            payload: m.payload.clone(),
-            properties,
-        };
-        match self.wire.publish(p, &mut self.wbuf) {
-            Ok(()) => {
-                Counters::add(&self.session.counters.send_msg, 1);
-                self.broker
-                    .metrics
-                    .messages_sent
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                // MQTT 5 §3.1.2.25: a packet over the client's maximum is discarded.
-                if new_alias {
-                    self.alias_out.remove(&m.topic);
-                }
-                if let Some(pid) = pid {
-                    let dels = {
-                        let mut st = self.session.state.lock();
-                        st.forget(pid);
-                        std::mem::take(&mut st.store_dels)
-                    };
-                    self.broker.store_deletes(&self.session, dels);
-                }
-                let reason = if matches!(e, EncodeError::OverMaxPacketSize { .. }) {
-                    "too_large"
-                } else {
-                    "encode_error"
-                };
-                self.broker.dropped(&self.session, m, reason);
-            }
-        }
     }
 
     async fn finish(mut self, exit: Exit) {

@@ -3,6 +3,7 @@
 mod connection;
 mod handshake;
 pub mod listener;
+mod outbound;
 pub mod transport;
 pub mod wire;
 

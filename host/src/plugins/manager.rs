@@ -49,7 +49,7 @@ pub struct PluginManager {
     broker: Broker,
     plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
     load_errors: RwLock<BTreeMap<String, String>>,
-    listeners: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    listeners: Mutex<HashMap<String, (std::net::SocketAddr, tokio::task::JoinHandle<()>)>>,
     serial: tokio::sync::Mutex<()>,
     /// Signalled when the loaded set changes (the events pump starts or stops on it).
     pub(crate) changed: tokio::sync::Notify,
@@ -140,41 +140,45 @@ impl PluginManager {
             broker: self.broker.clone(),
         });
         let plugin = LoadedPlugin::new(ctx, prepared, hash, &self.runtime).await?;
+        // A new listen address is bound before the swap: if it fails, the old version
+        // (and its listener) keeps serving.
+        let current = self.listeners.lock().get(name).map(|(a, _)| *a);
+        let bound = match listen {
+            Some(addr) if current != Some(addr) => Some((
+                addr,
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| PluginError::Load(format!("cannot listen on {addr}: {e}")))?,
+            )),
+            _ => None,
+        };
         self.plugins
             .write()
             .insert(name.to_string(), plugin.clone());
         self.changed.notify_one();
-        if let Some(addr) = listen {
-            self.ensure_listener(name, addr).await?;
+        let old = match bound {
+            Some((addr, l)) => {
+                let h = tokio::spawn(crate::http::serve_plugin(
+                    l,
+                    self.broker.clone(),
+                    name.to_string(),
+                ));
+                self.listeners.lock().insert(name.to_string(), (addr, h))
+            }
+            None if listen.is_none() => self.listeners.lock().remove(name),
+            None => None,
+        };
+        if let Some((_, h)) = old {
+            h.abort();
         }
         Ok(plugin)
-    }
-
-    async fn ensure_listener(
-        self: &Arc<Self>,
-        name: &str,
-        addr: std::net::SocketAddr,
-    ) -> Result<(), PluginError> {
-        if self.listeners.lock().contains_key(name) {
-            return Ok(());
-        }
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| PluginError::Load(format!("cannot listen on {addr}: {e}")))?;
-        let h = tokio::spawn(crate::http::serve_plugin(
-            l,
-            self.broker.clone(),
-            name.to_string(),
-        ));
-        self.listeners.lock().insert(name.to_string(), h);
-        Ok(())
     }
 
     /// Unloads a plugin (its dedicated listener stops; calls in flight finish).
     pub async fn unload(&self, name: &str) -> bool {
         let _serial = self.serial.lock().await;
         self.load_errors.write().remove(name);
-        if let Some(h) = self.listeners.lock().remove(name) {
+        if let Some((_, h)) = self.listeners.lock().remove(name) {
             h.abort();
         }
         let gone = self.plugins.write().remove(name).is_some();
