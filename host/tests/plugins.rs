@@ -25,6 +25,26 @@ fn built(name: &str) -> PathBuf {
     p
 }
 
+/// Whether a plugin that needs another language's toolchain was built. Missing is a
+/// failure where the toolchain exists, and a skip (with a message) where it does not.
+fn built_with(name: &str, tool: &str) -> bool {
+    let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/plugins/{name}.wasm"));
+    if wasm.exists() {
+        return true;
+    }
+    let have = std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok();
+    assert!(
+        !have,
+        "{tool} is installed but {} is missing: run `cargo xtask plugins`",
+        wasm.display()
+    );
+    eprintln!("skipped: no {tool} on this machine, so {name} was not built");
+    false
+}
+
 fn install(dir: &Path, name: &str, as_name: &str, toml: Option<&str>) {
     // Write to a temporary name and rename, as an operator's `cp` + `mv` would.
     let tmp = dir.join(format!(".{as_name}.tmp"));
@@ -398,18 +418,7 @@ async fn events_plugins_receive_registry_events() {
 /// with a message, only where the JavaScript toolchain (node) is absent.
 #[tokio::test]
 async fn a_javascript_plugin_serves_http_and_calls_the_host() {
-    let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/js-hello.wasm");
-    if !wasm.exists() {
-        let node = std::process::Command::new("node")
-            .arg("--version")
-            .output()
-            .is_ok();
-        assert!(
-            !node,
-            "node is installed but {} is missing: run `cargo xtask plugins`",
-            wasm.display()
-        );
-        eprintln!("skipped: no node on this machine, so no JavaScript plugin was built");
+    if !built_with("js-hello", "node") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -442,18 +451,7 @@ async fn a_javascript_plugin_serves_http_and_calls_the_host() {
 /// a message, only where clang-22 is absent.
 #[tokio::test]
 async fn a_c_plugin_serves_http_and_calls_the_host() {
-    let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/c-hello.wasm");
-    if !wasm.exists() {
-        let clang = std::process::Command::new("clang-22")
-            .arg("--version")
-            .output()
-            .is_ok();
-        assert!(
-            !clang,
-            "clang-22 is installed but {} is missing: run `cargo xtask plugins`",
-            wasm.display()
-        );
-        eprintln!("skipped: no clang-22 on this machine, so no C plugin was built");
+    if !built_with("c-hello", "clang-22") {
         return;
     }
     let root = tempfile::tempdir().unwrap();

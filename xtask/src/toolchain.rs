@@ -67,6 +67,26 @@ pub fn ensure_wasm_target(root: &Path) -> Result<WasmRust> {
     fallback_sysroot(root)
 }
 
+/// `apt-get update` then `apt-get install` of Debian packages, bounded in time.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let _ = Command::new("timeout")
+        .args(["300", "apt-get", "update", "-qq"])
+        .status();
+    run(
+        &format!("apt-get install {}", packages.join(" ")),
+        Command::new("timeout")
+            .args([
+                "600",
+                "apt-get",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+            ])
+            .args(packages),
+    )
+}
+
 fn run(what: &str, c: &mut Command) -> Result<()> {
     println!("==> {what}");
     let status = c.status().with_context(|| format!("starting: {what}"))?;
@@ -83,28 +103,13 @@ fn fallback_sysroot(root: &Path) -> Result<WasmRust> {
     if sysroot.join(".complete").exists() {
         return Ok(WasmRust::Sysroot { sysroot });
     }
-    let _ = Command::new("timeout")
-        .args(["300", "apt-get", "update", "-qq"])
-        .status();
-    run(
-        "apt-get install rustc-web cargo-web rust-web-src lld-22 wasi-libc",
-        Command::new("timeout")
-            .args([
-                "600",
-                "apt-get",
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-            ])
-            .args([
-                "rustc-web",
-                "cargo-web",
-                "rust-web-src",
-                "lld-22",
-                "wasi-libc",
-            ]),
-    )?;
+    apt_install(&[
+        "rustc-web",
+        "cargo-web",
+        "rust-web-src",
+        "lld-22",
+        "wasi-libc",
+    ])?;
     let tools = root.join("target/wasm-tools");
     if !tools.join("bin/wasm-component-ld").exists() {
         run(
@@ -214,9 +219,12 @@ pub fn c_toolchain(root: &Path) -> Option<(PathBuf, PathBuf)> {
         println!(
             "==> installing clang-22, wasi-libc, libclang-rt-22-dev-wasm32, lld-22 for C plugins (apt, 10 min limit)"
         );
-        let _ = Command::new("timeout")
-            .args(["300", "apt-get", "update", "-qq"])
-            .status();
+        let _ = apt_install(&[
+            "clang-22",
+            "wasi-libc",
+            "libclang-rt-22-dev-wasm32",
+            "lld-22",
+        ]);
         let _ = Command::new("timeout")
             .args([
                 "600",
