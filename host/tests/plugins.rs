@@ -269,7 +269,7 @@ async fn misbehaving_plugins_fail_only_their_own_call() {
     }
     let (s, body) = http(a, "GET", "/faulty/ok", b"").await;
     assert_eq!(s, 503, "{body}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(http(a, "GET", "/faulty/ok", b"").await, (200, "v1".into()));
 }
 

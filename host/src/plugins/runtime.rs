@@ -430,8 +430,8 @@ impl LoadedPlugin {
         *self.last_error.lock() = Some(e.to_string());
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= 5 {
-            // 100 ms doubling per further failure, at most 30 s.
-            let ms = (100u64 << (n - 5).min(9)).min(30_000);
+            // 500 ms, doubling per further failure, at most 30 s.
+            let ms = (500u64 << (n - 5).min(6)).min(30_000);
             *self.backoff_until.lock() = Some(Instant::now() + Duration::from_millis(ms));
         }
         tracing::warn!(plugin = %self.ctx.name, error = %e, "plugin call failed");
