@@ -7,6 +7,7 @@
 //! broadcasts shutdown and waits for the tasks.
 
 pub mod apikeys;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod http;

@@ -51,6 +51,12 @@ pub struct Metrics {
     pub sessions_expired: AtomicU64,
     /// Admin API requests refused for bad credentials.
     pub api_auth_failed: AtomicU64,
+    /// CONNECTs the auth chain accepted.
+    pub auth_allowed: AtomicU64,
+    /// CONNECTs the auth chain refused.
+    pub auth_denied: AtomicU64,
+    /// Auth plugin calls that failed (each one a denial).
+    pub auth_failed: AtomicU64,
 }
 
 /// Index of a transport in the per-transport arrays.
@@ -159,6 +165,21 @@ impl Metrics {
             "apiary_api_auth_failed_total",
             "Admin API requests with bad credentials.",
             g(&self.api_auth_failed),
+        );
+        counter(
+            "apiary_auth_allowed_total",
+            "CONNECTs the auth chain accepted.",
+            g(&self.auth_allowed),
+        );
+        counter(
+            "apiary_auth_denied_total",
+            "CONNECTs the auth chain refused.",
+            g(&self.auth_denied),
+        );
+        counter(
+            "apiary_auth_plugin_failures_total",
+            "Auth plugin calls that failed (each one a denial).",
+            g(&self.auth_failed),
         );
         let _ = writeln!(s, "# HELP apiary_messages_dropped_total Messages dropped, by reason.\n# TYPE apiary_messages_dropped_total counter");
         for (reason, c) in [

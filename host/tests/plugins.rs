@@ -484,3 +484,73 @@ async fn a_c_plugin_serves_http_and_calls_the_host() {
     );
     assert_eq!(http(a, "GET", "/c/other", b"").await.0, 404);
 }
+
+/// CONNECT (MQTT 5) with a username and password; returns the CONNACK reason code.
+async fn connack_code_v5(tb: &TestBroker, user: &str) -> u8 {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0xC2, 0, 30, 0];
+    for s in [format!("c5-{user}"), user.to_string(), "pw".to_string()] {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s.as_bytes());
+    }
+    let mut r = common::raw::Raw::connect(tb.tcp_addr()).await;
+    r.send(&common::raw::packet(0x10, &body)).await;
+    r.read_n(4).await[3]
+}
+
+/// CONNECT (3.1.1) with a username and password; returns the CONNACK return code.
+async fn connack_code(tb: &TestBroker, user: &str) -> u8 {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 30];
+    for s in [format!("c-{user}"), user.to_string(), "pw".to_string()] {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s.as_bytes());
+    }
+    let mut r = common::raw::Raw::connect(tb.tcp_addr()).await;
+    r.send(&common::raw::packet(0x10, &body)).await;
+    r.read_n(4).await[3]
+}
+
+#[tokio::test]
+async fn auth_plugins_decide_connects_and_a_failing_one_denies() {
+    let root = tempfile::tempdir().unwrap();
+    let pdir = root.path().join("plugins");
+    std::fs::create_dir_all(&pdir).unwrap();
+    install(
+        &pdir,
+        "faulty",
+        "gate",
+        Some("[config]\nversion = \"v1\"\n"),
+    );
+    let keys = pdir.join("../keys");
+    std::fs::write(&keys, "ops:s3cret:admin\n").unwrap();
+    let dir = pdir.clone();
+    let tb = TestBroker::start_with(move |c| {
+        c.plugins_dir = dir;
+        c.api_keys_file = Some(keys);
+        c.allow_anonymous = false;
+    })
+    .await;
+    assert_eq!(connack_code(&tb, "ok").await, 0, "the plugin allows ok");
+    common::eventually("registered", || {
+        tb.broker().registry.get("default", "c-ok").is_some()
+    })
+    .await;
+    let user_id = tb
+        .broker()
+        .registry
+        .get("default", "c-ok")
+        .unwrap()
+        .info
+        .read()
+        .user_id
+        .clone();
+    assert_eq!(user_id.as_deref(), Some("ok"));
+    // Ignored by the plugin, anonymous access off: not authorized (3.1.1 code 5).
+    assert_eq!(connack_code(&tb, "nobody").await, 5);
+    // A panicking auth plugin denies: auth never fails open.
+    assert_eq!(connack_code(&tb, "trap").await, 5);
+    assert!(common::metric(&tb, "apiary_auth_plugin_failures_total") >= 1);
+    assert!(common::metric(&tb, "apiary_auth_allowed_total") >= 1);
+    assert!(common::metric(&tb, "apiary_auth_denied_total") >= 2);
+    // MQTT 5 gets 0x87.
+    assert_eq!(connack_code_v5(&tb, "nobody").await, 0x87);
+}

@@ -25,6 +25,7 @@ use crate::metrics::transport_index;
 use crate::session::{ClientInfo, Transport as TransportKind, Will};
 use crate::topic;
 use connection::Connection;
+pub(crate) use handshake::ConnectReq as ConnectInfo;
 use handshake::{read_connect, ConnectReq, HandshakeError};
 use transport::Transport;
 use wire::Wire;
@@ -90,7 +91,7 @@ pub async fn serve<T: Transport>(broker: Broker, mut io: T, peer: SocketAddr, ki
 }
 
 /// A CONNECT refusal: v5 reason code, and the 3.1.1 return code for the same cause.
-struct Refusal(u8, v3::ConnectAckReason, &'static str);
+struct Refusal(u8, v3::ConnectAckReason, String);
 
 fn check(broker: &Broker, req: &ConnectReq) -> Result<(), Refusal> {
     use v3::ConnectAckReason as R3;
@@ -98,29 +99,30 @@ fn check(broker: &Broker, req: &ConnectReq) -> Result<(), Refusal> {
         return Err(Refusal(
             0x85,
             R3::IdentifierRejected,
-            "empty client id with clean session 0",
+            "empty client id with clean session 0".into(),
         ));
     }
     if req.auth_method.is_some() {
         return Err(Refusal(
             0x8C,
             R3::NotAuthorized,
-            "enhanced authentication is not supported",
-        ));
-    }
-    if !broker.config.allow_anonymous {
-        return Err(Refusal(
-            0x87,
-            R3::NotAuthorized,
-            "anonymous access is disabled",
+            "enhanced authentication is not supported".into(),
         ));
     }
     if let Some(w) = &req.will {
         if topic::validate_name(&w.topic, broker.config.mqtt.max_topic_levels).is_err() {
-            return Err(Refusal(0x90, R3::NotAuthorized, "invalid will topic"));
+            return Err(Refusal(
+                0x90,
+                R3::NotAuthorized,
+                "invalid will topic".into(),
+            ));
         }
         if w.retain && !broker.config.mqtt.retain_available {
-            return Err(Refusal(0x9A, R3::NotAuthorized, "retain is not supported"));
+            return Err(Refusal(
+                0x9A,
+                R3::NotAuthorized,
+                "retain is not supported".into(),
+            ));
         }
     }
     Ok(())
@@ -137,27 +139,36 @@ async fn establish<T: Transport>(
 ) -> Option<Connection<T>> {
     let cfg = &broker.config;
     let mut wbuf = BytesMut::with_capacity(8192);
-    if let Err(Refusal(c5, c3, why)) = check(&broker, &req) {
-        broker
-            .metrics
-            .connect_refused
-            .fetch_add(1, Ordering::Relaxed);
-        debug!(%peer, client_id = %&*req.client_id, reason = why, "CONNECT refused");
-        if wire.v5 {
-            let ack = v5::ConnectAck {
-                reason_code: v5::ConnectAckReason::try_from(c5)
-                    .unwrap_or(v5::ConnectAckReason::UnspecifiedError),
-                reason_string: Some(why.into()),
-                ..Default::default()
-            };
-            wire.connack_v5(ack, &mut wbuf);
-        } else {
-            wire.connack_v3(c3, false, &mut wbuf);
+    let checked = match check(&broker, &req) {
+        Ok(()) => crate::auth::authenticate(&broker, &req, peer, kind)
+            .await
+            .map_err(|d| Refusal(d.code, crate::auth::v3_code(d.code), d.message)),
+        Err(r) => Err(r),
+    };
+    let identity = match checked {
+        Ok(id) => id,
+        Err(Refusal(c5, c3, why)) => {
+            broker
+                .metrics
+                .connect_refused
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, client_id = %&*req.client_id, reason = why, "CONNECT refused");
+            if wire.v5 {
+                let ack = v5::ConnectAck {
+                    reason_code: v5::ConnectAckReason::try_from(c5)
+                        .unwrap_or(v5::ConnectAckReason::UnspecifiedError),
+                    reason_string: Some(why.into()),
+                    ..Default::default()
+                };
+                wire.connack_v5(ack, &mut wbuf);
+            } else {
+                wire.connack_v3(c3, false, &mut wbuf);
+            }
+            let _ = io.write(&mut wbuf).await;
+            io.close().await;
+            return None;
         }
-        let _ = io.write(&mut wbuf).await;
-        io.close().await;
-        return None;
-    }
+    };
 
     let assigned = req
         .client_id
@@ -178,12 +189,12 @@ async fn establish<T: Transport>(
     } else {
         cfg.session.v3_session_expiry_secs
     };
-    let tenant: Arc<str> = Arc::from("default");
+    let tenant = identity.tenant.clone();
     let username: Option<Arc<str>> = req.username.as_deref().map(Arc::from);
     let window = usize::from(cfg.session.max_inflight.min(req.receive_max));
     let info = ClientInfo {
         username: username.clone(),
-        user_id: username,
+        user_id: identity.user_id.clone(),
         proto_name: req.proto_name,
         proto_ver: req.proto_ver,
         transport: kind,

@@ -27,9 +27,13 @@ impl Plugin for Faulty {
     }
 }
 
-/// A trivial auth role (for the call-overhead benchmark): user "ok" is allowed.
+/// A trivial auth role (for the call-overhead benchmark and the auth-chain test): user
+/// "ok" is allowed, "trap" makes it panic, everyone else is left to the next plugin.
 impl apiary_plugin_sdk::auth::Guest for Faulty {
     fn authenticate(req: auth::ConnectRequest) -> auth::ConnectDecision {
+        if req.username.as_deref() == Some("trap") {
+            panic!("auth plugin trap");
+        }
         if req.username.as_deref() == Some("ok") {
             auth::ConnectDecision::Allow(auth::Identity {
                 tenant: None,
