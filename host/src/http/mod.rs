@@ -1,5 +1,6 @@
 //! The native HTTP API (axum): `/healthz` open, everything else behind an API key with the
-//! `admin` right (HTTP basic auth `key:secret`). Plugin HTTP routes mount here later.
+//! `admin` right (HTTP basic auth `key:secret`). Requests under a plugin's mount go to it
+//! (see `gateway`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
