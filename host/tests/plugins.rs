@@ -485,10 +485,18 @@ async fn a_c_plugin_serves_http_and_calls_the_host() {
     assert_eq!(http(a, "GET", "/c/other", b"").await.0, 404);
 }
 
-/// CONNECT (MQTT 5) with a username and password; returns the CONNACK reason code.
-async fn connack_code_v5(tb: &TestBroker, user: &str) -> u8 {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0xC2, 0, 30, 0];
-    for s in [format!("c5-{user}"), user.to_string(), "pw".to_string()] {
+/// CONNECT at protocol `level` (4 or 5) with a username and password; returns the
+/// CONNACK return (3.1.1) or reason (5) code.
+async fn connack_code_at(tb: &TestBroker, level: u8, user: &str) -> u8 {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0xC2, 0, 30];
+    if level == 5 {
+        body.push(0); // no properties
+    }
+    for s in [
+        format!("c{level}-{user}"),
+        user.to_string(),
+        "pw".to_string(),
+    ] {
         body.extend_from_slice(&(s.len() as u16).to_be_bytes());
         body.extend_from_slice(s.as_bytes());
     }
@@ -497,16 +505,8 @@ async fn connack_code_v5(tb: &TestBroker, user: &str) -> u8 {
     r.read_n(4).await[3]
 }
 
-/// CONNECT (3.1.1) with a username and password; returns the CONNACK return code.
 async fn connack_code(tb: &TestBroker, user: &str) -> u8 {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 30];
-    for s in [format!("c-{user}"), user.to_string(), "pw".to_string()] {
-        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        body.extend_from_slice(s.as_bytes());
-    }
-    let mut r = common::raw::Raw::connect(tb.tcp_addr()).await;
-    r.send(&common::raw::packet(0x10, &body)).await;
-    r.read_n(4).await[3]
+    connack_code_at(tb, 4, user).await
 }
 
 #[tokio::test]
@@ -531,13 +531,13 @@ async fn auth_plugins_decide_connects_and_a_failing_one_denies() {
     .await;
     assert_eq!(connack_code(&tb, "ok").await, 0, "the plugin allows ok");
     common::eventually("registered", || {
-        tb.broker().registry.get("default", "c-ok").is_some()
+        tb.broker().registry.get("default", "c4-ok").is_some()
     })
     .await;
     let user_id = tb
         .broker()
         .registry
-        .get("default", "c-ok")
+        .get("default", "c4-ok")
         .unwrap()
         .info
         .read()
@@ -552,5 +552,5 @@ async fn auth_plugins_decide_connects_and_a_failing_one_denies() {
     assert!(common::metric(&tb, "apiary_auth_allowed_total") >= 1);
     assert!(common::metric(&tb, "apiary_auth_denied_total") >= 2);
     // MQTT 5 gets 0x87.
-    assert_eq!(connack_code_v5(&tb, "nobody").await, 0x87);
+    assert_eq!(connack_code_at(&tb, 5, "nobody").await, 0x87);
 }

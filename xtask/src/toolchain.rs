@@ -225,22 +225,6 @@ pub fn c_toolchain(root: &Path) -> Option<(PathBuf, PathBuf)> {
             "libclang-rt-22-dev-wasm32",
             "lld-22",
         ]);
-        let _ = Command::new("timeout")
-            .args([
-                "600",
-                "apt-get",
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-            ])
-            .args([
-                "clang-22",
-                "wasi-libc",
-                "libclang-rt-22-dev-wasm32",
-                "lld-22",
-            ])
-            .status();
         if !have_clang() {
             println!("==> skipping C plugins: clang-22 with wasi-libc is not available");
             return None;

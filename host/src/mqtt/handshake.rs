@@ -62,9 +62,7 @@ pub struct WillReq {
     pub props: Option<Box<PublishProperties>>,
 }
 
-/// CONNECT in version-neutral form. `password` and `user_properties` are carried for the
-/// auth chain, which reads them once auth plugins land.
-#[allow(dead_code)]
+/// CONNECT in version-neutral form.
 #[derive(Debug, Clone)]
 pub struct ConnectReq {
     /// "MQTT" or "MQIsdp".

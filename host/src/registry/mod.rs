@@ -9,7 +9,6 @@ mod query;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use parking_lot::RwLock;
 use serde::Serialize;
@@ -278,11 +277,4 @@ impl Registry {
             });
         }
     }
-}
-
-/// Milliseconds since the Unix epoch, for snapshots.
-pub(crate) fn epoch_ms(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -10,8 +10,9 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use super::index::{Row, TenantIndex};
-use super::{epoch_ms, Registry};
+use super::Registry;
 use crate::session::{Session, Transport};
+use crate::store::records::to_ms as epoch_ms;
 
 /// Filters over sessions; every field set must match.
 #[derive(Debug, Clone, Default)]
