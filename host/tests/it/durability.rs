@@ -2,7 +2,7 @@
 //! and retained messages survive SIGKILL of the real binary (sync = "always"), unacked
 //! deliveries come back with DUP, and a corrupt store stops startup with its path.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

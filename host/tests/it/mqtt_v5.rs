@@ -1,7 +1,7 @@
 //! MQTT 5 behaviour over real sockets with rumqttc's v5 client (and hand-built packets
 //! for what it will not send).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

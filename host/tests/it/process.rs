@@ -1,7 +1,7 @@
 //! The `apiary` binary as an operator runs it: config file, one log line per listener,
 //! real clients, SIGTERM for a graceful stop, and a clear error for a bad config.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

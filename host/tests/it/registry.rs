@@ -2,7 +2,7 @@
 //! clients: queries and paging, kick, subscribe on behalf, publish as the broker, expiry of
 //! a tenant's sessions, events, and tenant isolation.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

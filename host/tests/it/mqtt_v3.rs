@@ -1,7 +1,7 @@
 //! MQTT 3.1.1 behaviour over real sockets with rumqttc (and hand-built packets where a
 //! well-behaved client library refuses to send what we need to test).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The native HTTP API over a real socket: /healthz open, /metrics behind an API key with
 //! the admin right (401 without, 403 with the wrong right).
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::TestBroker;

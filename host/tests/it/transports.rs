@@ -1,7 +1,7 @@
 //! Every listener (TCP, WebSocket, TLS, secure WebSocket) with both protocol versions:
 //! a real rumqttc client connects, subscribes, publishes QoS 1 and receives it.
 
-mod common;
+use crate::common;
 
 use common::{v3, v5, TestBroker, ALL_TRANSPORTS};
 

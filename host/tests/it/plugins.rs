@@ -4,7 +4,7 @@
 //! (trap, endless loop, unbounded allocation, ungranted host call) without taking
 //! anything else down.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! packets pipelined behind CONNECT, a client that stops reading, CONNECT races on one
 //! client id.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

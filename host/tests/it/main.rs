@@ -1,0 +1,16 @@
+//! Apiary's integration tests, in one binary: each module drives the broker over real
+//! sockets with real clients. One binary instead of one per file because every test
+//! binary links all of wasmtime; nine of them cost minutes of link time and gigabytes of
+//! disk on a 2-core CI machine.
+
+mod common;
+
+mod durability;
+mod http;
+mod mqtt_v3;
+mod mqtt_v5;
+mod plugins;
+mod process;
+mod registry;
+mod robustness;
+mod transports;
