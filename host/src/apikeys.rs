@@ -1,10 +1,13 @@
-//! API keys for every admin surface (the native API now, admin API plugins later): key id,
-//! salted SHA-256 of the secret, tenant, rights. Secrets are high-entropy tokens, so a fast
-//! salted hash is enough (docs/decisions/0003-api-key-hashing.md); comparison is constant-time.
+//! API keys for every admin surface (the native API, and admin API plugins through the
+//! `apikeys` host interface): key id, salted SHA-256 of the secret, tenant, rights.
+//! Secrets are high-entropy tokens, so a fast salted hash is enough
+//! (docs/decisions/0003-api-key-hashing.md); comparison is constant-time. The secret itself
+//! is kept in memory (never shown) for signed-request schemes such as Beebotte's HMAC.
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use hmac::{Hmac, Mac};
 use parking_lot::RwLock;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -35,6 +38,25 @@ pub enum ApiKeyError {
     },
 }
 
+/// A secret kept for MACs; `Debug` never prints it.
+#[derive(Clone)]
+struct Secret(Box<str>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// MAC algorithms of signed-request schemes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MacAlgorithm {
+    /// HMAC-SHA1.
+    HmacSha1,
+    /// HMAC-SHA256.
+    HmacSha256,
+}
+
 /// One key as stored.
 #[derive(Debug, Clone)]
 pub struct ApiKey {
@@ -42,7 +64,8 @@ pub struct ApiKey {
     pub key: String,
     salt: [u8; 16],
     hash: [u8; 32],
-    /// Tenant the key acts on (`default` unless given).
+    secret: Secret,
+    /// Tenant the key acts on (`default` unless given; `*` for every tenant).
     pub tenant: String,
     /// Rights.
     pub rights: Vec<String>,
@@ -53,6 +76,33 @@ impl ApiKey {
     pub fn has(&self, right: &str) -> bool {
         self.rights.iter().any(|r| r == right || r == "admin")
     }
+
+    /// Whether the key may act on `tenant` (`*`: a request spanning every tenant).
+    pub fn may_touch(&self, tenant: &str) -> bool {
+        self.tenant == "*" || self.tenant == tenant
+    }
+
+    /// The MAC of `message` under this key's secret.
+    pub fn mac(&self, alg: MacAlgorithm, message: &[u8]) -> Vec<u8> {
+        let k = self.secret.0.as_bytes();
+        match alg {
+            MacAlgorithm::HmacSha1 => {
+                let mut m = Hmac::<sha1::Sha1>::new_from_slice(k).expect("HMAC takes any key");
+                m.update(message);
+                m.finalize().into_bytes().to_vec()
+            }
+            MacAlgorithm::HmacSha256 => {
+                let mut m = Hmac::<Sha256>::new_from_slice(k).expect("HMAC takes any key");
+                m.update(message);
+                m.finalize().into_bytes().to_vec()
+            }
+        }
+    }
+}
+
+/// Constant-time equality (length is not secret).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The key store.
@@ -77,6 +127,7 @@ impl ApiKeyStore {
             key: key.to_string(),
             salt,
             hash: digest(&salt, secret),
+            secret: Secret(secret.into()),
             tenant: tenant.to_string(),
             rights,
         };
@@ -88,11 +139,24 @@ impl ApiKeyStore {
         let keys = self.keys.read();
         let k = keys.get(key)?;
         let d = digest(&k.salt, secret);
-        let diff = d
-            .iter()
-            .zip(k.hash.iter())
-            .fold(0u8, |a, (x, y)| a | (x ^ y));
-        (diff == 0).then(|| k.clone())
+        ct_eq(&d, &k.hash).then(|| k.clone())
+    }
+
+    /// A key's record, unchecked.
+    pub fn lookup(&self, key: &str) -> Option<ApiKey> {
+        self.keys.read().get(key).cloned()
+    }
+
+    /// Verifies a signature: the MAC of `message` under the key's secret.
+    pub fn verify_mac(
+        &self,
+        key: &str,
+        alg: MacAlgorithm,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Option<ApiKey> {
+        let k = self.lookup(key)?;
+        ct_eq(&k.mac(alg, message), signature).then_some(k)
     }
 
     /// Number of keys.
@@ -165,6 +229,39 @@ mod tests {
         assert!(!k.has("publish"));
         assert!(s.verify("k", "wrong").is_none());
         assert!(s.verify("nokey", "secret").is_none());
+        assert!(
+            !format!("{k:?}").contains("secret\""),
+            "Debug hides the secret"
+        );
+    }
+
+    #[test]
+    fn macs_match_the_rfc_vectors_and_verify_in_the_store() {
+        // RFC 2202 / RFC 4231 test case 2: key "Jefe".
+        let s = ApiKeyStore::default();
+        s.add("k", "Jefe", vec!["admin".into()], "*");
+        let msg = b"what do ya want for nothing?";
+        let k = s.lookup("k").unwrap();
+        let hex = |v: Vec<u8>| v.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(k.mac(MacAlgorithm::HmacSha1, msg)),
+            "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
+        );
+        assert_eq!(
+            hex(k.mac(MacAlgorithm::HmacSha256, msg)),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let sig = k.mac(MacAlgorithm::HmacSha1, msg);
+        assert!(s
+            .verify_mac("k", MacAlgorithm::HmacSha1, msg, &sig)
+            .is_some());
+        assert!(s
+            .verify_mac("k", MacAlgorithm::HmacSha256, msg, &sig)
+            .is_none());
+        assert!(s
+            .verify_mac("k", MacAlgorithm::HmacSha1, b"other", &sig)
+            .is_none());
+        assert!(k.may_touch("anything"));
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Shared {
     pub api_keys: ApiKeyStore,
     /// Durable state (None: nothing is stored, as in unit benchmarks).
     pub store: Option<Arc<Store>>,
+    /// What publish/subscribe authorisation needs from the plugin set.
+    pub acl: crate::acl::AclShared,
     /// Loaded plugins (set once at startup). Weak: the manager's plugins hold the broker,
     /// and the server owns the manager, so shutdown drops the whole graph.
     plugins_mgr: std::sync::OnceLock<std::sync::Weak<crate::plugins::PluginManager>>,
@@ -112,6 +114,7 @@ impl Broker {
             metrics: Metrics::default(),
             api_keys,
             store,
+            acl: crate::acl::AclShared::default(),
             plugins_mgr: std::sync::OnceLock::new(),
             started: Instant::now(),
             next_id: AtomicU64::new(1),

@@ -58,8 +58,8 @@ pub struct Config {
     pub api_keys_file: Option<PathBuf>,
     /// Interval of `$SYS/broker/...` publications in seconds (0 disables them).
     pub sys_interval_secs: u64,
-    /// Connections that never authenticated are accepted when no auth plugin decides.
-    pub allow_anonymous: bool,
+    /// Authentication and authorisation.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -75,7 +75,7 @@ impl Default for Config {
             plugin_cache_dir: None,
             api_keys_file: None,
             sys_interval_secs: 10,
-            allow_anonymous: true,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -211,6 +211,42 @@ impl Default for SessionConfig {
     }
 }
 
+/// What an action no auth plugin decided gets.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NoMatch {
+    /// Allowed (Mosquitto without an ACL file, EMQX's `no_match = allow`).
+    Allow,
+    /// Refused.
+    Deny,
+}
+
+/// The auth chain: CONNECT authentication and publish/subscribe authorisation by the
+/// `auth` plugins (see `docs/plugins.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accept a CONNECT that no auth plugin decided (none loaded, or all ignored).
+    pub allow_anonymous: bool,
+    /// A publish or subscribe that no auth plugin decided.
+    pub acl_no_match: NoMatch,
+    /// ACL decisions cached per connection (action + topic); 0 turns the cache off.
+    pub acl_cache_max: usize,
+    /// Seconds a cached ACL decision stays valid (a plugin reload clears it at once).
+    pub acl_cache_ttl_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: false,
+            acl_no_match: NoMatch::Allow,
+            acl_cache_max: 256,
+            acl_cache_ttl_secs: 60,
+        }
+    }
+}
+
 /// Native HTTP API.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -286,6 +322,10 @@ impl Config {
             http: HttpConfig { listen: Some(any) },
             data_dir,
             sys_interval_secs: 0,
+            auth: AuthConfig {
+                allow_anonymous: true,
+                ..AuthConfig::default()
+            },
             ..Self::embedded()
         }
     }

@@ -6,6 +6,7 @@
 //! listener and one per connection, and returns a [`Server`]; [`Server::shutdown`]
 //! broadcasts shutdown and waits for the tasks.
 
+pub mod acl;
 pub mod apikeys;
 pub mod auth;
 pub mod broker;

@@ -44,6 +44,42 @@ struct Args {
     /// Bootstrap API keys file.
     #[arg(long)]
     api_keys: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// Prints an argon2id PHC hash of a password for `password_hash` in auth-file.toml
+    /// (reads the password from stdin unless --password is given).
+    Passwd {
+        /// The password (visible in the process list and shell history; prefer stdin).
+        #[arg(long)]
+        password: Option<String>,
+    },
+}
+
+/// `apiary passwd`: argon2id with the crate's default (OWASP) parameters and a random salt.
+fn passwd(password: Option<String>) -> anyhow::Result<()> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let pw = match password {
+        Some(p) => p,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from stdin")?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    anyhow::ensure!(!pw.is_empty(), "empty password");
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    let hash = argon2::Argon2::default()
+        .hash_password(pw.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
+    println!("{hash}");
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +90,9 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if let Some(Cmd::Passwd { password }) = args.cmd {
+        return passwd(password);
+    }
     let mut cfg = match &args.config {
         Some(p) => apiary::Config::load(p)?,
         None => apiary::Config::embedded(),

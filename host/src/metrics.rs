@@ -57,6 +57,18 @@ pub struct Metrics {
     pub auth_denied: AtomicU64,
     /// Auth plugin calls that failed (each one a denial).
     pub auth_failed: AtomicU64,
+    /// Publish/subscribe decisions the ACL chain allowed (cache misses only).
+    pub acl_allowed: AtomicU64,
+    /// Publish/subscribe decisions the ACL chain refused (cache misses only).
+    pub acl_denied: AtomicU64,
+    /// ACL plugin calls that failed (each one a refusal).
+    pub acl_failed: AtomicU64,
+    /// ACL checks answered from a connection's cache.
+    pub acl_cache_hits: AtomicU64,
+    /// Publishes refused by ACL (v5: PUBACK/PUBREC 0x87; 3.1.1: dropped).
+    pub acl_publish_denied: AtomicU64,
+    /// Subscriptions refused by ACL (SUBACK 0x87 / 0x80).
+    pub acl_subscribe_denied: AtomicU64,
 }
 
 /// Index of a transport in the per-transport arrays.
@@ -180,6 +192,36 @@ impl Metrics {
             "apiary_auth_plugin_failures_total",
             "Auth plugin calls that failed (each one a denial).",
             g(&self.auth_failed),
+        );
+        counter(
+            "apiary_acl_allowed_total",
+            "Publish/subscribe decisions the ACL chain allowed (cache misses).",
+            g(&self.acl_allowed),
+        );
+        counter(
+            "apiary_acl_denied_total",
+            "Publish/subscribe decisions the ACL chain refused (cache misses).",
+            g(&self.acl_denied),
+        );
+        counter(
+            "apiary_acl_plugin_failures_total",
+            "ACL plugin calls that failed (each one a refusal).",
+            g(&self.acl_failed),
+        );
+        counter(
+            "apiary_acl_cache_hits_total",
+            "ACL checks answered from a connection's decision cache.",
+            g(&self.acl_cache_hits),
+        );
+        counter(
+            "apiary_acl_publish_denied_total",
+            "Publishes refused by ACL (v5 PUBACK/PUBREC 0x87; 3.1.1 dropped).",
+            g(&self.acl_publish_denied),
+        );
+        counter(
+            "apiary_acl_subscribe_denied_total",
+            "Subscriptions refused by ACL (SUBACK 0x87, or 0x80 in 3.1.1).",
+            g(&self.acl_subscribe_denied),
         );
         let _ = writeln!(s, "# HELP apiary_messages_dropped_total Messages dropped, by reason.\n# TYPE apiary_messages_dropped_total counter");
         for (reason, c) in [

@@ -84,7 +84,7 @@ pub mod events_role {
     });
 }
 
-pub use bindings::apiary::plugin::{broker, clock, kv, log, registry, types};
+pub use bindings::apiary::plugin::{apikeys, broker, clock, kv, log, registry, types};
 pub use bindings::exports::apiary::plugin::lifecycle::{Guest as Plugin, InitError};
 
 /// The `auth` role: implement [`auth::Guest`] and export with `export!(T: auth)`.

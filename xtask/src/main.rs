@@ -274,6 +274,27 @@ fn cargo_test(root: &Path, what: &str, args: &[&str], tally: &mut Tally) -> Resu
     Ok(())
 }
 
+/// Unit tests of the stock Rust plugins, run natively (their logic is plain Rust; the
+/// WIT imports are never called by the tests).
+fn plugin_unit_tests(root: &Path, tally: &mut Tally) -> Result<()> {
+    let target = root.join("target/plugins-native");
+    for (dir, stock) in plugin_crates(root) {
+        let manifest = dir.join("Cargo.toml");
+        if !stock || !manifest.exists() {
+            continue;
+        }
+        let (m, t) = (manifest.display().to_string(), target.display().to_string());
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("plugin");
+        cargo_test(
+            root,
+            &format!("plugin {name} unit tests"),
+            &["--manifest-path", &m, "--target-dir", &t],
+            tally,
+        )?;
+    }
+    Ok(())
+}
+
 fn test(root: &Path) -> Result<()> {
     step(
         root,
@@ -302,7 +323,8 @@ fn test(root: &Path) -> Result<()> {
         &["--workspace", "--all-targets"],
         &mut tally,
     )
-    .and_then(|()| cargo_test(root, "doc tests", &["--workspace", "--doc"], &mut tally));
+    .and_then(|()| cargo_test(root, "doc tests", &["--workspace", "--doc"], &mut tally))
+    .and_then(|()| plugin_unit_tests(root, &mut tally));
     // One closing line over every test binary, for people and for CI.
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
     r?;

@@ -91,6 +91,8 @@ pub struct ConnectReq {
     pub topic_alias_max: u16,
     /// v5 enhanced authentication method.
     pub auth_method: Option<ByteString>,
+    /// v5 enhanced authentication data.
+    pub auth_data: Option<bytes::Bytes>,
     /// v5 user properties of CONNECT.
     pub user_properties: UserProperties,
 }
@@ -175,6 +177,7 @@ fn from_v3(c: v3::Connect) -> ConnectReq {
         max_packet_size: None,
         topic_alias_max: 0,
         auth_method: None,
+        auth_data: None,
         user_properties: Vec::new(),
     }
 }
@@ -211,6 +214,7 @@ fn from_v5(c: v5::Connect) -> ConnectReq {
         max_packet_size: c.max_packet_size.map(|m| m.get()),
         topic_alias_max: c.topic_alias_max,
         auth_method: c.auth_method,
+        auth_data: c.auth_data,
         user_properties: c.user_properties,
     }
 }

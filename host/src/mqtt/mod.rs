@@ -102,13 +102,6 @@ fn check(broker: &Broker, req: &ConnectReq) -> Result<(), Refusal> {
             "empty client id with clean session 0".into(),
         ));
     }
-    if req.auth_method.is_some() {
-        return Err(Refusal(
-            0x8C,
-            R3::NotAuthorized,
-            "enhanced authentication is not supported".into(),
-        ));
-    }
     if let Some(w) = &req.will {
         if topic::validate_name(&w.topic, broker.config.mqtt.max_topic_levels).is_err() {
             return Err(Refusal(
@@ -128,6 +121,106 @@ fn check(broker: &Broker, req: &ConnectReq) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// MQTT 5 enhanced authentication at CONNECT: plugin steps, and AUTH (continue) packets
+/// both ways, until a plugin accepts or refuses; bounded by the connect timeout.
+async fn enhanced_connect<T: Transport>(
+    broker: &Broker,
+    io: &mut T,
+    wire: &mut Wire,
+    rbuf: &mut BytesMut,
+    req: &ConnectReq,
+    peer: SocketAddr,
+    kind: TransportKind,
+) -> Result<(crate::auth::Identity, Option<Vec<u8>>), Refusal> {
+    use crate::auth::Step;
+    let refuse = |code: u8, why: String| Refusal(code, crate::auth::v3_code(code), why);
+    let method = req.auth_method.as_deref().unwrap_or_default();
+    let connect = crate::auth::connect_request(req, peer, kind);
+    let deadline = Duration::from_secs(broker.config.listeners.connect_timeout_secs.max(1));
+    let mut data = req.auth_data.as_ref().map(|d| d.to_vec());
+    let mut conv = None;
+    loop {
+        match crate::auth::enhanced_step(broker, &connect, method, data.take(), conv.take(), false)
+            .await
+        {
+            Step::Success(id, d) => return Ok((id, d)),
+            Step::Denied(d) => return Err(refuse(d.code, d.message)),
+            Step::Continue(challenge, c) => {
+                let mut out = BytesMut::new();
+                wire.auth(0x18, method, Some(challenge), &mut out);
+                let answer = tokio::time::timeout(deadline, async {
+                    io.write(&mut out).await?;
+                    loop {
+                        match wire.decode(rbuf) {
+                            Ok(Some((pkt, _))) => return Ok::<_, std::io::Error>(Some(pkt)),
+                            Ok(None) => {}
+                            Err(_) => return Ok(None),
+                        }
+                        if io.read(rbuf).await? == 0 {
+                            return Err(std::io::ErrorKind::UnexpectedEof.into());
+                        }
+                    }
+                })
+                .await;
+                match answer {
+                    Ok(Ok(Some(wire::Incoming::Auth(a))))
+                        if a.reason_code == v5::AuthReasonCode::ContinueAuth
+                            && a.auth_method.as_deref() == Some(method) =>
+                    {
+                        data = a.auth_data.map(|d| d.to_vec());
+                        conv = Some(c);
+                    }
+                    Ok(Ok(_)) => {
+                        return Err(refuse(
+                            0x82,
+                            "expected AUTH (continue) with the same method".into(),
+                        ))
+                    }
+                    Ok(Err(e)) => return Err(refuse(0x80, format!("during AUTH exchange: {e}"))),
+                    Err(_) => return Err(refuse(0x87, "AUTH exchange timed out".into())),
+                }
+            }
+        }
+    }
+}
+
+/// The client's ACL, once its will (if any) passed it: a will the client may not publish
+/// refuses the CONNECT, rather than failing silently when the client goes away.
+async fn will_allowed(
+    broker: &Broker,
+    identity: crate::auth::Identity,
+    req: &ConnectReq,
+) -> Result<crate::acl::Acl, Refusal> {
+    let mut acl = crate::acl::Acl::new(identity, &broker.config.auth);
+    if let Some(w) = &req.will {
+        let ok = acl
+            .check(
+                broker,
+                &req.client_id,
+                crate::acl::Ask {
+                    action: crate::acl::Action::Publish,
+                    topic: &w.topic,
+                    qos: w.qos.value(),
+                    retain: w.retain,
+                },
+                Instant::now(),
+            )
+            .await;
+        if !ok {
+            broker
+                .metrics
+                .acl_publish_denied
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal(
+                0x87,
+                v3::ConnectAckReason::NotAuthorized,
+                format!("ACL refuses the will topic {}", &*w.topic),
+            ));
+        }
+    }
+    Ok(acl)
+}
+
 async fn establish<T: Transport>(
     broker: Broker,
     mut io: T,
@@ -139,14 +232,28 @@ async fn establish<T: Transport>(
 ) -> Option<Connection<T>> {
     let cfg = &broker.config;
     let mut wbuf = BytesMut::with_capacity(8192);
+    let mut rbuf = rbuf;
+    let mut auth_data = None;
     let checked = match check(&broker, &req) {
+        Ok(()) if req.auth_method.is_some() => {
+            enhanced_connect(&broker, &mut io, &mut wire, &mut rbuf, &req, peer, kind)
+                .await
+                .map(|(id, data)| {
+                    auth_data = data;
+                    id
+                })
+        }
         Ok(()) => crate::auth::authenticate(&broker, &req, peer, kind)
             .await
             .map_err(|d| Refusal(d.code, crate::auth::v3_code(d.code), d.message)),
         Err(r) => Err(r),
     };
-    let identity = match checked {
-        Ok(id) => id,
+    let checked = match checked {
+        Ok(id) => will_allowed(&broker, id, &req).await,
+        Err(r) => Err(r),
+    };
+    let acl = match checked {
+        Ok(acl) => acl,
         Err(Refusal(c5, c3, why)) => {
             broker
                 .metrics
@@ -189,6 +296,7 @@ async fn establish<T: Transport>(
     } else {
         cfg.session.v3_session_expiry_secs
     };
+    let identity = acl.identity().clone();
     let tenant = identity.tenant.clone();
     let username: Option<Arc<str>> = req.username.as_deref().map(Arc::from);
     let window = usize::from(cfg.session.max_inflight.min(req.receive_max));
@@ -238,6 +346,8 @@ async fn establish<T: Transport>(
             subscription_identifiers_available: true,
             shared_subscription_available: cfg.mqtt.shared_subscription_available,
             server_keepalive_sec: server_keepalive,
+            auth_method: req.auth_method.clone(),
+            auth_data: auth_data.map(Into::into),
             ..Default::default()
         };
         wire.connack_v5(ack, &mut wbuf);
@@ -283,6 +393,14 @@ async fn establish<T: Transport>(
         write_timeout: Duration::from_secs(cfg.listeners.write_timeout_secs.max(1)),
         write_broken: false,
         connect_expiry: session_expiry,
+        acl,
+        reauth: req.auth_method.as_deref().map(|m| {
+            Box::new(connection::ReAuth {
+                method: m.to_string(),
+                connect: crate::auth::connect_request(&req, peer, kind),
+                conv: None,
+            })
+        }),
     };
     // CONNECT itself, read before the session existed.
     crate::session::Counters::add(&conn.session.counters.recv_pkt, 1);

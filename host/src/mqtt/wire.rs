@@ -57,7 +57,7 @@ pub enum Incoming {
         session_expiry: Option<u32>,
     },
     /// AUTH (v5).
-    Auth,
+    Auth(Box<v5::Auth>),
     /// A packet a client must not send now (a second CONNECT, or a server-only packet).
     Unexpected(&'static str),
 }
@@ -266,6 +266,27 @@ impl Wire {
         }
     }
 
+    /// A v5 AUTH: `reason` 0x00 success or 0x18 continue.
+    pub fn auth(&mut self, reason: u8, method: &str, data: Option<Vec<u8>>, out: &mut BytesMut) {
+        self.put(
+            || None,
+            || {
+                v5::Packet::Auth(v5::Auth {
+                    reason_code: if reason == 0x18 {
+                        v5::AuthReasonCode::ContinueAuth
+                    } else {
+                        v5::AuthReasonCode::Success
+                    },
+                    auth_method: Some(method.into()),
+                    auth_data: data.map(Into::into),
+                    reason_string: None,
+                    user_properties: Vec::new(),
+                })
+            },
+            out,
+        );
+    }
+
     /// A v5 CONNACK.
     pub fn connack_v5(&mut self, ack: v5::ConnectAck, out: &mut BytesMut) {
         self.put(|| None, || v5::Packet::ConnectAck(Box::new(ack)), out);
@@ -394,7 +415,7 @@ fn from_v5(p: v5::Packet) -> Incoming {
             reason: u8::from(d.reason_code),
             session_expiry: d.session_expiry_interval_secs,
         },
-        P::Auth(_) => Incoming::Auth,
+        P::Auth(a) => Incoming::Auth(Box::new(a)),
         P::Connect(_) => Incoming::Unexpected("CONNECT"),
         P::ConnectAck(_) => Incoming::Unexpected("CONNACK"),
         P::SubscribeAck(_) => Incoming::Unexpected("SUBACK"),

@@ -23,7 +23,9 @@ const KV_MAX_KEY: usize = 1024;
 const KV_MAX_VALUE: usize = 1 << 20;
 
 impl PluginState {
-    fn check(&self, cap: &str, tenant: Option<&str>) -> Result<(), Error> {
+    /// Whether the plugin may use `cap` on `tenant`: its toml must grant both and, once the
+    /// call acts as an API key, the key must hold the matching right and tenant.
+    pub(crate) fn check(&self, cap: &str, tenant: Option<&str>) -> Result<(), Error> {
         let m = &self.ctx.manifest;
         if !m.can(cap) {
             return Err(Error::PermissionDenied(format!(
@@ -36,6 +38,28 @@ impl PluginState {
                 return Err(Error::PermissionDenied(format!(
                     "plugin {} may not act on tenant {t}",
                     self.ctx.name
+                )));
+            }
+        }
+        if let Some(k) = &self.acting {
+            let right = match cap {
+                "registry.read" => Some("connections:read"),
+                "registry.kick" | "registry.subscribe" | "registry.expire" => {
+                    Some("connections:write")
+                }
+                "broker.publish" => Some("publish"),
+                _ => None,
+            };
+            if let Some(r) = right.filter(|r| !k.has(r)) {
+                return Err(Error::PermissionDenied(format!(
+                    "API key {} does not hold {r}",
+                    k.key
+                )));
+            }
+            if let Some(t) = tenant.filter(|t| !k.may_touch(t)) {
+                return Err(Error::PermissionDenied(format!(
+                    "API key {} may not act on tenant {t}",
+                    k.key
                 )));
             }
         }

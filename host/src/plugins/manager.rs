@@ -155,7 +155,7 @@ impl PluginManager {
         self.plugins
             .write()
             .insert(name.to_string(), plugin.clone());
-        self.changed.notify_one();
+        self.set_changed();
         let old = match bound {
             Some((addr, l)) => {
                 let h = tokio::spawn(crate::http::serve_plugin(
@@ -182,7 +182,7 @@ impl PluginManager {
             h.abort();
         }
         let gone = self.plugins.write().remove(name).is_some();
-        self.changed.notify_one();
+        self.set_changed();
         if gone {
             info!(plugin = name, "plugin unloaded");
         }
@@ -218,6 +218,18 @@ impl PluginManager {
             let rest = if rest.is_empty() { "/" } else { rest };
             (p.clone(), rest.to_string())
         })
+    }
+
+    /// The loaded set changed: wake the events pump, and stale every ACL decision cache.
+    fn set_changed(&self) {
+        let auth = self
+            .plugins
+            .read()
+            .values()
+            .filter(|p| p.roles().contains(&"auth"))
+            .count();
+        self.broker.acl.plugins_changed(auth);
+        self.changed.notify_one();
     }
 
     /// Plugins serving the auth role, in priority order.

@@ -14,6 +14,7 @@ pub const CAPABILITIES: &[&str] = &[
     "registry.expire",
     "broker.publish",
     "kv",
+    "apikeys",
 ];
 
 /// WASI access granted to a plugin (none by default).
@@ -24,6 +25,9 @@ pub struct WasiGrants {
     pub stdio: bool,
     /// Environment variables the plugin sees.
     pub env: std::collections::BTreeMap<String, String>,
+    /// Read-only directories the plugin sees: guest path -> host path (relative paths are
+    /// relative to the plugins directory). For plugins that read their own data files.
+    pub read_dirs: std::collections::BTreeMap<String, std::path::PathBuf>,
 }
 
 /// Host settings of one plugin.
@@ -78,7 +82,15 @@ impl Manifest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        let m: Manifest = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut m: Manifest =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(base) = path.parent() {
+            for host in m.wasi.read_dirs.values_mut() {
+                if host.is_relative() {
+                    *host = base.join(&*host);
+                }
+            }
+        }
         if let Some(bad) = m
             .capabilities
             .iter()

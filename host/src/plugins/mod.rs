@@ -4,10 +4,12 @@
 //! - [`manifest`]: `NAME.toml`, what a plugin may do and its limits;
 //! - [`runtime`]: engine, compile cache, instances, calls with deadlines;
 //! - `host_api`: the host interfaces a plugin imports, each checked against its grants;
+//! - `host_apikeys`: the API key store, for admin API plugins' credentials;
 //! - [`manager`]: the loaded set, the directory watcher, lookup by role.
 
 mod events;
 mod host_api;
+mod host_apikeys;
 pub mod manager;
 pub mod manifest;
 pub mod runtime;

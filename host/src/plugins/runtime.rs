@@ -69,6 +69,8 @@ pub struct PluginState {
     ticks_left: u64,
     /// Shared per-plugin context for host calls.
     pub ctx: Arc<PluginContext>,
+    /// The API key this call acts as, once the plugin verified one (reset every call).
+    pub(crate) acting: Option<crate::apikeys::ApiKey>,
 }
 
 impl WasiView for PluginState {
@@ -278,6 +280,7 @@ impl LoadedPlugin {
     /// Gives the next guest entry its full CPU budget.
     fn arm(&self, store: &mut Store<PluginState>) {
         store.data_mut().ticks_left = self.deadline_ticks();
+        store.data_mut().acting = None;
         store.set_epoch_deadline(1);
     }
 
@@ -296,6 +299,12 @@ impl LoadedPlugin {
         for (k, v) in &m.wasi.env {
             wasi.env(k, v);
         }
+        for (guest, host) in &m.wasi.read_dirs {
+            wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly)
+                .map_err(|e| {
+                    PluginError::Load(format!("wasi.read_dirs {guest}: {}: {e}", host.display()))
+                })?;
+        }
         let limits = StoreLimitsBuilder::new()
             .memory_size((m.memory_limit_mb as usize) << 20)
             .memories(4)
@@ -310,6 +319,7 @@ impl LoadedPlugin {
                 table: ResourceTable::new(),
                 limits,
                 ticks_left: 0,
+                acting: None,
                 ctx: self.ctx.clone(),
             },
         );
@@ -469,6 +479,24 @@ impl LoadedPlugin {
             Box::pin(async move {
                 let a = i.auth.as_ref().expect("role checked");
                 a.call_authenticate(&mut i.store, &req).await
+            })
+        })
+        .await
+    }
+
+    /// Calls the auth role's authenticate-step (MQTT 5 enhanced authentication).
+    pub async fn authenticate_step(
+        &self,
+        engine: &Engine,
+        step: auth::AuthStep,
+    ) -> Result<auth::AuthStepDecision, PluginError> {
+        if self.prepared.auth.is_none() {
+            return Err(PluginError::NoRole("auth"));
+        }
+        self.call(engine, move |i| {
+            Box::pin(async move {
+                let a = i.auth.as_ref().expect("role checked");
+                a.call_authenticate_step(&mut i.store, &step).await
             })
         })
         .await

@@ -25,7 +25,7 @@ impl Proc {
         std::fs::write(
             &cfg,
             format!(
-                "data_dir = {:?}\nsys_interval_secs = 0\n[listeners]\ntcp = \"127.0.0.1:0\"\n[store]\nsync = \"{sync}\"\n",
+                "data_dir = {:?}\nsys_interval_secs = 0\n[listeners]\ntcp = \"127.0.0.1:0\"\n[store]\nsync = \"{sync}\"\n[auth]\nallow_anonymous = true\n",
                 dir.join("data")
             ),
         )

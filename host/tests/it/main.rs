@@ -5,6 +5,7 @@
 
 mod common;
 
+mod auth;
 mod durability;
 mod http;
 mod mqtt_v3;

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use common::{v3, TestBroker, Tr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn built(name: &str) -> PathBuf {
+pub(crate) fn built(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/plugins")
         .join(format!("{name}.wasm"));
@@ -45,7 +45,7 @@ fn built_with(name: &str, tool: &str) -> bool {
     false
 }
 
-fn install(dir: &Path, name: &str, as_name: &str, toml: Option<&str>) {
+pub(crate) fn install(dir: &Path, name: &str, as_name: &str, toml: Option<&str>) {
     // Write to a temporary name and rename, as an operator's `cp` + `mv` would.
     let tmp = dir.join(format!(".{as_name}.tmp"));
     std::fs::copy(built(name), &tmp).unwrap();
@@ -526,7 +526,7 @@ async fn auth_plugins_decide_connects_and_a_failing_one_denies() {
     let tb = TestBroker::start_with(move |c| {
         c.plugins_dir = dir;
         c.api_keys_file = Some(keys);
-        c.allow_anonymous = false;
+        c.auth.allow_anonymous = false;
     })
     .await;
     assert_eq!(connack_code(&tb, "ok").await, 0, "the plugin allows ok");

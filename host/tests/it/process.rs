@@ -13,7 +13,7 @@ fn write_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
     std::fs::write(
         &p,
         format!(
-            "data_dir = {data:?}\nsys_interval_secs = 1\n{extra}\n[listeners]\ntcp = \"127.0.0.1:0\"\nws = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"\nwss = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n"
+            "data_dir = {data:?}\nsys_interval_secs = 1\n{extra}\n[listeners]\ntcp = \"127.0.0.1:0\"\nws = \"127.0.0.1:0\"\ntls = \"127.0.0.1:0\"\nwss = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n[auth]\nallow_anonymous = true\n"
         ),
     )
     .unwrap();

@@ -1,0 +1,97 @@
+//! The `apikeys` host interface: admin API plugins check credentials against the broker's
+//! one API key store without ever seeing a secret. A successful `verify` or `verify-mac`
+//! makes the rest of the call act as that key (see `PluginState::check`).
+
+use super::bindings::apiary::plugin::apikeys;
+use super::runtime::PluginState;
+use crate::apikeys::{ApiKey, MacAlgorithm};
+
+type Error = super::bindings::apiary::plugin::types::Error;
+
+fn info(k: &ApiKey) -> apikeys::KeyInfo {
+    apikeys::KeyInfo {
+        key: k.key.clone(),
+        tenant: k.tenant.clone(),
+        rights: k.rights.clone(),
+    }
+}
+
+fn alg(a: apikeys::MacAlgorithm) -> MacAlgorithm {
+    match a {
+        apikeys::MacAlgorithm::HmacSha1 => MacAlgorithm::HmacSha1,
+        apikeys::MacAlgorithm::HmacSha256 => MacAlgorithm::HmacSha256,
+    }
+}
+
+impl PluginState {
+    /// Records a verified key as the one this call acts as.
+    fn act_as(&mut self, k: Option<ApiKey>) -> Option<apikeys::KeyInfo> {
+        let i = k.as_ref().map(info);
+        if k.is_some() {
+            self.acting = k;
+        } else {
+            self.ctx
+                .broker
+                .metrics
+                .api_auth_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        i
+    }
+}
+
+impl apikeys::Host for PluginState {
+    async fn verify(
+        &mut self,
+        key: String,
+        secret: String,
+    ) -> wasmtime::Result<Result<Option<apikeys::KeyInfo>, Error>> {
+        if let Err(e) = self.check("apikeys", None) {
+            return Ok(Err(e));
+        }
+        let k = self.ctx.broker.api_keys.verify(&key, &secret);
+        Ok(Ok(self.act_as(k)))
+    }
+
+    async fn verify_mac(
+        &mut self,
+        key: String,
+        algorithm: apikeys::MacAlgorithm,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> wasmtime::Result<Result<Option<apikeys::KeyInfo>, Error>> {
+        if let Err(e) = self.check("apikeys", None) {
+            return Ok(Err(e));
+        }
+        let k = self
+            .ctx
+            .broker
+            .api_keys
+            .verify_mac(&key, alg(algorithm), &message, &signature);
+        Ok(Ok(self.act_as(k)))
+    }
+
+    async fn lookup(
+        &mut self,
+        key: String,
+    ) -> wasmtime::Result<Result<Option<apikeys::KeyInfo>, Error>> {
+        Ok(self
+            .check("apikeys", None)
+            .map(|()| self.ctx.broker.api_keys.lookup(&key).as_ref().map(info)))
+    }
+
+    async fn sign(
+        &mut self,
+        key: String,
+        algorithm: apikeys::MacAlgorithm,
+        message: Vec<u8>,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        Ok(self.check("apikeys", None).map(|()| {
+            self.ctx
+                .broker
+                .api_keys
+                .lookup(&key)
+                .map(|k| k.mac(alg(algorithm), &message))
+        }))
+    }
+}
