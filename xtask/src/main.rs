@@ -222,11 +222,20 @@ fn run(root: &Path, extra: &[String]) -> Result<()> {
     let dir = root.join("plugins.d");
     std::fs::create_dir_all(&dir)?;
     for name in stock {
-        for ext in ["wasm", "toml"] {
-            let from = root.join(format!("target/plugins/{name}.{ext}"));
-            if from.exists() {
-                std::fs::copy(&from, dir.join(format!("{name}.{ext}")))?;
-            }
+        std::fs::copy(
+            root.join(format!("target/plugins/{name}.wasm")),
+            dir.join(format!("{name}.wasm")),
+        )?;
+        // An operator's edited toml (users, rules, grants) is theirs: only a missing one
+        // is seeded from the stock default.
+        let (from, to) = (
+            root.join(format!("target/plugins/{name}.toml")),
+            dir.join(format!("{name}.toml")),
+        );
+        if from.exists() && !to.exists() {
+            std::fs::copy(&from, &to)?;
+        } else if to.exists() {
+            println!("==> keeping {} (delete it to get the stock one)", to.display());
         }
     }
     let mut args = vec!["run", "--release", "-p", "apiary", "--bin", "apiary", "--"];
