@@ -159,6 +159,18 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     let manager = plugins::PluginManager::new(&plugins_dir, &cache_dir, broker.clone())?;
     manager.load_all().await;
     broker.set_plugins(&manager);
+    let auth_plugins: Vec<String> = manager
+        .auth_chain()
+        .iter()
+        .map(|p| p.ctx.name.clone())
+        .collect();
+    if broker.config.auth.allow_anonymous {
+        tracing::info!(plugins = ?auth_plugins, "auth: anonymous clients are accepted when no auth plugin decides");
+    } else if auth_plugins.is_empty() {
+        tracing::warn!("auth: no auth plugin is loaded and anonymous access is off, so every CONNECT will be refused (set [auth] allow_anonymous, or configure plugins.d/auth-file.toml)");
+    } else {
+        tracing::info!(plugins = ?auth_plugins, "auth: anonymous access is off; clients no auth plugin accepts are refused");
+    }
     let mut addrs = Addrs {
         http: http_listener.as_ref().and_then(|h| h.local_addr().ok()),
         ..Default::default()

@@ -235,7 +235,10 @@ fn run(root: &Path, extra: &[String]) -> Result<()> {
         if from.exists() && !to.exists() {
             std::fs::copy(&from, &to)?;
         } else if to.exists() {
-            println!("==> keeping {} (delete it to get the stock one)", to.display());
+            println!(
+                "==> keeping {} (delete it to get the stock one)",
+                to.display()
+            );
         }
     }
     let mut args = vec!["run", "--release", "-p", "apiary", "--bin", "apiary", "--"];

@@ -614,3 +614,44 @@ async fn api_keys_verified_by_a_plugin_hold_its_calls_to_the_keys_scope() {
         401
     );
 }
+
+#[tokio::test]
+async fn auth_file_reads_a_users_file_from_a_granted_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let pdir = root.path().join("plugins");
+    let data = root.path().join("auth-data");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("users"),
+        format!("# htpasswd -B style\nbob:{BOB_BCRYPT}\n"),
+    )
+    .unwrap();
+    let toml =
+        "[wasi.read_dirs]\n\"/cfg\" = \"../auth-data\"\n[config]\nusers_file = \"/cfg/users\"\n";
+    install(&pdir, "auth-file", "auth-file", Some(toml));
+    let dir = pdir.clone();
+    let tb = TestBroker::start_with(move |c| {
+        c.plugins_dir = dir;
+        c.auth.allow_anonymous = false;
+    })
+    .await;
+    assert_eq!(connack(&tb, 4, "f1", Some("bob"), Some("bobpw")).await, 0);
+    assert_eq!(connack(&tb, 4, "f2", Some("bob"), Some("nope")).await, 4);
+    // Without the directory grant the plugin cannot read the file and does not load:
+    // nothing decides, anonymous access is off, so bob is refused (fail closed).
+    install(
+        &pdir,
+        "auth-file",
+        "auth-file",
+        Some("[config]\nusers_file = \"/cfg/users\"\n"),
+    );
+    let mgr = tb.broker().plugins().unwrap();
+    let err = match mgr.load("auth-file").await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("loaded without the directory grant"),
+    };
+    assert!(err.contains("users_file"), "{err}");
+    mgr.unload("auth-file").await;
+    assert_eq!(connack(&tb, 4, "f3", Some("bob"), Some("bobpw")).await, 5);
+}
