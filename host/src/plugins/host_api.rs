@@ -210,6 +210,56 @@ fn to_query(q: registry::SessionFilter) -> Result<Query, Error> {
 impl types::Host for PluginState {}
 
 impl registry::Host for PluginState {
+    async fn subscriptions(
+        &mut self,
+        f: registry::SubscriptionFilter,
+        page: u32,
+        limit: u32,
+    ) -> wasmtime::Result<Result<registry::SubscriptionPage, Error>> {
+        let run = || -> Result<registry::SubscriptionPage, Error> {
+            let tenant = f.tenant.clone().unwrap_or_else(|| "*".into());
+            self.check("registry.read", Some(&tenant))?;
+            if limit == 0 || page == 0 {
+                return Err(Error::InvalidArgument("page and limit start at 1".into()));
+            }
+            let q = crate::registry::SubQuery {
+                tenant: f.tenant,
+                client_id: f.client_id,
+                topic: f.topic,
+                qos: f.qos,
+                share_group: f.share_group,
+                match_topic: f.match_topic,
+            };
+            let r = self.ctx.broker.registry.subscriptions(
+                &q,
+                Page {
+                    page: page as usize,
+                    limit: limit as usize,
+                },
+            );
+            Ok(registry::SubscriptionPage {
+                items: r
+                    .items
+                    .into_iter()
+                    .map(|e| registry::OwnedSubscription {
+                        tenant: e.tenant.to_string(),
+                        client_id: e.client_id.to_string(),
+                        subscription: types::Subscription {
+                            topic: e.sub.topic,
+                            qos: e.sub.qos,
+                            nl: e.sub.nl != 0,
+                            rap: e.sub.rap != 0,
+                            rh: e.sub.rh,
+                        },
+                    })
+                    .collect(),
+                count: r.count as u64,
+                has_next: r.has_next,
+            })
+        };
+        Ok(run())
+    }
+
     async fn query(
         &mut self,
         q: registry::SessionFilter,

@@ -5,6 +5,7 @@
 mod index;
 mod ops;
 mod query;
+mod subs;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +18,7 @@ use tokio::sync::broadcast;
 use index::TenantIndex;
 pub use ops::{KickTarget, OpError};
 pub use query::{Page, PageResult, Query, SessionSnapshot, SubscriptionSnapshot};
+pub use subs::{SubEntry, SubPage, SubQuery};
 
 use crate::message::Message;
 use crate::session::Session;

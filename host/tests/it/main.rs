@@ -7,6 +7,7 @@ mod common;
 
 mod auth;
 mod durability;
+mod emqx;
 mod http;
 mod mqtt_v3;
 mod mqtt_v5;

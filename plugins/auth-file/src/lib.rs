@@ -58,7 +58,8 @@ fn load(c: Config) -> Result<State, String> {
             format!("users_file {path}: {e} (grant its directory in the toml's [wasi.read_dirs])")
         })?;
         if path.ends_with(".toml") {
-            let f: UsersFile = toml::from_str(&text).map_err(|e| format!("users_file {path}: {e}"))?;
+            let f: UsersFile =
+                toml::from_str(&text).map_err(|e| format!("users_file {path}: {e}"))?;
             users.extend(f.users);
             rules.extend(f.rules);
         } else {
@@ -164,4 +165,3 @@ impl auth::Guest for AuthFile {
 }
 
 export!(AuthFile: auth);
-

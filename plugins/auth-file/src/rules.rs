@@ -67,7 +67,11 @@ impl Rule {
         if !action_ok {
             return false;
         }
-        if self.username.as_deref().is_some_and(|u| Some(u) != r.username) {
+        if self
+            .username
+            .as_deref()
+            .is_some_and(|u| Some(u) != r.username)
+        {
             return false;
         }
         if self.clientid.as_deref().is_some_and(|c| c != r.client_id) {
@@ -221,6 +225,10 @@ mod tests {
         assert_eq!(hit(&req(true, "users/eve/a", Some("bob"), "c")), Some(4));
         assert_eq!(hit(&req(false, "users/bob/x", Some("bob"), "c")), Some(3));
         assert_eq!(hit(&req(false, "users/bob/#", Some("bob"), "c")), Some(4));
-        assert_eq!(hit(&req(true, "users/x/a", None, "c")), Some(4), "no username: %u rules skip");
+        assert_eq!(
+            hit(&req(true, "users/x/a", None, "c")),
+            Some(4),
+            "no username: %u rules skip"
+        );
     }
 }

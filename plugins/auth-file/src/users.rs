@@ -58,7 +58,10 @@ impl Secret {
         } else if h.starts_with("$2a$") || h.starts_with("$2b$") || h.starts_with("$2y$") {
             Ok(Secret::Bcrypt(h.to_string()))
         } else {
-            Err("password_hash must be an argon2 ($argon2id$...) or bcrypt ($2b$...) PHC string".into())
+            Err(
+                "password_hash must be an argon2 ($argon2id$...) or bcrypt ($2b$...) PHC string"
+                    .into(),
+            )
         }
     }
 
@@ -156,7 +159,9 @@ mod tests {
             .to_string();
         let s = Secret::of(&user(Some(&h), None)).unwrap();
         assert!(s.verify(b"pw") && !s.verify(b"px"));
-        let b = bcrypt::hash_with_salt("pw", 4, *b"0123456789abcdef").unwrap().to_string();
+        let b = bcrypt::hash_with_salt("pw", 4, *b"0123456789abcdef")
+            .unwrap()
+            .to_string();
         let s = Secret::of(&user(Some(&b), None)).unwrap();
         assert!(s.verify(b"pw") && !s.verify(b"pW"));
         let s = Secret::of(&user(None, Some("pw"))).unwrap();
