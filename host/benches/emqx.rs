@@ -1,0 +1,146 @@
+//! EMQX clients API latency (issue 6): `GET /api/v5/clients?limit=100` through the stock
+//! emqx plugin, over real HTTP (one keep-alive connection), with 100k sessions in the
+//! registry; p50/p99/max per query. The target is a p99 under 10 ms. Full run: `cargo
+//! bench -p apiary --bench emqx` (after `cargo xtask plugins`); under `cargo test` (no
+//! `--bench` argument) a small smoke version runs.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apiary::session::{ClientInfo, Session, Transport};
+use apiary::Config;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+async fn server(dir: &Path) -> apiary::Server {
+    let mut cfg = Config::ephemeral(dir.join("data"));
+    cfg.listeners.ws = None;
+    cfg.listeners.tls = None;
+    cfg.listeners.wss = None;
+    cfg.plugin_cache_dir =
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache"));
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = root.join("target/plugins/emqx.wasm");
+    assert!(built.exists(), "run `cargo xtask plugins` first");
+    std::fs::copy(&built, plugins.join("emqx.wasm")).unwrap();
+    std::fs::copy(
+        root.join("plugins/emqx/emqx.toml"),
+        plugins.join("emqx.toml"),
+    )
+    .unwrap();
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "ops:s3cret:admin\n").unwrap();
+    cfg.api_keys_file = Some(keys);
+    cfg.plugins_dir = plugins;
+    apiary::start(cfg).await.expect("broker starts")
+}
+
+fn populate(b: &apiary::Broker, n: usize) {
+    for i in 0..n {
+        let user: Arc<str> = format!("user{}", i % 1000).into();
+        let info = ClientInfo {
+            username: Some(user.clone()),
+            user_id: Some(user),
+            proto_name: "MQTT",
+            proto_ver: if i % 2 == 0 { 4 } else { 5 },
+            transport: Transport::Tcp,
+            peer: Some(
+                format!("10.0.{}.{}:1883", (i / 250) % 250, i % 250)
+                    .parse()
+                    .unwrap(),
+            ),
+            connected: i % 3 != 0,
+            connected_at: Some(std::time::SystemTime::now()),
+            disconnected_at: None,
+            keepalive: 60,
+            clean_start: i % 5 == 0,
+            expiry_interval: 3600,
+            inflight_max: 32,
+        };
+        let s = Session::new(
+            b.next_id(),
+            "default".into(),
+            format!("client-{i:06}").into(),
+            info,
+        );
+        b.registry.insert(Arc::new(s));
+    }
+}
+
+/// One GET on a keep-alive connection; returns the status.
+async fn get(conn: &mut BufReader<TcpStream>, path: &str) -> u16 {
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic b3BzOnMzY3JldA==\r\n\r\n");
+    conn.get_mut().write_all(req.as_bytes()).await.unwrap();
+    let mut line = String::new();
+    conn.read_line(&mut line).await.unwrap();
+    let status = line[9..12].parse().unwrap();
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        conn.read_line(&mut line).await.unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).await.unwrap();
+    status
+}
+
+async fn measure(addr: SocketAddr, path: &str, n: usize) -> Vec<Duration> {
+    let s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut conn = BufReader::new(s);
+    for _ in 0..n.min(20) {
+        assert_eq!(get(&mut conn, path).await, 200, "{path}");
+    }
+    let mut t = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        assert_eq!(get(&mut conn, path).await, 200, "{path}");
+        t.push(start.elapsed());
+    }
+    t.sort();
+    t
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (sessions, n) = if full { (100_000, 2_000) } else { (1_000, 20) };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = server(dir.path()).await;
+        populate(&srv.broker, sessions);
+        let addr = srv.addrs.http.unwrap();
+        for path in [
+            "/api/v5/clients?limit=100",
+            "/api/v5/clients?_page=500&_limit=100",
+            "/api/v5/clients?username=user7&limit=100",
+            "/api/v5/clients?conn_state=connected&proto_ver=5&like_clientid=client-09&limit=100",
+        ] {
+            let t = measure(addr, path, n).await;
+            let pct = |p: f64| t[((t.len() as f64 * p) as usize).min(t.len() - 1)];
+            println!(
+                "emqx/{sessions} sessions GET {path}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({n} requests)",
+                pct(0.50).as_secs_f64() * 1e3,
+                pct(0.99).as_secs_f64() * 1e3,
+                t[t.len() - 1].as_secs_f64() * 1e3,
+            );
+        }
+    });
+}
