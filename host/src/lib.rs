@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod apikeys;
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod http;

@@ -50,6 +50,57 @@ struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Cmd {
+    /// Load generator for any MQTT broker: p2p, fan-out, fan-in, fan-in-shared, pub, sub
+    /// or conn. Prints sent/received msg/s, latency percentiles, losses and errors.
+    Bench {
+        /// Scenario: p2p, fan-out, fan-in, fan-in-shared, pub, sub, conn.
+        scenario: String,
+        /// Broker host.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Broker port.
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        /// MQTT over WebSocket (path /mqtt) instead of TCP.
+        #[arg(long)]
+        ws: bool,
+        /// MQTT 5 instead of 3.1.1.
+        #[arg(long)]
+        v5: bool,
+        /// QoS 0, 1 or 2.
+        #[arg(long, default_value_t = 0)]
+        qos: u8,
+        /// Payload bytes (at least 16).
+        #[arg(long, default_value_t = 16)]
+        size: usize,
+        /// Publishers / subscribers / connections.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        clients: usize,
+        /// Messages per second per publisher (conn: connections per second); default unbounded.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Seconds to publish (conn: to hold connections).
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Messages per publisher instead of a duration.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Unacknowledged QoS 1/2 messages per publisher.
+        #[arg(long, default_value_t = 64)]
+        inflight: u16,
+        /// Username.
+        #[arg(long)]
+        username: Option<String>,
+        /// Password.
+        #[arg(long)]
+        password: Option<String>,
+        /// Write the result as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// No progress line.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Prints an argon2id PHC hash of a password for `password_hash` in auth-file.toml
     /// (reads the password from stdin unless --password is given).
     Passwd {
@@ -57,6 +108,69 @@ enum Cmd {
         #[arg(long)]
         password: Option<String>,
     },
+}
+
+/// `apiary bench`: one scenario against a broker; the summary on stdout, JSON if asked.
+fn bench(cmd: Cmd) -> anyhow::Result<()> {
+    let Cmd::Bench {
+        scenario,
+        host,
+        port,
+        ws,
+        v5,
+        qos,
+        size,
+        clients,
+        rate,
+        duration,
+        count,
+        inflight,
+        username,
+        password,
+        json,
+        quiet,
+    } = cmd
+    else {
+        unreachable!("called with Bench");
+    };
+    let names: Vec<&str> = apiary::bench::Scenario::ALL
+        .iter()
+        .map(|s| s.name())
+        .collect();
+    let sc = apiary::bench::Scenario::parse(&scenario).with_context(|| {
+        format!(
+            "unknown scenario {scenario:?} (one of: {})",
+            names.join(", ")
+        )
+    })?;
+    anyhow::ensure!(duration > 0.0, "duration must be positive");
+    let opts = apiary::bench::Opts {
+        host,
+        port,
+        ws,
+        version: if v5 { 5 } else { 4 },
+        qos,
+        size,
+        clients,
+        rate,
+        duration: std::time::Duration::from_secs_f64(duration),
+        count,
+        inflight,
+        username,
+        password,
+        progress: !quiet,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")?;
+    let report = rt.block_on(apiary::bench::run(sc, opts))?;
+    println!("{}", report.line());
+    if let Some(p) = json {
+        std::fs::write(&p, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }
 
 /// `apiary passwd`: argon2id with the crate's default (OWASP) parameters and a random salt.
@@ -90,8 +204,10 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    if let Some(Cmd::Passwd { password }) = args.cmd {
-        return passwd(password);
+    match args.cmd {
+        Some(Cmd::Passwd { password }) => return passwd(password),
+        Some(cmd @ Cmd::Bench { .. }) => return bench(cmd),
+        None => {}
     }
     let mut cfg = match &args.config {
         Some(p) => apiary::Config::load(p)?,

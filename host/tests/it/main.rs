@@ -6,6 +6,7 @@
 mod common;
 
 mod auth;
+mod bench;
 mod durability;
 mod emqx;
 mod http;
