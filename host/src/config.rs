@@ -199,7 +199,7 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> Self {
         Self {
-            max_inflight: 32,
+            max_inflight: 512,
             max_queued_messages: 1000,
             max_queued_bytes: 0,
             queue_full: QueueFullPolicy::DropOldest,
@@ -354,7 +354,7 @@ mod tests {
             c.listeners.ws.is_none(),
             "an absent address disables the listener"
         );
-        assert_eq!(c.session.max_inflight, 32);
+        assert_eq!(c.session.max_inflight, 512);
     }
 
     #[test]

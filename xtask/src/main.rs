@@ -1,6 +1,7 @@
 //! The project's two commands, so a fresh clone needs nothing but cargo:
 //! - `cargo xtask run [-- ARGS]`: build and start the broker with the embedded defaults;
-//! - `cargo xtask test`: everything CI runs (format, lints, every test).
+//! - `cargo xtask test`: everything CI runs (format, lints, every test);
+//! - `cargo xtask bench [--quick]`: Apiary against Mosquitto and rumqttd.
 //!
 //! Each step prints what it runs; any failure stops with a non-zero exit.
 
@@ -9,6 +10,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
+mod bench_report;
 mod toolchain;
 
 fn main() -> Result<()> {
@@ -18,11 +21,13 @@ fn main() -> Result<()> {
         Some("run") => run(&root, &args[1..]),
         Some("test") => test(&root),
         Some("plugins") => plugins(&root).map(|_| ()),
+        Some("bench") => bench::bench(&root, &args[1..]),
         _ => {
             eprintln!(
                 "usage:\n  cargo xtask run [-- apiary flags]   build and start the broker (embedded defaults)\n  \
                  cargo xtask test                    format check, clippy, all tests (what CI runs)\n  \
-                 cargo xtask plugins                 build every plugin under plugins/ into target/plugins/"
+                 cargo xtask plugins                 build every plugin under plugins/ into target/plugins/\n  \
+                 cargo xtask bench [--quick]         Apiary vs Mosquitto vs rumqttd; writes target/bench/report.md"
             );
             bail!("unknown or missing xtask command")
         }
@@ -37,7 +42,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Runs a command in the workspace root, echoing it first.
-fn step(root: &Path, what: &str, program: &str, args: &[&str]) -> Result<()> {
+pub(crate) fn step(root: &Path, what: &str, program: &str, args: &[&str]) -> Result<()> {
     println!("==> {what}: {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)
@@ -124,7 +129,7 @@ fn plugin_crates(root: &Path) -> Vec<(PathBuf, bool)> {
 
 /// Builds every plugin for wasm32-wasip2 (own target dir) into `target/plugins/NAME.wasm`
 /// with its `NAME.toml` beside it. Returns the stock plugins' names.
-fn plugins(root: &Path) -> Result<Vec<String>> {
+pub(crate) fn plugins(root: &Path) -> Result<Vec<String>> {
     let rust = toolchain::ensure_wasm_target(root)?;
     let out = root.join("target/plugins");
     std::fs::create_dir_all(&out)?;

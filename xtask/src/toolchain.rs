@@ -68,7 +68,7 @@ pub fn ensure_wasm_target(root: &Path) -> Result<WasmRust> {
 }
 
 /// `apt-get update` then `apt-get install` of Debian packages, bounded in time.
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     let _ = Command::new("timeout")
         .args(["300", "apt-get", "update", "-qq"])
         .status();

@@ -115,11 +115,14 @@ pub async fn run(scenario: Scenario, o: Arc<Opts>) -> Result<Report, BenchError>
             Stats::add(&stats.errors, 1);
         }
     }
+    let published = Instant::now();
     let seconds = started.elapsed().as_secs_f64();
     let sent = stats.sent.load(Ordering::Relaxed);
     let expected = sent * factor;
-    // Drain: until all arrived, or no progress for a second.
-    let mut last = (stats.received.load(Ordering::Relaxed), Instant::now());
+    // Drain: until all arrived, or no progress for a second. Deliveries per second count
+    // up to the last arrival, so a broker that buffers and delivers late is not credited
+    // with late messages as if they had arrived while publishing.
+    let mut last = (stats.received.load(Ordering::Relaxed), published);
     while scenario != Scenario::Sub && stats.received.load(Ordering::Relaxed) < expected {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let r = stats.received.load(Ordering::Relaxed);
@@ -140,6 +143,7 @@ pub async fn run(scenario: Scenario, o: Arc<Opts>) -> Result<Report, BenchError>
         eprintln!();
     }
     let received = stats.received.load(Ordering::Relaxed);
+    let recv_seconds = last.1.duration_since(started).as_secs_f64();
     Ok(Report {
         scenario,
         clients: n,
@@ -155,7 +159,7 @@ pub async fn run(scenario: Scenario, o: Arc<Opts>) -> Result<Report, BenchError>
         errors: stats.errors.load(Ordering::Relaxed),
         connected: 0,
         sent_per_sec: sent as f64 / seconds.max(1e-9),
-        received_per_sec: received as f64 / seconds.max(1e-9),
+        received_per_sec: received as f64 / recv_seconds.max(1e-9),
         latency_us: stats.percentiles(),
     })
 }

@@ -1,0 +1,365 @@
+//! `cargo xtask bench [--quick]`: the scenarios of `apiary bench`, scaled to a 2-core
+//! machine, against Apiary (release build, no plugins, then with the auth-file plugin
+//! checking every connect and publish), Mosquitto (Debian package) and rumqttd 0.20
+//! (stock settings, `bench/rumqttd-peer`), one broker at a time on the same port, with the
+//! broker's peak RSS and CPU sampled from /proc. Writes `target/bench/report.md`,
+//! `results.json` and `throughput.svg`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+const PORT: u16 = 31883;
+
+/// One scenario of the run.
+struct Case {
+    label: &'static str,
+    args: Vec<String>,
+}
+
+fn cases(quick: bool) -> Vec<Case> {
+    let d = if quick { "2" } else { "10" };
+    let c = |label: &'static str, a: &str| Case {
+        label,
+        args: a
+            .replace("{d}", d)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    };
+    let mut v = vec![
+        c("p2p, QoS 1, 10 pairs", "p2p --qos 1 -n 10 --duration {d}"),
+        c(
+            "fan-out, QoS 0, 1 to 20",
+            "fan-out --qos 0 -n 20 --duration {d}",
+        ),
+        c(
+            "fan-in, QoS 1, 20 to 1",
+            "fan-in --qos 1 -n 20 --duration {d}",
+        ),
+        c(
+            "shared fan-in, QoS 1, 20 to 2",
+            "fan-in-shared --qos 1 -n 20 --duration {d}",
+        ),
+        c(
+            "p2p, QoS 1, 10 pairs at 1000 msg/s each (latency at equal load)",
+            "p2p --qos 1 -n 10 --rate 1000 --duration {d}",
+        ),
+        c(
+            "connections, 1000 at 500/s",
+            "conn -n 1000 --rate 500 --duration {d}",
+        ),
+    ];
+    if !quick {
+        v.insert(
+            1,
+            c("p2p, QoS 0, 10 pairs", "p2p --qos 0 -n 10 --duration {d}"),
+        );
+        v.insert(
+            4,
+            c(
+                "fan-out, QoS 1, 1 to 20",
+                "fan-out --qos 1 -n 20 --duration {d}",
+            ),
+        );
+    }
+    v
+}
+
+/// A broker under test.
+struct Broker {
+    name: &'static str,
+    start: Box<dyn Fn() -> Result<Child>>,
+    creds: Option<(&'static str, &'static str)>,
+}
+
+fn wait_for_port(child: &mut Child) -> Result<()> {
+    let until = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < until {
+        if std::net::TcpStream::connect(("127.0.0.1", PORT)).is_ok() {
+            return Ok(());
+        }
+        if let Some(s) = child.try_wait()? {
+            bail!("the broker exited at startup ({s})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the broker did not listen on {PORT} within 20 s")
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// (RSS kB, CPU ticks) of a process from /proc.
+fn sample(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((rss, ticks))
+}
+
+/// Runs one case against the running broker, sampling it; the bench JSON plus
+/// `peak_rss_mb` and `cpu_percent`.
+fn run_case(
+    root: &Path,
+    apiary: &Path,
+    pid: u32,
+    case: &Case,
+    creds: Option<(&str, &str)>,
+) -> Result<Value> {
+    let out = root.join("target/bench/case.json");
+    let _ = std::fs::remove_file(&out);
+    let mut cmd = Command::new(apiary);
+    cmd.arg("bench")
+        .args(&case.args)
+        .args(["--port", &PORT.to_string(), "--quiet", "--json"])
+        .arg(&out)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped());
+    if let Some((u, p)) = creds {
+        cmd.args(["--username", u, "--password", p]);
+    }
+    let (rss0, ticks0) = sample(pid).unwrap_or((0, 0));
+    let start = Instant::now();
+    let mut child = cmd.spawn().context("starting apiary bench")?;
+    let mut peak = rss0;
+    while child.try_wait()?.is_none() {
+        if let Some((rss, _)) = sample(pid) {
+            peak = peak.max(rss);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let ticks = sample(pid).map_or(0, |(_, t)| t.saturating_sub(ticks0));
+    let status = child.wait()?;
+    let mut line = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        use std::io::Read;
+        let _ = o.read_to_string(&mut line);
+    }
+    print!("    {}", line);
+    if !status.success() {
+        bail!("apiary bench failed ({status})");
+    }
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+    v["peak_rss_mb"] = Value::from(peak as f64 / 1024.0);
+    v["cpu_percent"] = Value::from(ticks as f64 / 100.0 / wall * 100.0);
+    Ok(v)
+}
+
+/// Mosquitto from Debian, installed if missing (None, with a message, if it cannot be).
+fn mosquitto() -> Option<PathBuf> {
+    let find = || {
+        ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    };
+    if let Some(p) = find() {
+        return Some(p);
+    }
+    println!("==> mosquitto is not installed: apt-get install mosquitto");
+    if let Err(e) = crate::toolchain::apt_install(&["mosquitto"]) {
+        println!("==> cannot install mosquitto ({e}); the report leaves it out");
+    }
+    find()
+}
+
+/// rumqttd 0.20 in its bench-only crate (None, with a message, if it does not build).
+fn rumqttd(root: &Path) -> Option<PathBuf> {
+    println!(
+        "==> rumqttd peer: cargo build --release --manifest-path bench/rumqttd-peer/Cargo.toml"
+    );
+    let ok = Command::new("cargo")
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--manifest-path",
+            "bench/rumqttd-peer/Cargo.toml",
+            "--target-dir",
+            "target/bench-build",
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let bin = root.join("target/bench-build/release/rumqttd-peer");
+    if ok && bin.exists() {
+        Some(bin)
+    } else {
+        println!("==> the rumqttd peer did not build; the report leaves it out");
+        None
+    }
+}
+
+fn apiary_config(dir: &Path, plugins: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(plugins)?;
+    let p = dir.join("apiary.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "data_dir = {:?}\nplugins_dir = {:?}\nsys_interval_secs = 0\n[listeners]\ntcp = \"127.0.0.1:{PORT}\"\n[auth]\nallow_anonymous = true\n",
+            dir.join("data"),
+            plugins
+        ),
+    )?;
+    Ok(p)
+}
+
+/// The whole run.
+pub fn bench(root: &Path, args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    crate::step(
+        root,
+        "release build",
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "apiary",
+            "--bin",
+            "apiary",
+        ],
+    )?;
+    crate::plugins(root)?;
+    let apiary = root.join("target/release/apiary");
+    let work = root.join("target/bench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+
+    let mut brokers: Vec<Broker> = Vec::new();
+    {
+        let (a, dir) = (apiary.clone(), work.join("apiary"));
+        let cfg = apiary_config(&dir, &dir.join("plugins"))?;
+        brokers.push(Broker {
+            name: "Apiary",
+            start: Box::new(move || {
+                Ok(Command::new(&a)
+                    .arg("--config")
+                    .arg(&cfg)
+                    .env("RUST_LOG", "warn")
+                    .spawn()?)
+            }),
+            creds: None,
+        });
+    }
+    {
+        let (a, dir) = (apiary.clone(), work.join("apiary-auth"));
+        let plugins = dir.join("plugins");
+        let cfg = apiary_config(&dir, &plugins)?;
+        std::fs::copy(
+            root.join("target/plugins/auth-file.wasm"),
+            plugins.join("auth-file.wasm"),
+        )?;
+        std::fs::write(
+            plugins.join("auth-file.toml"),
+            "tenants = [\"*\"]\n[config]\ndefault = \"deny\"\n[[config.users]]\nusername = \"bench\"\npassword = \"bench\"\n[[config.rules]]\npermission = \"allow\"\ntopic = \"bench/#\"\n",
+        )?;
+        brokers.push(Broker {
+            name: "Apiary + auth-file",
+            start: Box::new(move || {
+                Ok(Command::new(&a)
+                    .arg("--config")
+                    .arg(&cfg)
+                    .env("RUST_LOG", "warn")
+                    .spawn()?)
+            }),
+            creds: Some(("bench", "bench")),
+        });
+    }
+    if let Some(m) = mosquitto() {
+        let conf = work.join("mosquitto.conf");
+        // The same limits as Apiary's defaults: 1000 queued messages, 512 in flight.
+        std::fs::write(&conf, format!("listener {PORT} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 1000\nmax_inflight_messages 512\nlog_dest none\n"))?;
+        brokers.push(Broker {
+            name: "Mosquitto",
+            start: Box::new(move || {
+                Ok(Command::new(&m)
+                    .arg("-c")
+                    .arg(&conf)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?)
+            }),
+            creds: None,
+        });
+    }
+    if let Some(r) = rumqttd(root) {
+        brokers.push(Broker {
+            name: "rumqttd",
+            start: Box::new(move || {
+                Ok(Command::new(&r)
+                    .arg(PORT.to_string())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?)
+            }),
+            creds: None,
+        });
+    }
+
+    let cases = cases(quick);
+    let mut results: Vec<(String, String, Value)> = Vec::new();
+    for b in &brokers {
+        println!("==> {}", b.name);
+        for case in &cases {
+            let mut child = (b.start)()?;
+            wait_for_port(&mut child)?;
+            let r = run_case(root, &apiary, child.id(), case, b.creds);
+            stop(child);
+            match r {
+                Ok(v) => results.push((b.name.to_string(), case.label.to_string(), v)),
+                Err(e) => {
+                    println!("    {}: {e}", case.label);
+                    results.push((b.name.to_string(), case.label.to_string(), Value::Null));
+                }
+            }
+        }
+    }
+    let names: Vec<&str> = brokers.iter().map(|b| b.name).collect();
+    let labels: Vec<&str> = cases.iter().map(|c| c.label).collect();
+    std::fs::write(
+        work.join("results.json"),
+        serde_json::to_vec_pretty(
+            &results
+                .iter()
+                .map(|(b, c, v)| serde_json::json!({"broker": b, "case": c, "result": v}))
+                .collect::<Vec<_>>(),
+        )?,
+    )?;
+    let report = crate::bench_report::markdown(&names, &labels, &results, quick);
+    std::fs::write(work.join("report.md"), &report)?;
+    crate::bench_report::chart(&work.join("throughput.svg"), &names, &labels, &results)?;
+    println!("{report}");
+    println!(
+        "==> wrote {}, results.json and throughput.svg",
+        work.join("report.md").display()
+    );
+    Ok(())
+}
