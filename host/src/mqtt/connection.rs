@@ -28,6 +28,9 @@ use crate::session::{Control, Counters, InflightState, Outgoing, Session};
 use crate::store::Op;
 use crate::topic;
 
+/// A read at least this big is followed by a yield to other connections.
+const YIELD_AFTER_BYTES: usize = 4096;
+
 /// Why a connection's loop ended.
 #[derive(Debug)]
 pub(crate) enum Exit {
@@ -140,6 +143,12 @@ impl<T: Transport> Connection<T> {
                             return exit;
                         }
                         self.release_acks();
+                        if n >= YIELD_AFTER_BYTES {
+                            // A publisher that keeps its socket full must not starve the
+                            // subscribers it feeds: tokio's budget would let it route
+                            // ~128 reads (tens of thousands of messages) before they run.
+                            tokio::task::yield_now().await;
+                        }
                     }
                     Err(e) => return Exit::Io(e),
                 },
