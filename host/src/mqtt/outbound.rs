@@ -146,6 +146,23 @@ impl<T: Transport> Connection<T> {
     /// Encodes one delivery for this client (aliases, properties, limits).
     pub fn write_publish(&mut self, pid: Option<u16>, dup: bool, d: Delivery, now: Instant) {
         let m = &d.msg;
+        let plain = !self.wire.v5
+            || (m.props.is_none()
+                && d.sub_ids.is_empty()
+                && m.expires_at.is_none()
+                && self.alias_out_max == 0);
+        if plain {
+            let r = self.wire.publish_plain(
+                dup,
+                d.qos,
+                d.retain,
+                &m.topic,
+                pid,
+                &m.payload,
+                &mut self.wbuf,
+            );
+            return self.published(r, pid, false, m);
+        }
         let mut topic = m.topic.clone();
         let mut new_alias = false;
         let properties = if self.wire.v5 {
@@ -176,8 +193,21 @@ impl<T: Transport> Connection<T> {
             payload: m.payload.clone(),
             properties,
         };
-        match self.wire.publish(p, &mut self.wbuf) {
+        let r = self.wire.publish(p, &mut self.wbuf);
+        self.published(r, pid, new_alias, &d.msg);
+    }
+
+    /// Counts a written PUBLISH, or handles one that could not be encoded.
+    fn published(
+        &mut self,
+        r: Result<(), EncodeError>,
+        pid: Option<u16>,
+        new_alias: bool,
+        m: &crate::message::Message,
+    ) {
+        match r {
             Ok(()) => {
+                self.wire.count_encoded();
                 Counters::add(&self.session.counters.send_msg, 1);
                 self.broker
                     .metrics

@@ -4,7 +4,7 @@
 
 use std::num::{NonZeroU16, NonZeroU32};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use bytestring::ByteString;
 use rmqtt_codec::error::{DecodeError, EncodeError};
 use rmqtt_codec::types::{Publish, QoS};
@@ -70,6 +70,8 @@ pub struct Wire {
     pub v5: bool,
     /// Packets encoded since the last [`Wire::take_encoded`].
     encoded: u64,
+    /// The client's maximum packet size (v5), for the PUBLISH fast path.
+    max_out: u32,
 }
 
 fn pid(p: NonZeroU16) -> u16 {
@@ -88,6 +90,7 @@ impl Wire {
             codec,
             v5,
             encoded: 0,
+            max_out: u32::MAX,
         }
     }
 
@@ -96,10 +99,18 @@ impl Wire {
         std::mem::take(&mut self.encoded)
     }
 
+    /// Counts a PUBLISH written by the caller (send_pkt counts every packet).
+    pub fn count_encoded(&mut self) {
+        self.encoded += 1;
+    }
+
     /// Applies the client's maximum packet size to what we send (v5).
     pub fn set_max_outbound(&mut self, size: u32) {
         if let MqttCodec::V5(c) = &mut self.codec {
             c.set_max_outbound_size(size);
+        }
+        if size > 0 {
+            self.max_out = size;
         }
     }
 
@@ -266,6 +277,62 @@ impl Wire {
         }
     }
 
+    /// A PUBLISH without properties (3.1.1, or v5 with none to send), written straight
+    /// from the shared message: the fan-out hot path, with no per-delivery allocation and
+    /// no reference-count traffic on the payload. Other PUBLISHes go through the codec.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_plain(
+        &mut self,
+        dup: bool,
+        qos: QoS,
+        retain: bool,
+        topic: &str,
+        packet_id: Option<u16>,
+        payload: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let pid_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
+        let remaining = 2 + topic.len() + pid_len + usize::from(self.v5) + payload.len();
+        let var_len = match remaining {
+            0..=127 => 1,
+            128..=16_383 => 2,
+            16_384..=2_097_151 => 3,
+            2_097_152..=268_435_455 => 4,
+            _ => return Err(EncodeError::InvalidLength),
+        };
+        let total = 1 + var_len + remaining;
+        if total > self.max_out as usize {
+            return Err(EncodeError::OverMaxPacketSize {
+                size: total as u32,
+                max: self.max_out,
+            });
+        }
+        out.reserve(total);
+        out.put_u8(0x30 | u8::from(dup) << 3 | qos.value() << 1 | u8::from(retain));
+        let mut n = remaining;
+        loop {
+            let mut b = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                b |= 0x80;
+            }
+            out.put_u8(b);
+            if n == 0 {
+                break;
+            }
+        }
+        out.put_u16(topic.len() as u16);
+        out.put_slice(topic.as_bytes());
+        if pid_len > 0 {
+            out.put_u16(packet_id.unwrap_or(1));
+        }
+        if self.v5 {
+            out.put_u8(0); // no properties
+        }
+        out.put_slice(payload);
+        Ok(())
+    }
+
     /// A v5 AUTH: `reason` 0x00 success or 0x18 continue.
     pub fn auth(&mut self, reason: u8, method: &str, data: Option<Vec<u8>>, out: &mut BytesMut) {
         self.put(
@@ -421,5 +488,86 @@ fn from_v5(p: v5::Packet) -> Incoming {
         P::SubscribeAck(_) => Incoming::Unexpected("SUBACK"),
         P::UnsubscribeAck(_) => Incoming::Unexpected("UNSUBACK"),
         P::PingResponse => Incoming::Unexpected("PINGRESP"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// The fast path writes exactly what the codec writes, for both versions, every QoS,
+    /// and payloads around the remaining-length boundaries.
+    #[test]
+    fn publish_plain_matches_the_codec() {
+        for v5 in [false, true] {
+            for (qos, pid) in [
+                (QoS::AtMostOnce, None),
+                (QoS::AtLeastOnce, Some(7)),
+                (QoS::ExactlyOnce, Some(65535)),
+            ] {
+                for len in [0usize, 1, 100, 127, 128, 16_380, 16_400, 70_000] {
+                    let codec = || {
+                        if v5 {
+                            MqttCodec::V5(v5::Codec::new(1 << 20, 1 << 20))
+                        } else {
+                            MqttCodec::V3(v3::Codec::new(1 << 20))
+                        }
+                    };
+                    let payload = Bytes::from(vec![0xA5u8; len]);
+                    let mut fast = BytesMut::new();
+                    Wire::new(codec())
+                        .publish_plain(true, qos, true, "a/b", pid, &payload, &mut fast)
+                        .unwrap();
+                    let mut slow = BytesMut::new();
+                    let p = Publish {
+                        dup: true,
+                        retain: true,
+                        qos,
+                        topic: "a/b".into(),
+                        packet_id: pid.and_then(NonZeroU16::new),
+                        payload,
+                        properties: v5.then(Default::default),
+                    };
+                    Wire::new(codec()).publish(p, &mut slow).unwrap();
+                    assert_eq!(fast, slow, "v5={v5} qos={qos:?} len={len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn publish_plain_respects_the_clients_maximum_packet_size() {
+        let mut w = Wire::new(MqttCodec::V5(v5::Codec::new(1 << 20, 1 << 20)));
+        w.set_max_outbound(20);
+        let mut out = BytesMut::new();
+        // 1 + 1 + (2 + 3 + 1 + 13) = 21 bytes: one over.
+        let e = w
+            .publish_plain(
+                false,
+                QoS::AtMostOnce,
+                false,
+                "a/b",
+                None,
+                &[0; 13],
+                &mut out,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(e, EncodeError::OverMaxPacketSize { size: 21, max: 20 }),
+            "{e}"
+        );
+        assert!(out.is_empty());
+        w.publish_plain(
+            false,
+            QoS::AtMostOnce,
+            false,
+            "a/b",
+            None,
+            &[0; 12],
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 20);
     }
 }
