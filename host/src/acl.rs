@@ -69,6 +69,8 @@ pub struct Decision {
     pub allowed: bool,
     /// Who decided and by which rule (for the log).
     pub why: String,
+    /// A plugin failed (a refusal, never cached: the next check asks again).
+    pub failed: bool,
 }
 
 /// Runs the chain for one action (no cache).
@@ -83,6 +85,7 @@ pub async fn decide(broker: &Broker, who: &Identity, client_id: &str, ask: Ask<'
     let no_match = || Decision {
         allowed: broker.config.auth.acl_no_match == NoMatch::Allow,
         why: "no auth plugin decided (auth.acl_no_match)".into(),
+        failed: false,
     };
     let Some(mgr) = broker.plugins() else {
         return no_match();
@@ -109,6 +112,7 @@ pub async fn decide(broker: &Broker, who: &Identity, client_id: &str, ask: Ask<'
                 return Decision {
                     allowed: true,
                     why: format!("allowed by {name}"),
+                    failed: false,
                 };
             }
             Ok(wit::AuthorizeDecision::Deny(rule)) => {
@@ -116,6 +120,7 @@ pub async fn decide(broker: &Broker, who: &Identity, client_id: &str, ask: Ask<'
                 return Decision {
                     allowed: false,
                     why: format!("denied by {name}: {rule}"),
+                    failed: false,
                 };
             }
             Err(e) => {
@@ -124,6 +129,7 @@ pub async fn decide(broker: &Broker, who: &Identity, client_id: &str, ask: Ask<'
                 return Decision {
                     allowed: false,
                     why: format!("auth plugin {name} failed ({e}); denied"),
+                    failed: true,
                 };
             }
         }
@@ -233,7 +239,7 @@ impl Acl {
                 "ACL refused"
             );
         }
-        if self.max > 0 {
+        if self.max > 0 && !d.failed {
             let map = match action {
                 Action::Publish => &mut self.publish,
                 Action::Subscribe => &mut self.subscribe,

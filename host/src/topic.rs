@@ -17,6 +17,9 @@ pub enum TopicError {
     /// Too many levels.
     #[error("too many topic levels")]
     TooDeep,
+    /// Longer than an MQTT string can be (65535 bytes).
+    #[error("topic longer than 65535 bytes")]
+    TooLong,
     /// `$share/` without a group or a filter.
     #[error("malformed shared subscription")]
     BadShare,
@@ -26,6 +29,9 @@ pub enum TopicError {
 pub fn validate_name(topic: &str, max_levels: usize) -> Result<(), TopicError> {
     if topic.is_empty() {
         return Err(TopicError::Empty);
+    }
+    if topic.len() > usize::from(u16::MAX) {
+        return Err(TopicError::TooLong);
     }
     if topic.contains(['+', '#']) {
         return Err(TopicError::Wildcard);
@@ -43,6 +49,9 @@ pub fn validate_name(topic: &str, max_levels: usize) -> Result<(), TopicError> {
 pub fn validate_filter(filter: &str, max_levels: usize) -> Result<(), TopicError> {
     if filter.is_empty() {
         return Err(TopicError::Empty);
+    }
+    if filter.len() > usize::from(u16::MAX) {
+        return Err(TopicError::TooLong);
     }
     if filter.contains('\0') {
         return Err(TopicError::Nul);

@@ -480,7 +480,18 @@ impl<T: Transport> Connection<T> {
         let (method, connect) = (ra.method.clone(), ra.connect.clone());
         let data = a.auth_data.map(|d| d.to_vec());
         match crate::auth::enhanced_step(&self.broker, &connect, &method, data, conv, true).await {
-            Step::Success(_, d) => self.wire.auth(0x00, &method, d, &mut self.wbuf),
+            Step::Success(id, d) => {
+                let old = self.acl.identity();
+                if id.tenant != old.tenant || id.user_id != old.user_id {
+                    return Err(Exit::Protocol(
+                        0x87,
+                        "re-authentication changed the tenant or user".into(),
+                    ));
+                }
+                // Rights may have changed (superuser): start over with the new identity.
+                self.acl = Acl::new(id, &self.broker.config.auth);
+                self.wire.auth(0x00, &method, d, &mut self.wbuf);
+            }
             Step::Continue(d, c) => {
                 if let Some(ra) = self.reauth.as_mut() {
                     ra.conv = Some(c);

@@ -146,7 +146,13 @@ pub async fn read_connect<T: Transport>(
             MqttPacket::V5(v5::Packet::Connect(c)) => from_v5(*c),
             _ => return Err(HandshakeError::NotConnect),
         };
-        Ok((Wire::new(codec), req))
+        let mut wire = Wire::new(codec);
+        if matches!(req.proto_ver, 5) {
+            // The fast PUBLISH path keeps to the codec's outbound limit until the client
+            // names its own.
+            wire.set_max_outbound(max_packet_size);
+        }
+        Ok((wire, req))
     };
     tokio::time::timeout(timeout, work)
         .await

@@ -136,10 +136,13 @@ async fn enhanced_connect<T: Transport>(
     let refuse = |code: u8, why: String| Refusal(code, crate::auth::v3_code(code), why);
     let method = req.auth_method.as_deref().unwrap_or_default();
     let connect = crate::auth::connect_request(req, peer, kind);
-    let deadline = Duration::from_secs(broker.config.listeners.connect_timeout_secs.max(1));
+    // One deadline and a bounded number of rounds for the whole exchange, so a plugin
+    // that keeps answering `continue` cannot hold an unauthenticated socket open.
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(broker.config.listeners.connect_timeout_secs.max(1));
     let mut data = req.auth_data.as_ref().map(|d| d.to_vec());
     let mut conv = None;
-    loop {
+    for _round in 0..MAX_AUTH_ROUNDS {
         match crate::auth::enhanced_step(broker, &connect, method, data.take(), conv.take(), false)
             .await
         {
@@ -148,7 +151,7 @@ async fn enhanced_connect<T: Transport>(
             Step::Continue(challenge, c) => {
                 let mut out = BytesMut::new();
                 wire.auth(0x18, method, Some(challenge), &mut out);
-                let answer = tokio::time::timeout(deadline, async {
+                let answer = tokio::time::timeout_at(deadline, async {
                     io.write(&mut out).await?;
                     loop {
                         match wire.decode(rbuf) {
@@ -182,7 +185,14 @@ async fn enhanced_connect<T: Transport>(
             }
         }
     }
+    Err(refuse(
+        0x87,
+        format!("AUTH exchange took more than {MAX_AUTH_ROUNDS} rounds"),
+    ))
 }
+
+/// AUTH round trips one enhanced authentication may take.
+const MAX_AUTH_ROUNDS: usize = 16;
 
 /// The client's ACL, once its will (if any) passed it: a will the client may not publish
 /// refuses the CONNECT, rather than failing silently when the client goes away.
@@ -190,13 +200,14 @@ async fn will_allowed(
     broker: &Broker,
     identity: crate::auth::Identity,
     req: &ConnectReq,
+    client_id: &str,
 ) -> Result<crate::acl::Acl, Refusal> {
     let mut acl = crate::acl::Acl::new(identity, &broker.config.auth);
     if let Some(w) = &req.will {
         let ok = acl
             .check(
                 broker,
-                &req.client_id,
+                client_id,
                 crate::acl::Ask {
                     action: crate::acl::Action::Publish,
                     topic: &w.topic,
@@ -248,8 +259,13 @@ async fn establish<T: Transport>(
             .map_err(|d| Refusal(d.code, crate::auth::v3_code(d.code), d.message)),
         Err(r) => Err(r),
     };
+    let assigned = req
+        .client_id
+        .is_empty()
+        .then(|| format!("apiary-{:016x}", rand::random::<u64>()));
+    let client_id: Arc<str> = assigned.as_deref().unwrap_or(&req.client_id).into();
     let checked = match checked {
-        Ok(id) => will_allowed(&broker, id, &req).await,
+        Ok(id) => will_allowed(&broker, id, &req, &client_id).await,
         Err(r) => Err(r),
     };
     let acl = match checked {
@@ -277,11 +293,6 @@ async fn establish<T: Transport>(
         }
     };
 
-    let assigned = req
-        .client_id
-        .is_empty()
-        .then(|| format!("apiary-{:016x}", rand::random::<u64>()));
-    let client_id: Arc<str> = assigned.as_deref().unwrap_or(&req.client_id).into();
     let mut server_keepalive = None;
     let mut keepalive = req.keepalive;
     let max_ka = cfg.mqtt.max_keepalive_secs;

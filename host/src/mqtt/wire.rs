@@ -291,6 +291,9 @@ impl Wire {
         payload: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), EncodeError> {
+        if topic.len() > usize::from(u16::MAX) {
+            return Err(EncodeError::InvalidLength);
+        }
         let pid_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
         let remaining = 2 + topic.len() + pid_len + usize::from(self.v5) + payload.len();
         let var_len = match remaining {

@@ -86,11 +86,12 @@ impl apikeys::Host for PluginState {
         algorithm: apikeys::MacAlgorithm,
         message: Vec<u8>,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        // Only with the key this call already acts as: a MAC under any key's secret would
+        // let a plugin forge that key's signatures (and act as it through verify-mac).
         Ok(self.check("apikeys", None).map(|()| {
-            self.ctx
-                .broker
-                .api_keys
-                .lookup(&key)
+            self.acting
+                .as_ref()
+                .filter(|k| k.key == key)
                 .map(|k| k.mac(alg(algorithm), &message))
         }))
     }

@@ -82,6 +82,11 @@ impl Rule {
         };
         if r.publish {
             filter_matches(&filter, r.topic)
+        } else if self.permission == Permission::Deny {
+            // A subscription that could receive anything a deny rule names is refused:
+            // `deny secret/#` stops a subscription to `#` or `+/x` too (ACL is checked at
+            // SUBSCRIBE, not per delivery).
+            filters_overlap(&filter, r.topic)
         } else {
             filter_covers(&filter, r.topic)
         }
@@ -144,6 +149,25 @@ pub fn filter_covers(rule: &str, wanted: &str) -> bool {
     }
 }
 
+/// Whether some topic name matches both filters.
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let wild = |f: &str| f.starts_with(['+', '#']);
+    if (a.starts_with('$') && wild(b)) || (b.starts_with('$') && wild(a)) {
+        return false;
+    }
+    let mut x = a.split('/');
+    let mut y = b.split('/');
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(p), Some(q)) if p == q => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// The first rule that matches, with its index.
 pub fn first_match<'r>(rules: &'r [Rule], r: &Request) -> Option<(usize, &'r Rule)> {
     rules.iter().enumerate().find(|(_, rule)| rule.matches(r))
@@ -195,6 +219,31 @@ mod tests {
         assert!(!filter_covers("a/x", "a/+"), "a literal does not cover +");
         assert!(!filter_covers("#", "$SYS/#"));
         assert!(!filter_covers("a/b", "a/b/c"));
+    }
+
+    #[test]
+    fn overlapping_filters() {
+        assert!(filters_overlap("secret/#", "#"));
+        assert!(filters_overlap("secret/#", "+/x"));
+        assert!(filters_overlap("a/+/c", "a/b/+"));
+        assert!(filters_overlap("a/#", "a"));
+        assert!(filters_overlap("a", "a/#"));
+        assert!(!filters_overlap("a/b", "a/c"));
+        assert!(!filters_overlap("a/b", "a/b/c"));
+        assert!(!filters_overlap("$SYS/#", "#"));
+        assert!(filters_overlap("$SYS/#", "$SYS/+"));
+    }
+
+    #[test]
+    fn a_deny_rule_stops_wider_subscriptions() {
+        let rules = vec![
+            rule(Permission::Deny, RuleAction::Subscribe, "secret/#"),
+            rule(Permission::Allow, RuleAction::All, "#"),
+        ];
+        let hit = |t: &str| first_match(&rules, &req(false, t, Some("u"), "c")).map(|(i, _)| i);
+        assert_eq!(hit("#"), Some(0));
+        assert_eq!(hit("+/x"), Some(0));
+        assert_eq!(hit("public/#"), Some(1));
     }
 
     #[test]

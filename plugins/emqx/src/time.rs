@@ -41,6 +41,9 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fff][Z|±HH:MM]` to Unix milliseconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    if !s.is_ascii() {
+        return None;
+    }
     let b = s.as_bytes();
     if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;
@@ -131,6 +134,7 @@ mod tests {
             parse_rfc3339("2023-09-15T09:36:20.8Z"),
             Some(1_694_770_580_800)
         );
+        assert_eq!(parse_rfc3339("2023-09-15T09:36:20é1234"), None);
         for bad in [
             "",
             "2023-09-15",
