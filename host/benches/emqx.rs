@@ -6,10 +6,10 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apiary::session::{ClientInfo, Session, Transport};
+mod common;
+
 use apiary::Config;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -37,38 +37,6 @@ async fn server(dir: &Path) -> apiary::Server {
     cfg.api_keys_file = Some(keys);
     cfg.plugins_dir = plugins;
     apiary::start(cfg).await.expect("broker starts")
-}
-
-fn populate(b: &apiary::Broker, n: usize) {
-    for i in 0..n {
-        let user: Arc<str> = format!("user{}", i % 1000).into();
-        let info = ClientInfo {
-            username: Some(user.clone()),
-            user_id: Some(user),
-            proto_name: "MQTT",
-            proto_ver: if i % 2 == 0 { 4 } else { 5 },
-            transport: Transport::Tcp,
-            peer: Some(
-                format!("10.0.{}.{}:1883", (i / 250) % 250, i % 250)
-                    .parse()
-                    .unwrap(),
-            ),
-            connected: i % 3 != 0,
-            connected_at: Some(std::time::SystemTime::now()),
-            disconnected_at: None,
-            keepalive: 60,
-            clean_start: i % 5 == 0,
-            expiry_interval: 3600,
-            inflight_max: 32,
-        };
-        let s = Session::new(
-            b.next_id(),
-            "default".into(),
-            format!("client-{i:06}").into(),
-            info,
-        );
-        b.registry.insert(Arc::new(s));
-    }
 }
 
 /// One GET on a keep-alive connection; returns the status.
@@ -125,7 +93,7 @@ fn main() {
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
         let srv = server(dir.path()).await;
-        populate(&srv.broker, sessions);
+        common::populate(&srv.broker, sessions);
         let addr = srv.addrs.http.unwrap();
         for path in [
             "/api/v5/clients?limit=100",

@@ -1,45 +1,16 @@
 //! Registry query cost at 100k sessions: a filtered page of 100 must answer in under
 //! 10 ms (issue 2). Run: `cargo bench -p apiary --bench registry`.
 
-use std::sync::Arc;
-
 use apiary::apikeys::ApiKeyStore;
 use apiary::registry::{Page, Query};
-use apiary::session::{ClientInfo, Session, Transport};
 use apiary::{Broker, Config};
 use criterion::{criterion_group, criterion_main, Criterion};
 
+mod common;
+
 fn populate(n: usize) -> Broker {
     let b = Broker::new(Config::embedded(), ApiKeyStore::default());
-    for i in 0..n {
-        let user: Arc<str> = format!("user{}", i % 1000).into();
-        let info = ClientInfo {
-            username: Some(user.clone()),
-            user_id: Some(user),
-            proto_name: "MQTT",
-            proto_ver: if i % 2 == 0 { 4 } else { 5 },
-            transport: Transport::Tcp,
-            peer: Some(
-                format!("10.0.{}.{}:1883", (i / 250) % 250, i % 250)
-                    .parse()
-                    .unwrap(),
-            ),
-            connected: i % 3 != 0,
-            connected_at: Some(std::time::SystemTime::now()),
-            disconnected_at: None,
-            keepalive: 60,
-            clean_start: i % 5 == 0,
-            expiry_interval: 3600,
-            inflight_max: 32,
-        };
-        let s = Session::new(
-            b.next_id(),
-            "default".into(),
-            format!("client-{i:06}").into(),
-            info,
-        );
-        b.registry.insert(Arc::new(s));
-    }
+    common::populate(&b, n);
     b
 }
 
