@@ -65,7 +65,7 @@ async fn server(dir: &Path, with_auth: bool, cache: usize) -> Server {
         assert!(built.exists(), "run `cargo xtask plugins` first");
         std::fs::copy(&built, plugins.join("auth-file.wasm")).unwrap();
         std::fs::write(plugins.join("auth-file.toml"), auth_file_toml()).unwrap();
-        cfg.auth.allow_anonymous = false;
+        cfg.auth.allow_anonymous = apiary::config::Anonymous::Never;
     }
     cfg.auth.acl_cache_max = cache;
     cfg.plugins_dir = plugins;

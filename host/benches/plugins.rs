@@ -49,7 +49,7 @@ async fn manager(dir: &Path, pooled: bool) -> Arc<PluginManager> {
     )
     .unwrap();
     let b = Broker::new(Config::embedded(), ApiKeyStore::default());
-    let m = PluginManager::new(&p, &dir.join("cache"), b).unwrap();
+    let m = PluginManager::new(&p, &dir.join("cache"), [7; 32], b).unwrap();
     m.load_all().await;
     m
 }
@@ -68,7 +68,7 @@ fn bench(c: &mut Criterion) {
         let mode = if pooled { "pooled" } else { "fresh_instance" };
         g.bench_function(format!("http_call/{mode}"), |b| {
             b.to_async(&rt).iter(|| async {
-                let r = p.handle_http(&engine, req()).await.unwrap();
+                let r = p.handle_http(&engine, req(), None).await.unwrap();
                 assert_eq!(r.status, 200);
             })
         });

@@ -42,6 +42,7 @@ fn broker(dir: &std::path::Path, sync: SyncMode, sessions: usize) -> Broker {
         &StoreConfig {
             sync,
             batch_interval_ms: 10,
+            ..StoreConfig::default()
         },
     )
     .expect("store");
@@ -86,7 +87,7 @@ fn throughput(sync: SyncMode, n: usize) -> f64 {
             QoS::AtLeastOnce,
             false,
         );
-        b.publish(m);
+        b.publish(m).expect("no retained limits here");
     }
     wait_durable(&b);
     let rate = n as f64 / t.elapsed().as_secs_f64();
@@ -108,7 +109,8 @@ fn recovery_time(sessions: usize, per_session: usize) -> (Duration, recovery::Re
                     payload.clone(),
                     QoS::AtLeastOnce,
                     false,
-                ));
+                ))
+                .expect("not retained");
             }
         }
         wait_durable(&b);

@@ -13,7 +13,52 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 /// A right an API key can hold.
-pub const RIGHTS: &[&str] = &["admin", "connections:read", "connections:write", "publish"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Right {
+    /// Everything: every other right, and the native admin routes.
+    Admin,
+    /// Read sessions and subscriptions.
+    ConnectionsRead,
+    /// Kick, subscribe on behalf, expire.
+    ConnectionsWrite,
+    /// Publish as the broker.
+    Publish,
+    /// Scrape `/metrics` and nothing else (for a Prometheus job).
+    MetricsRead,
+}
+
+impl Right {
+    /// Every right, in the order documented.
+    pub const ALL: [Right; 5] = [
+        Right::Admin,
+        Right::ConnectionsRead,
+        Right::ConnectionsWrite,
+        Right::Publish,
+        Right::MetricsRead,
+    ];
+
+    /// The name in key files and APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Right::Admin => "admin",
+            Right::ConnectionsRead => "connections:read",
+            Right::ConnectionsWrite => "connections:write",
+            Right::Publish => "publish",
+            Right::MetricsRead => "metrics:read",
+        }
+    }
+
+    /// Parses a right's name.
+    pub fn parse(s: &str) -> Option<Right> {
+        Right::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Right {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Errors loading the bootstrap file.
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +113,18 @@ pub struct ApiKey {
     /// Tenant the key acts on (`default` unless given; `*` for every tenant).
     pub tenant: String,
     /// Rights.
-    pub rights: Vec<String>,
+    pub rights: Vec<Right>,
 }
 
 impl ApiKey {
     /// Whether the key holds `right` (admin holds every right).
-    pub fn has(&self, right: &str) -> bool {
-        self.rights.iter().any(|r| r == right || r == "admin")
+    pub fn has(&self, right: Right) -> bool {
+        self.rights.iter().any(|&r| r == right || r == Right::Admin)
+    }
+
+    /// Whether the key spans every tenant (`tenant=*`), as broker-wide routes require.
+    pub fn is_global(&self) -> bool {
+        self.tenant == "*"
     }
 
     /// Whether the key may act on `tenant` (`*`: a request spanning every tenant).
@@ -111,6 +161,10 @@ pub struct ApiKeyStore {
     keys: RwLock<HashMap<String, ApiKey>>,
 }
 
+/// Salt and hash an unknown key id is checked against (never matches a real digest).
+const DUMMY_SALT: [u8; 16] = [0x5a; 16];
+const DUMMY_HASH: [u8; 32] = [0; 32];
+
 fn digest(salt: &[u8; 16], secret: &str) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(salt);
@@ -120,7 +174,7 @@ fn digest(salt: &[u8; 16], secret: &str) -> [u8; 32] {
 
 impl ApiKeyStore {
     /// Adds or replaces a key.
-    pub fn add(&self, key: &str, secret: &str, rights: Vec<String>, tenant: &str) {
+    pub fn add(&self, key: &str, secret: &str, rights: Vec<Right>, tenant: &str) {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
         let k = ApiKey {
@@ -134,10 +188,16 @@ impl ApiKeyStore {
         self.keys.write().insert(key.to_string(), k);
     }
 
-    /// Verifies a key and secret; returns the key's record.
+    /// Verifies a key and secret; returns the key's record. An unknown key id costs what
+    /// a wrong secret costs (a digest and a comparison), so timing does not tell which
+    /// key ids exist.
     pub fn verify(&self, key: &str, secret: &str) -> Option<ApiKey> {
         let keys = self.keys.read();
-        let k = keys.get(key)?;
+        let Some(k) = keys.get(key) else {
+            let d = digest(&DUMMY_SALT, secret);
+            let _ = std::hint::black_box(ct_eq(&d, &DUMMY_HASH));
+            return None;
+        };
         let d = digest(&k.salt, secret);
         ct_eq(&d, &k.hash).then(|| k.clone())
     }
@@ -155,7 +215,19 @@ impl ApiKeyStore {
         message: &[u8],
         signature: &[u8],
     ) -> Option<ApiKey> {
-        let k = self.lookup(key)?;
+        let Some(k) = self.lookup(key) else {
+            // As much work as for a known key: timing does not tell which ids exist.
+            let dummy = ApiKey {
+                key: String::new(),
+                salt: DUMMY_SALT,
+                hash: DUMMY_HASH,
+                secret: Secret("apiary-unknown-key".into()),
+                tenant: String::new(),
+                rights: Vec::new(),
+            };
+            let _ = std::hint::black_box(ct_eq(&dummy.mac(alg, message), signature));
+            return None;
+        };
         ct_eq(&k.mac(alg, message), signature).then_some(k)
     }
 
@@ -201,13 +273,18 @@ impl ApiKeyStore {
             if key.is_empty() || secret.is_empty() || tenant.is_empty() {
                 return Err(err("empty key, secret or tenant"));
             }
-            let rights: Vec<String> = rights.split(',').map(|r| r.trim().to_string()).collect();
-            if let Some(bad) = rights.iter().find(|r| !RIGHTS.contains(&r.as_str())) {
-                return Err(err(&format!(
-                    "unknown right {bad:?} (known: {})",
-                    RIGHTS.join(", ")
-                )));
-            }
+            let rights = rights
+                .split(',')
+                .map(|r| {
+                    Right::parse(r.trim()).ok_or_else(|| {
+                        let known: Vec<&str> = Right::ALL.iter().map(|r| r.as_str()).collect();
+                        err(&format!(
+                            "unknown right {r:?} (known: {})",
+                            known.join(", ")
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             self.add(key, secret, rights, tenant);
             n += 1;
         }
@@ -222,11 +299,11 @@ mod tests {
     #[test]
     fn verify_and_rights() {
         let s = ApiKeyStore::default();
-        s.add("k", "secret", vec!["connections:read".into()], "t1");
+        s.add("k", "secret", vec![Right::ConnectionsRead], "t1");
         let k = s.verify("k", "secret").unwrap();
         assert_eq!(k.tenant, "t1");
-        assert!(k.has("connections:read"));
-        assert!(!k.has("publish"));
+        assert!(k.has(Right::ConnectionsRead));
+        assert!(!k.has(Right::Publish));
         assert!(s.verify("k", "wrong").is_none());
         assert!(s.verify("nokey", "secret").is_none());
         assert!(
@@ -239,7 +316,7 @@ mod tests {
     fn macs_match_the_rfc_vectors_and_verify_in_the_store() {
         // RFC 2202 / RFC 4231 test case 2: key "Jefe".
         let s = ApiKeyStore::default();
-        s.add("k", "Jefe", vec!["admin".into()], "*");
+        s.add("k", "Jefe", vec![Right::Admin], "*");
         let msg = b"what do ya want for nothing?";
         let k = s.lookup("k").unwrap();
         let hex = |v: Vec<u8>| v.iter().map(|b| format!("{b:02x}")).collect::<String>();
@@ -275,10 +352,11 @@ mod tests {
         .unwrap();
         let s = ApiKeyStore::default();
         assert_eq!(s.load_file(&p).unwrap(), 2);
-        assert!(s.verify("admin", "s3cret").unwrap().has("publish"));
+        assert!(s.verify("admin", "s3cret").unwrap().has(Right::Publish));
         let ro = s.verify("ro", "x").unwrap();
         assert_eq!(ro.tenant, "acme");
-        assert!(ro.has("connections:read") && ro.has("publish") && !ro.has("connections:write"));
+        assert!(ro.has(Right::ConnectionsRead) && ro.has(Right::Publish));
+        assert!(!ro.has(Right::ConnectionsWrite));
         std::fs::write(&p, "a:b:fly\n").unwrap();
         let e = s.load_file(&p).unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("fly"), "{e}");

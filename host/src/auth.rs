@@ -1,7 +1,10 @@
 //! The authentication chain over the `auth` role of the plugin runtime: auth plugins in
-//! priority order, the first that does not `ignore` decides; when all ignore,
-//! `allow_anonymous` does. A plugin that fails (trap, timeout, backing off) denies: auth
-//! never fails open. A tenant a plugin returns must be one its toml grants.
+//! priority order, the first that does not `ignore` decides. When all ignore, a client
+//! that gave a username is refused as for a wrong password (0x86, so a refusal never
+//! tells whether a username exists), and one without is anonymous: `allow_anonymous`
+//! decides. A plugin that fails (trap, timeout, busy, backing off) refuses with 0x88
+//! (server unavailable, which clients retry): auth never fails open. A tenant a plugin
+//! returns must be one its toml grants.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -199,7 +202,10 @@ pub async fn enhanced_step(
             }
             Err(e) => {
                 m.auth_failed.fetch_add(1, Ordering::Relaxed);
-                return denied(0x87, format!("auth plugin {name} failed ({e}); denied"));
+                return denied(
+                    UNAVAILABLE,
+                    format!("auth plugin {name} failed ({e}); refused"),
+                );
             }
         }
     }
@@ -213,9 +219,11 @@ async fn decide(
     transport: Transport,
 ) -> Result<Identity, Denied> {
     let username: Option<Arc<str>> = req.username.as_deref().map(Arc::from);
+    let mut asked = false;
     if let Some(mgr) = broker.plugins() {
         let chain = mgr.auth_chain();
         if !chain.is_empty() {
+            asked = true;
             let wreq = connect_request(req, peer, transport);
             for p in chain {
                 let name = &p.ctx.name;
@@ -231,15 +239,24 @@ async fn decide(
                     Err(e) => {
                         broker.metrics.auth_failed.fetch_add(1, Ordering::Relaxed);
                         return Err(Denied {
-                            code: 0x87,
-                            message: format!("auth plugin {name} failed ({e}); denied"),
+                            code: UNAVAILABLE,
+                            message: format!("auth plugin {name} failed ({e}); refused"),
                         });
                     }
                 }
             }
         }
     }
-    if broker.config.auth.allow_anonymous {
+    if asked && username.is_some() {
+        // Nobody knows this user: the answer a wrong password gets, so that a refusal
+        // does not tell whether a username exists.
+        return Err(Denied {
+            code: 0x86,
+            message: "bad username or password (no auth plugin accepted this username)".into(),
+        });
+    }
+    let anonymous = broker.config.auth.allow_anonymous;
+    if anonymous.allows(peer.ip()) {
         Ok(Identity {
             tenant: "default".into(),
             user_id: username.clone(),
@@ -249,7 +266,16 @@ async fn decide(
     } else {
         Err(Denied {
             code: 0x87,
-            message: "no auth plugin accepted the client and anonymous access is disabled".into(),
+            message: match anonymous {
+                crate::config::Anonymous::Loopback => {
+                    "anonymous clients are accepted from loopback only ([auth] allow_anonymous = \"loopback\")".into()
+                }
+                _ => "no auth plugin accepted the client and anonymous access is disabled".into(),
+            },
         })
     }
 }
+
+/// CONNACK reason for a refusal the client did not cause (a plugin failed, is busy or
+/// backing off): 0x88 Server unavailable, 3.1.1 return code 3; clients retry it.
+const UNAVAILABLE: u8 = 0x88;

@@ -36,12 +36,20 @@ pub struct Shared {
     pub retained: RetainedStore,
     /// Counters exported on /metrics.
     pub metrics: Metrics,
+    /// Per-tenant message counters, for each tenant's `$SYS` topics.
+    pub tenant_stats: crate::metrics::TenantStats,
     /// API keys of every admin surface.
     pub api_keys: ApiKeyStore,
     /// Durable state (None: nothing is stored, as in unit benchmarks).
     pub store: Option<Arc<Store>>,
     /// What publish/subscribe authorisation needs from the plugin set.
     pub acl: crate::acl::AclShared,
+    /// CONNECTs per second per IP address.
+    pub connect_rate: crate::limits::ConnectRate,
+    /// Failed admin API logins per IP address.
+    pub login_throttle: crate::limits::LoginThrottle,
+    /// Native password checks for auth plugins, on a bounded pool.
+    pub passwords: crate::passwords::Passwords,
     /// Loaded plugins (set once at startup). Weak: the manager's plugins hold the broker,
     /// and the server owns the manager, so shutdown drops the whole graph.
     plugins_mgr: std::sync::OnceLock<std::sync::Weak<crate::plugins::PluginManager>>,
@@ -68,6 +76,23 @@ thread_local! {
     static MATCHES: RefCell<Vec<Subscriber>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Why the broker refused a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishRefused {
+    /// A retained message over its tenant's retained limits.
+    #[error(transparent)]
+    Retained(#[from] crate::router::retained::RetainedRefused),
+}
+
+impl PublishRefused {
+    /// The MQTT 5 PUBACK/PUBREC reason code.
+    pub fn reason_code(self) -> u8 {
+        match self {
+            PublishRefused::Retained(_) => 0x97,
+        }
+    }
+}
+
 /// Why a subscription was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
@@ -83,6 +108,9 @@ pub enum SubscribeError {
     /// The session has as many subscriptions as allowed.
     #[error("subscription quota exceeded")]
     QuotaExceeded,
+    /// The session ended (while the subscription was being made).
+    #[error("the session has ended")]
+    SessionEnded,
 }
 
 impl SubscribeError {
@@ -93,6 +121,7 @@ impl SubscribeError {
             SubscribeError::SharedNotSupported => 0x9E,
             SubscribeError::WildcardNotSupported => 0xA2,
             SubscribeError::QuotaExceeded => 0x97,
+            SubscribeError::SessionEnded => 0x80,
         }
     }
 }
@@ -106,15 +135,29 @@ impl Broker {
     /// Builds the broker state over a store.
     pub fn with_store(config: Config, api_keys: ApiKeyStore, store: Option<Arc<Store>>) -> Self {
         let (shutdown, _) = watch::channel(false);
+        let l = &config.listeners;
+        let connect_rate = crate::limits::ConnectRate::new(
+            l.connect_rate_per_ip,
+            l.connect_burst_per_ip,
+            l.connect_rate_loopback,
+        );
+        let login_throttle = crate::limits::LoginThrottle::new(
+            config.http.max_auth_failures,
+            std::time::Duration::from_secs(60),
+        );
         Broker(Arc::new(Shared {
             config,
             registry: Registry::default(),
             router: Router::default(),
             retained: RetainedStore::default(),
             metrics: Metrics::default(),
+            tenant_stats: crate::metrics::TenantStats::default(),
             api_keys,
             store,
             acl: crate::acl::AclShared::default(),
+            connect_rate,
+            login_throttle,
+            passwords: crate::passwords::Passwords::default(),
             plugins_mgr: std::sync::OnceLock::new(),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
@@ -153,6 +196,11 @@ impl Broker {
         self.shutdown.subscribe()
     }
 
+    /// Whether shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
     /// Starts shutdown: listeners stop accepting, connections are told to close.
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -168,7 +216,9 @@ impl Broker {
     /// Routes a message to every matching subscription and stores it if retained.
     /// Returns the number of sessions whose subscriptions matched (a delivery dropped at
     /// a full queue still counts: it had a subscriber, and the drop is counted apart).
-    pub fn publish(&self, msg: Message) -> usize {
+    /// A retained message its tenant has no room for is refused whole (not routed), as
+    /// any other refusal: MQTT 5 publishers see 0x97 (docs/decisions/0009).
+    pub fn publish(&self, msg: Message) -> Result<usize, PublishRefused> {
         let msg = Arc::new(msg);
         self.metrics
             .messages_received
@@ -179,7 +229,18 @@ impl Broker {
             let mut kept = (*msg).clone();
             kept.topic = ByteString::from(&*msg.topic);
             kept.payload = bytes::Bytes::copy_from_slice(&msg.payload);
-            self.retained.set(Arc::new(kept));
+            let r = &self.config.retained;
+            let limits = crate::router::retained::Limits {
+                max_messages: r.max_messages,
+                max_bytes: r.max_bytes,
+            };
+            if let Err(e) = self.retained.set(Arc::new(kept), limits) {
+                self.metrics
+                    .retained_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(tenant = %msg.tenant, topic = %&*msg.topic, error = %e, "retained publish refused");
+                return Err(PublishRefused::Retained(e));
+            }
             if let Some(store) = &self.store {
                 store.submit(if msg.payload.is_empty() {
                     Op::DeleteRetained(msg.tenant.clone(), msg.topic.clone())
@@ -213,8 +274,22 @@ impl Broker {
                     .messages_no_subscriber
                     .fetch_add(1, Ordering::Relaxed);
             }
-            matched
+            Ok(matched)
         })
+    }
+
+    /// Removes expired retained messages (memory and store); returns how many.
+    pub fn prune_retained(&self) -> usize {
+        let gone = self.retained.prune_expired(std::time::Instant::now());
+        if let Some(store) = &self.store {
+            for (tenant, topic) in &gone {
+                store.submit(Op::DeleteRetained(tenant.clone(), topic.clone()));
+            }
+        }
+        self.metrics
+            .retained_expired
+            .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        gone.len()
     }
 
     /// Queues one delivery for a session and wakes its connection. False if dropped.
@@ -233,6 +308,10 @@ impl Broker {
             .filter(|_| d.qos != QoS::AtMostOnce && session.is_persistent());
         let (outcome, dels) = {
             let mut st = session.state.lock();
+            if st.ended {
+                // Matched a session that ended a moment ago: nobody will read it.
+                return false;
+            }
             let put = store.map(|_| {
                 st.next_seq += 1;
                 d.seq = st.next_seq;
@@ -283,10 +362,16 @@ impl Broker {
         }
     }
 
-    /// Writes a persistent session's record (subscriptions, will, expiry, identity).
+    /// Writes a persistent session's record (will, expiry, identity; subscriptions are
+    /// keys of their own). Built and submitted under the session's lock, so two
+    /// snapshots of one session reach the store in the order they were taken.
     pub fn persist_session(&self, s: &Session) {
         if let (Some(store), true) = (&self.store, s.is_persistent()) {
-            let r = crate::store::recovery::session_record(s);
+            let st = s.state.lock();
+            if st.ended {
+                return;
+            }
+            let r = crate::store::recovery::session_record(s, &st);
             store.submit(Op::PutSession(
                 s.tenant.clone(),
                 s.client_id.clone(),
@@ -308,7 +393,9 @@ impl Broker {
 
     /// Adds or replaces a subscription of a session (MQTT SUBSCRIBE or an admin operation).
     /// Returns whether it is new. Retained messages are not sent here: see
-    /// [`Broker::send_retained`].
+    /// [`Broker::send_retained`]. The session's subscriptions, the router and the store
+    /// change in one critical section of the session's lock, which a discard also takes:
+    /// a subscription cannot land on a session that has ended.
     pub fn subscribe(
         &self,
         session: &Arc<Session>,
@@ -323,8 +410,11 @@ impl Broker {
         if !mcfg.wildcard_subscription_available && parsed.filter.contains(['+', '#']) {
             return Err(SubscribeError::WildcardNotSupported);
         }
-        {
+        let new = {
             let mut st = session.state.lock();
+            if st.ended {
+                return Err(SubscribeError::SessionEnded);
+            }
             let exists = st.subscriptions.contains_key(raw);
             if !exists
                 && mcfg.max_subscriptions > 0
@@ -333,16 +423,22 @@ impl Broker {
                 return Err(SubscribeError::QuotaExceeded);
             }
             st.subscriptions.insert(raw.to_string(), opts);
-        }
-        self.persist_session(session);
-        let new = self.router.subscribe(
-            &session.tenant,
-            &parsed,
-            Subscriber {
-                session: session.clone(),
-                opts,
-            },
-        );
+            if let (Some(store), true) = (&self.store, session.is_persistent()) {
+                store.submit(Op::PutSub(
+                    session.tenant.clone(),
+                    session.client_id.clone(),
+                    Box::new(crate::store::recovery::sub_record(raw, &opts)),
+                ));
+            }
+            self.router.subscribe(
+                &session.tenant,
+                &parsed,
+                Subscriber {
+                    session: session.clone(),
+                    opts,
+                },
+            )
+        };
         self.metrics
             .subscriptions
             .fetch_add(u64::from(new), Ordering::Relaxed);
@@ -381,18 +477,21 @@ impl Broker {
 
     /// Removes a subscription. Returns whether it existed.
     pub fn unsubscribe(&self, session: &Arc<Session>, raw: &str) -> bool {
-        let existed = session.state.lock().subscriptions.remove(raw).is_some();
-        if existed {
-            self.persist_session(session);
-        }
-        if let Ok(parsed) = topic::parse_filter(raw, self.config.mqtt.max_topic_levels) {
-            if self
-                .router
-                .unsubscribe(&session.tenant, &parsed, session.id)
-            {
-                self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        let existed = {
+            let mut st = session.state.lock();
+            let existed = st.subscriptions.remove(raw).is_some();
+            if existed {
+                self.unroute(session, raw);
+                if let (Some(store), true) = (&self.store, session.is_persistent()) {
+                    store.submit(Op::DeleteSub(
+                        session.tenant.clone(),
+                        session.client_id.clone(),
+                        raw.to_string(),
+                    ));
+                }
             }
-        }
+            existed
+        };
         if existed {
             self.registry.emit(Event::Unsubscribed {
                 tenant: session.tenant.clone(),
@@ -401,6 +500,18 @@ impl Broker {
             });
         }
         existed
+    }
+
+    /// Removes one of a session's filters from the router (caller holds its lock).
+    pub(crate) fn unroute(&self, session: &Session, raw: &str) {
+        if let Ok(parsed) = topic::parse_filter(raw, self.config.mqtt.max_topic_levels) {
+            if self
+                .router
+                .unsubscribe(&session.tenant, &parsed, session.id)
+            {
+                self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -54,12 +54,17 @@ pub struct Config {
     pub plugins_dir: PathBuf,
     /// Where compiled plugins are cached (default: `data_dir/plugin-cache`).
     pub plugin_cache_dir: Option<PathBuf>,
+    /// The key that authenticates cached compiled plugins (default:
+    /// `data_dir/plugin-cache.key`, created with mode 0600).
+    pub plugin_cache_key_file: Option<PathBuf>,
     /// Bootstrap API keys file: one `key:secret:right[,right...][:tenant=NAME]` per line.
     pub api_keys_file: Option<PathBuf>,
     /// Interval of `$SYS/broker/...` publications in seconds (0 disables them).
     pub sys_interval_secs: u64,
     /// Authentication and authorisation.
     pub auth: AuthConfig,
+    /// Retained message limits.
+    pub retained: RetainedConfig,
 }
 
 impl Default for Config {
@@ -73,9 +78,11 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             plugins_dir: PathBuf::from("plugins.d"),
             plugin_cache_dir: None,
+            plugin_cache_key_file: None,
             api_keys_file: None,
             sys_interval_secs: 10,
             auth: AuthConfig::default(),
+            retained: RetainedConfig::default(),
         }
     }
 }
@@ -104,6 +111,13 @@ pub struct ListenersConfig {
     /// Seconds one write to a client may block (it stopped reading) before the
     /// connection is closed.
     pub write_timeout_secs: u64,
+    /// CONNECTs per second one IP address may make (0 = unlimited); over it, CONNACK
+    /// 0x9F (3.1.1: 3, server unavailable).
+    pub connect_rate_per_ip: u32,
+    /// CONNECTs one IP address may make in a burst above its rate.
+    pub connect_burst_per_ip: u32,
+    /// Apply the per-IP CONNECT rate to loopback addresses too.
+    pub connect_rate_loopback: bool,
 }
 
 impl Default for ListenersConfig {
@@ -118,6 +132,9 @@ impl Default for ListenersConfig {
             max_connections: 100_000,
             connect_timeout_secs: 10,
             write_timeout_secs: 30,
+            connect_rate_per_ip: 100,
+            connect_burst_per_ip: 200,
+            connect_rate_loopback: false,
         }
     }
 }
@@ -154,7 +171,7 @@ impl Default for MqttConfig {
             receive_maximum: 32,
             topic_alias_maximum: 1024,
             max_keepalive_secs: 0,
-            max_subscriptions: 0,
+            max_subscriptions: 1000,
             max_topic_levels: 128,
             retain_available: true,
             shared_subscription_available: true,
@@ -201,7 +218,7 @@ impl Default for SessionConfig {
         Self {
             max_inflight: 512,
             max_queued_messages: 1000,
-            max_queued_bytes: 0,
+            max_queued_bytes: 16 << 20,
             queue_full: QueueFullPolicy::DropOldest,
             queue_qos0_offline: true,
             v3_session_expiry_secs: u32::MAX,
@@ -221,13 +238,55 @@ pub enum NoMatch {
     Deny,
 }
 
+/// When a CONNECT that no auth plugin decided is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anonymous {
+    /// Always (`true`).
+    Always,
+    /// Never (`false`).
+    Never,
+    /// Only from loopback addresses (`"loopback"`, the default): a fresh install works
+    /// from the machine it runs on and nowhere else.
+    Loopback,
+}
+
+impl Anonymous {
+    /// Whether an undecided CONNECT from `ip` is accepted.
+    pub fn allows(self, ip: std::net::IpAddr) -> bool {
+        match self {
+            Anonymous::Always => true,
+            Anonymous::Never => false,
+            Anonymous::Loopback => ip.to_canonical().is_loopback(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Anonymous {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Anonymous::Always),
+            Raw::Bool(false) => Ok(Anonymous::Never),
+            Raw::Text(t) if t == "loopback" => Ok(Anonymous::Loopback),
+            Raw::Text(t) => Err(serde::de::Error::custom(format!(
+                "allow_anonymous must be true, false or \"loopback\", not {t:?}"
+            ))),
+        }
+    }
+}
+
 /// The auth chain: CONNECT authentication and publish/subscribe authorisation by the
 /// `auth` plugins (see `docs/plugins.md`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Accept a CONNECT that no auth plugin decided (none loaded, or all ignored).
-    pub allow_anonymous: bool,
+    /// Accept a CONNECT that no auth plugin decided: true, false or "loopback".
+    pub allow_anonymous: Anonymous,
     /// A publish or subscribe that no auth plugin decided.
     pub acl_no_match: NoMatch,
     /// ACL decisions cached per connection (action + topic); 0 turns the cache off.
@@ -239,7 +298,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            allow_anonymous: false,
+            allow_anonymous: Anonymous::Loopback,
             acl_no_match: NoMatch::Allow,
             acl_cache_max: 256,
             acl_cache_ttl_secs: 60,
@@ -248,11 +307,47 @@ impl Default for AuthConfig {
 }
 
 /// Native HTTP API.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Listen address of the native API and the plugin HTTP gateway.
     pub listen: Option<SocketAddr>,
+    /// The same over HTTPS, with the MQTT listeners' certificate and key.
+    pub https: Option<SocketAddr>,
+    /// Failed API-key logins one IP address may make per minute before it gets 429.
+    pub max_auth_failures: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            https: None,
+            max_auth_failures: 10,
+        }
+    }
+}
+
+/// Retained messages: limits per tenant, and pruning of expired ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetainedConfig {
+    /// Retained messages one tenant may keep (0 = unlimited).
+    pub max_messages: usize,
+    /// Payload bytes of retained messages one tenant may keep (0 = unlimited).
+    pub max_bytes: usize,
+    /// Seconds between sweeps that remove expired retained messages.
+    pub prune_interval_secs: u64,
+}
+
+impl Default for RetainedConfig {
+    fn default() -> Self {
+        Self {
+            max_messages: 100_000,
+            max_bytes: 256 << 20,
+            prune_interval_secs: 60,
+        }
+    }
 }
 
 impl Config {
@@ -319,11 +414,15 @@ impl Config {
                 max_connections: 10_000,
                 ..Default::default()
             },
-            http: HttpConfig { listen: Some(any) },
+            http: HttpConfig {
+                listen: Some(any),
+                https: Some(any),
+                ..HttpConfig::default()
+            },
             data_dir,
             sys_interval_secs: 0,
             auth: AuthConfig {
-                allow_anonymous: true,
+                allow_anonymous: Anonymous::Always,
                 ..AuthConfig::default()
             },
             ..Self::embedded()
@@ -361,6 +460,24 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let err = Config::from_toml("[mqtt]\nmax_packet_sise = 10\n", "t").unwrap_err();
         assert!(err.to_string().contains("max_packet_sise"), "{err}");
+    }
+
+    #[test]
+    fn allow_anonymous_takes_a_bool_or_loopback() {
+        use std::net::IpAddr;
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lo6: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let far: IpAddr = "192.0.2.7".parse().unwrap();
+        let c = Config::embedded();
+        assert_eq!(c.auth.allow_anonymous, Anonymous::Loopback);
+        assert!(c.auth.allow_anonymous.allows(lo) && c.auth.allow_anonymous.allows(lo6));
+        assert!(!c.auth.allow_anonymous.allows(far));
+        let c = Config::from_toml("[auth]\nallow_anonymous = true\n", "t").unwrap();
+        assert!(c.auth.allow_anonymous.allows(far));
+        let c = Config::from_toml("[auth]\nallow_anonymous = false\n", "t").unwrap();
+        assert!(!c.auth.allow_anonymous.allows(lo));
+        let e = Config::from_toml("[auth]\nallow_anonymous = \"lan\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
     }
 
     #[test]

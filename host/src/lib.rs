@@ -13,12 +13,15 @@ pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod message;
 pub mod metrics;
 pub mod mqtt;
+pub mod passwords;
 pub mod plugins;
 pub mod registry;
 pub mod router;
+pub mod secrets;
 pub mod session;
 pub mod store;
 pub mod sys;
@@ -77,6 +80,8 @@ pub struct Addrs {
     pub wss: Option<SocketAddr>,
     /// Native HTTP API.
     pub http: Option<SocketAddr>,
+    /// Native HTTP API over TLS.
+    pub https: Option<SocketAddr>,
 }
 
 /// A running broker.
@@ -90,8 +95,18 @@ pub struct Server {
     tasks: JoinSet<()>,
 }
 
-/// Binds every configured listener and starts serving.
+/// Binds every configured listener and starts serving, with state in
+/// `data_dir/store` (fjall).
 pub async fn start(config: Config) -> Result<Server, StartError> {
+    start_with_backend(config, None).await
+}
+
+/// As [`start`], over a given store backend (None: fjall in `data_dir/store`): for
+/// embedding another engine, and for tests that inject disk faults.
+pub async fn start_with_backend(
+    config: Config,
+    backend: Option<Arc<dyn store::Backend>>,
+) -> Result<Server, StartError> {
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
         path: data_dir.clone(),
@@ -102,14 +117,18 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         let n = keys.load_file(f)?;
         tracing::info!(file = %f.display(), keys = n, "loaded API keys");
     }
+    first_admin_key(&keys, &data_dir)?;
     // Durable state first: the registry, router and retained set are whole before any
     // listener accepts a connection.
     let store_dir = data_dir.join("store");
-    let store = store::Store::open(&store_dir, &config.store)?;
+    let store = match backend {
+        Some(b) => store::Store::with_backend(b, &store_dir, &config.store)?,
+        None => store::Store::open(&store_dir, &config.store)?,
+    };
     let recovered = store::recovery::load(&store)?;
 
     let l = config.listeners.clone();
-    let tls = if l.tls.is_some() || l.wss.is_some() {
+    let tls = if l.tls.is_some() || l.wss.is_some() || config.http.https.is_some() {
         let (cert, key) = match (&l.cert, &l.key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => listener::ensure_self_signed(&data_dir.join("tls"))?,
@@ -118,14 +137,17 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     } else {
         None
     };
-    let http_listener = match config.http.listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
+    let bind_http = |addr: Option<std::net::SocketAddr>| async move {
+        match addr {
+            Some(addr) => tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|source| ListenerError::Bind { addr, source })?,
-        ),
-        None => None,
+                .map(Some)
+                .map_err(|source| ListenerError::Bind { addr, source }),
+            None => Ok(None),
+        }
     };
+    let http_listener = bind_http(config.http.listen).await?;
+    let https_listener = bind_http(config.http.https).await?;
     let mut bound = Vec::new();
     for (kind, addr) in [
         (Transport::Tcp, l.tcp),
@@ -157,7 +179,16 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         .plugin_cache_dir
         .clone()
         .unwrap_or_else(|| data_dir.join("plugin-cache"));
-    let manager = plugins::PluginManager::new(&plugins_dir, &cache_dir, broker.clone())?;
+    let key_path = broker
+        .config
+        .plugin_cache_key_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("plugin-cache.key"));
+    let cache_key = secrets::key_file(&key_path).map_err(|source| StartError::DataDir {
+        path: key_path.clone(),
+        source,
+    })?;
+    let manager = plugins::PluginManager::new(&plugins_dir, &cache_dir, cache_key, broker.clone())?;
     manager.load_all().await;
     broker.set_plugins(&manager);
     let auth_plugins: Vec<String> = manager
@@ -165,15 +196,23 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         .iter()
         .map(|p| p.ctx.name.clone())
         .collect();
-    if broker.config.auth.allow_anonymous {
-        tracing::info!(plugins = ?auth_plugins, "auth: anonymous clients are accepted when no auth plugin decides");
-    } else if auth_plugins.is_empty() {
-        tracing::warn!("auth: no auth plugin is loaded and anonymous access is off, so every CONNECT will be refused (set [auth] allow_anonymous, or configure plugins.d/auth-file.toml)");
-    } else {
-        tracing::info!(plugins = ?auth_plugins, "auth: anonymous access is off; clients no auth plugin accepts are refused");
+    match broker.config.auth.allow_anonymous {
+        config::Anonymous::Always => {
+            tracing::warn!(plugins = ?auth_plugins, "auth: anonymous clients are accepted from anywhere ([auth] allow_anonymous = true)")
+        }
+        config::Anonymous::Loopback => {
+            tracing::info!(plugins = ?auth_plugins, "auth: anonymous clients are accepted from loopback only; others need a user an auth plugin accepts")
+        }
+        config::Anonymous::Never if auth_plugins.is_empty() => {
+            tracing::warn!("auth: no auth plugin is loaded and anonymous access is off, so every CONNECT will be refused (set [auth] allow_anonymous, or add users to plugins.d/auth-file.toml)")
+        }
+        config::Anonymous::Never => {
+            tracing::info!(plugins = ?auth_plugins, "auth: anonymous access is off; clients no auth plugin accepts are refused")
+        }
     }
     let mut addrs = Addrs {
         http: http_listener.as_ref().and_then(|h| h.local_addr().ok()),
+        https: https_listener.as_ref().and_then(|h| h.local_addr().ok()),
         ..Default::default()
     };
     let mut tasks = JoinSet::new();
@@ -192,9 +231,19 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     if let Some(h) = http_listener {
         tasks.spawn(http::serve(h, broker.clone()));
     }
+    if let (Some(h), Some(tls)) = (https_listener, tls.clone()) {
+        tasks.spawn(http::serve_tls(h, tls, broker.clone()));
+    }
+    let prune = broker.config.retained.prune_interval_secs;
+    if prune > 0 {
+        tasks.spawn(prune_retained(broker.clone(), Duration::from_secs(prune)));
+    }
     tasks.spawn(manager.clone().watch());
-    let initial_events =
-        (!manager.events_plugins().is_empty()).then(|| broker.registry.subscribe_events(true));
+    let initial_events = (!manager.events_plugins().is_empty()).then(|| {
+        broker
+            .registry
+            .subscribe_events(manager.events_want_messages())
+    });
     tasks.spawn(manager.clone().pump_events(initial_events));
     if sys_interval > 0 {
         tasks.spawn(sys::run(broker.clone(), Duration::from_secs(sys_interval)));
@@ -205,6 +254,60 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         addrs,
         tasks,
     })
+}
+
+/// Removes expired retained messages every `every` until shutdown.
+async fn prune_retained(broker: Broker, every: Duration) {
+    let mut shutdown = broker.shutdown_signal();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let n = broker.prune_retained();
+                if n > 0 {
+                    tracing::debug!(removed = n, "expired retained messages pruned");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The admin key a first start makes: with no API key configured, the admin API would
+/// be unusable, so one key (every right, every tenant) is created in
+/// `data_dir/api-keys.txt` (mode 0600, the bootstrap format) and its secret logged once.
+/// Later starts load that file without logging the secret.
+fn first_admin_key(keys: &ApiKeyStore, data_dir: &std::path::Path) -> Result<(), StartError> {
+    let path = data_dir.join("api-keys.txt");
+    let io = |source| StartError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    if path.exists() {
+        secrets::tighten(&path).map_err(io)?;
+        let n = keys.load_file(&path)?;
+        tracing::info!(file = %path.display(), keys = n, "loaded API keys");
+    }
+    if !keys.is_empty() {
+        return Ok(());
+    }
+    let key = format!("admin-{:08x}", rand::random::<u32>());
+    let secret: String = (0..32)
+        .map(|_| char::from(b"abcdefghijkmnpqrstuvwxyz23456789"[rand::random_range(0..32)]))
+        .collect();
+    let line = format!(
+        "# Created at first start because no API key was configured. Format: key:secret:rights[:tenant=NAME]\n{key}:{secret}:admin:tenant=*\n"
+    );
+    secrets::write_private(&path, line.as_bytes()).map_err(io)?;
+    keys.load_file(&path)?;
+    tracing::warn!(
+        file = %path.display(),
+        key = %key,
+        secret = %secret,
+        "created an admin API key (every right, every tenant); the secret is shown only now, and kept in the file (mode 0600). Use it as HTTP basic auth: curl -u {key}:{secret}",
+    );
+    Ok(())
 }
 
 impl Server {

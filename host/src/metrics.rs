@@ -51,6 +51,10 @@ pub struct Metrics {
     pub sessions_expired: AtomicU64,
     /// Admin API requests refused for bad credentials.
     pub api_auth_failed: AtomicU64,
+    /// Admin API requests refused because their address failed too many logins.
+    pub api_auth_throttled: AtomicU64,
+    /// CONNECTs refused because their address was over its CONNECT rate.
+    pub connect_rate_limited: AtomicU64,
     /// CONNECTs the auth chain accepted.
     pub auth_allowed: AtomicU64,
     /// CONNECTs the auth chain refused.
@@ -69,6 +73,43 @@ pub struct Metrics {
     pub acl_publish_denied: AtomicU64,
     /// Subscriptions refused by ACL (SUBACK 0x87 / 0x80).
     pub acl_subscribe_denied: AtomicU64,
+    /// Plugin versions loaded (first loads and reloads).
+    pub plugin_loads: AtomicU64,
+    /// Plugin loads that failed (the previous version, if any, kept serving).
+    pub plugin_load_failures: AtomicU64,
+    /// Compiled-plugin cache entries refused by their integrity check (recompiled).
+    pub plugin_cache_rejected: AtomicU64,
+    /// Retained publishes refused because their tenant was at its retained limits.
+    pub retained_refused: AtomicU64,
+    /// Retained messages removed because they expired.
+    pub retained_expired: AtomicU64,
+}
+
+/// Messages of one tenant's clients, for the tenant's own `$SYS` topics.
+#[derive(Debug, Default)]
+pub struct TenantCounters {
+    /// PUBLISH packets received from the tenant's clients.
+    pub received: AtomicU64,
+    /// PUBLISH packets sent to the tenant's clients.
+    pub sent: AtomicU64,
+}
+
+/// [`TenantCounters`] by tenant. A connection looks its tenant's up once, at CONNECT.
+#[derive(Debug, Default)]
+pub struct TenantStats {
+    map: parking_lot::RwLock<
+        std::collections::HashMap<std::sync::Arc<str>, std::sync::Arc<TenantCounters>>,
+    >,
+}
+
+impl TenantStats {
+    /// The counters of `tenant` (created on first use).
+    pub fn of(&self, tenant: &std::sync::Arc<str>) -> std::sync::Arc<TenantCounters> {
+        if let Some(c) = self.map.read().get(tenant) {
+            return c.clone();
+        }
+        self.map.write().entry(tenant.clone()).or_default().clone()
+    }
 }
 
 /// Index of a transport in the per-transport arrays.
@@ -96,8 +137,9 @@ impl Metrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Prometheus text exposition; `gauges` adds values computed by the caller.
-    pub fn render(&self, gauges: &[(&str, &str, u64)]) -> String {
+    /// Prometheus text exposition; `gauges` and `counters` add values the caller read
+    /// from elsewhere.
+    pub fn render(&self, gauges: &[(&str, &str, u64)], counters: &[(&str, &str, u64)]) -> String {
         let mut s = String::with_capacity(4096);
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut counter = |name: &str, help: &str, v: u64| {
@@ -179,6 +221,16 @@ impl Metrics {
             g(&self.api_auth_failed),
         );
         counter(
+            "apiary_api_auth_throttled_total",
+            "Admin API requests refused (429) after too many failed logins from their address.",
+            g(&self.api_auth_throttled),
+        );
+        counter(
+            "apiary_connect_rate_limited_total",
+            "CONNECTs refused (0x9F) because their address was over its CONNECT rate.",
+            g(&self.connect_rate_limited),
+        );
+        counter(
             "apiary_auth_allowed_total",
             "CONNECTs the auth chain accepted.",
             g(&self.auth_allowed),
@@ -223,6 +275,31 @@ impl Metrics {
             "Subscriptions refused by ACL (SUBACK 0x87, or 0x80 in 3.1.1).",
             g(&self.acl_subscribe_denied),
         );
+        counter(
+            "apiary_plugin_loads_total",
+            "Plugin versions loaded (first loads and reloads).",
+            g(&self.plugin_loads),
+        );
+        counter(
+            "apiary_plugin_load_failures_total",
+            "Plugin loads that failed (any previous version kept serving).",
+            g(&self.plugin_load_failures),
+        );
+        counter(
+            "apiary_plugin_cache_rejected_total",
+            "Compiled-plugin cache entries that failed their integrity check (recompiled).",
+            g(&self.plugin_cache_rejected),
+        );
+        counter(
+            "apiary_retained_refused_total",
+            "Retained publishes refused (0x97) because their tenant was at its retained limits.",
+            g(&self.retained_refused),
+        );
+        counter(
+            "apiary_retained_expired_total",
+            "Retained messages removed because they expired.",
+            g(&self.retained_expired),
+        );
         let _ = writeln!(s, "# HELP apiary_messages_dropped_total Messages dropped, by reason.\n# TYPE apiary_messages_dropped_total counter");
         for (reason, c) in [
             ("queue_full", &self.dropped_queue_full),
@@ -255,6 +332,9 @@ impl Metrics {
         let _ = writeln!(s, "# HELP apiary_subscriptions Current subscriptions.\n# TYPE apiary_subscriptions gauge\napiary_subscriptions {}", g(&self.subscriptions));
         for (name, help, v) in gauges {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        for (name, help, v) in counters {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
         s
     }

@@ -35,6 +35,11 @@
 #![deny(missing_docs)]
 
 pub mod http;
+pub mod keyauth;
+
+/// MQTT topic names and filters, read exactly as the broker reads them: validation,
+/// `$share/` parsing, matching, covering and overlap.
+pub use apiary_topic as topic;
 
 /// Bindings generated from the WIT package: host imports and the `lifecycle` export.
 #[allow(missing_docs, unsafe_code, clippy::all)]
@@ -84,7 +89,7 @@ pub mod events_role {
     });
 }
 
-pub use bindings::apiary::plugin::{apikeys, broker, clock, kv, log, registry, types};
+pub use bindings::apiary::plugin::{apikeys, broker, clock, kv, log, passwords, registry, types};
 pub use bindings::exports::apiary::plugin::lifecycle::{Guest as Plugin, InitError};
 
 /// The `auth` role: implement [`auth::Guest`] and export with `export!(T: auth)`.
@@ -137,6 +142,7 @@ impl From<types::Error> for http::HttpError {
             types::Error::NotFound(m) => http::HttpError::not_found(m),
             types::Error::InvalidArgument(m) => http::HttpError::bad_request(m),
             types::Error::Unavailable(m) => http::HttpError::new(503, "UNAVAILABLE", m),
+            types::Error::QuotaExceeded(m) => http::HttpError::new(507, "QUOTA_EXCEEDED", m),
         }
     }
 }

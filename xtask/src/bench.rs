@@ -247,7 +247,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
             "apiary",
         ],
     )?;
-    crate::plugins(root)?;
+    crate::plugins(root, crate::Scope::Stock)?;
     let apiary = root.join("target/release/apiary");
     let work = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&work);

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::authorize;
+use super::authorize_global;
+use crate::apikeys::Right;
 use crate::broker::Broker;
 use crate::plugins::bindings::exports::apiary::plugin::http as wit;
 use crate::plugins::runtime::LoadedPlugin;
@@ -111,7 +112,10 @@ async fn call(
             "plugins not started",
         );
     };
-    match plugin.handle_http(mgr.runtime().engine(), wreq).await {
+    match plugin
+        .handle_http(mgr.runtime().engine(), wreq, peer.map(|p| p.ip()))
+        .await
+    {
         Ok(r) => {
             let mut resp = Response::new(Body::from(r.body));
             *resp.status_mut() = match StatusCode::from_u16(r.status) {
@@ -129,7 +133,7 @@ async fn call(
             }
             resp
         }
-        Err(PluginError::Timeout) => error(
+        Err(PluginError::Timeout | PluginError::Overloaded) => error(
             StatusCode::GATEWAY_TIMEOUT,
             "PLUGIN_TIMEOUT",
             format!("plugin {}: call timed out", plugin.ctx.name),
@@ -155,22 +159,27 @@ async fn call(
     }
 }
 
-/// `GET /plugins` (admin).
-pub async fn list(State(b): State<Broker>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&b, &headers, "admin") {
+/// `GET /plugins` (admin, tenant `*`).
+pub async fn list(
+    State(b): State<Broker>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize_global(&b, &headers, peer, Right::Admin) {
         return e.into_response();
     }
     let list = b.plugins().map(|m| m.list()).unwrap_or_default();
     Json(list).into_response()
 }
 
-/// `POST /plugins/{name}/reload` (admin).
+/// `POST /plugins/{name}/reload` (admin, tenant `*`).
 pub async fn reload(
     State(b): State<Broker>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = authorize(&b, &headers, "admin") {
+    if let Err(e) = authorize_global(&b, &headers, peer, Right::Admin) {
         return e.into_response();
     }
     let Some(mgr) = b.plugins() else {

@@ -1,11 +1,12 @@
-//! The native HTTP API (axum): `/healthz` open, everything else behind an API key with the
-//! `admin` right (HTTP basic auth `key:secret`). Requests under a plugin's mount go to it
-//! (see `gateway`).
+//! The native HTTP API (axum): `/healthz` open, the broker-wide routes behind an API key
+//! with tenant `*` (HTTP basic auth `key:secret`): `/metrics` with `metrics:read` (or
+//! `admin`), `/plugins` with `admin`. Requests under a plugin's mount go to it (see
+//! `gateway`), which authenticates its callers itself.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -13,7 +14,11 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::json;
 
-use crate::apikeys::ApiKey;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::apikeys::{ApiKey, Right};
 use crate::broker::Broker;
 
 mod gateway;
@@ -46,6 +51,80 @@ pub async fn serve_plugin(listener: tokio::net::TcpListener, broker: Broker, nam
         .await;
 }
 
+/// Accepted HTTPS connections, handshaken by tasks of their own (each bounded by the
+/// connect timeout) so a client that stalls its handshake never holds up the others.
+struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(x) => x,
+            // The accept loop ended (shutdown): accept nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.addr)
+    }
+}
+
+/// Serves the router over TLS (the MQTT listeners' certificate) until shutdown.
+pub async fn serve_tls(listener: tokio::net::TcpListener, tls: TlsAcceptor, broker: Broker) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    tracing::info!(listener = "https", %addr, "listening");
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let timeout =
+        std::time::Duration::from_secs(broker.config.listeners.connect_timeout_secs.max(1));
+    let mut shutdown = broker.shutdown_signal();
+    let b = broker.clone();
+    tokio::spawn(async move {
+        loop {
+            let (sock, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "https accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let (tls, tx, b) = (tls.clone(), tx.clone(), b.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(timeout, tls.accept(sock)).await {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send((s, peer)).await;
+                    }
+                    _ => {
+                        b.metrics.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let mut shutdown = broker.shutdown_signal();
+    let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();
+    let listener = axum::serve::ListenerExt::tap_io(TlsListener { rx, addr }, |_| {});
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::error!(error = %e, "HTTPS server failed");
+    }
+}
+
 /// Serves the router until shutdown.
 pub async fn serve(listener: tokio::net::TcpListener, broker: Broker) {
     if let Ok(addr) = listener.local_addr() {
@@ -63,8 +142,17 @@ pub async fn serve(listener: tokio::net::TcpListener, broker: Broker) {
     }
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// Open: 200 while the broker can keep what it acknowledges, 503 (with why) once its
+/// store has failed.
+async fn healthz(State(b): State<Broker>) -> Response {
+    match b.store.as_ref().and_then(|s| s.failure()) {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unhealthy", "store": why})),
+        )
+            .into_response(),
+    }
 }
 
 /// Why an admin request was refused.
@@ -72,8 +160,10 @@ async fn healthz() -> impl IntoResponse {
 pub enum ApiAuthError {
     /// No credentials, or wrong ones: 401.
     Unauthorized,
-    /// A valid key without the right: 403.
+    /// A valid key without the right or the tenant scope: 403, and why.
     Forbidden(String),
+    /// Too many failed logins from this address: 429, retry after this long.
+    Throttled(std::time::Duration),
 }
 
 impl IntoResponse for ApiAuthError {
@@ -85,9 +175,15 @@ impl IntoResponse for ApiAuthError {
                 Json(json!({"code": "BAD_API_KEY_OR_SECRET", "message": "missing or invalid API key"})),
             )
                 .into_response(),
-            ApiAuthError::Forbidden(right) => (
+            ApiAuthError::Forbidden(why) => (
                 StatusCode::FORBIDDEN,
-                Json(json!({"code": "FORBIDDEN", "message": format!("API key lacks the {right} right")})),
+                Json(json!({"code": "FORBIDDEN", "message": why})),
+            )
+                .into_response(),
+            ApiAuthError::Throttled(wait) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, (wait.as_secs() + 1).to_string())],
+                Json(json!({"code": "TOO_MANY_REQUESTS", "message": "too many failed logins from this address; try again later"})),
             )
                 .into_response(),
         }
@@ -109,30 +205,72 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     Some((k.to_string(), s.to_string()))
 }
 
-/// Checks HTTP basic auth against the API key store and a required right.
-pub fn authorize(
+/// Checks HTTP basic auth against the API key store for a broker-wide route: the key
+/// must span every tenant (`tenant=*`) and hold one of `rights` (admin holds all). Failed
+/// logins are counted per peer address and throttled (429 with Retry-After).
+pub fn authorize_global(
     broker: &Broker,
     headers: &HeaderMap,
-    right: &str,
+    peer: SocketAddr,
+    right: Right,
 ) -> Result<ApiKey, ApiAuthError> {
+    let now = std::time::Instant::now();
+    let throttle = &broker.login_throttle;
+    if let Some(wait) = throttle.blocked(peer.ip(), now) {
+        broker
+            .metrics
+            .api_auth_throttled
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(ApiAuthError::Throttled(wait));
+    }
     let key = basic_credentials(headers).and_then(|(k, s)| broker.api_keys.verify(&k, &s));
     let Some(key) = key else {
+        throttle.failed(peer.ip(), now);
         broker
             .metrics
             .api_auth_failed
             .fetch_add(1, Ordering::Relaxed);
         return Err(ApiAuthError::Unauthorized);
     };
+    throttle.succeeded(peer.ip());
+    if !key.is_global() {
+        return Err(ApiAuthError::Forbidden(format!(
+            "this route spans every tenant: it needs a key with tenant=* (this key's tenant is {})",
+            key.tenant
+        )));
+    }
     if !key.has(right) {
-        return Err(ApiAuthError::Forbidden(right.to_string()));
+        return Err(ApiAuthError::Forbidden(format!(
+            "API key lacks the {right} right"
+        )));
     }
     Ok(key)
 }
 
-async fn metrics(State(b): State<Broker>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&b, &headers, "admin") {
+async fn metrics(
+    State(b): State<Broker>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize_global(&b, &headers, peer, Right::MetricsRead) {
         return e.into_response();
     }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_text(&b),
+    )
+        .into_response()
+}
+
+/// Everything `/metrics` shows: the broker's counters, and gauges and counters read from
+/// the registry, the retained set, the store and the password pool.
+pub fn metrics_text(b: &Broker) -> String {
+    let (queued_ops, queued_bytes) = b.store.as_ref().map_or((0, 0), |s| s.queue_depth());
+    let healthy = b.store.as_ref().is_none_or(|s| s.failure().is_none());
+    let lag = b
+        .store
+        .as_ref()
+        .map_or(0, |s| s.stats().lag_ms.load(Ordering::Relaxed));
     let gauges = [
         (
             "apiary_sessions",
@@ -150,14 +288,82 @@ async fn metrics(State(b): State<Broker>, headers: HeaderMap) -> Response {
             b.retained.len() as u64,
         ),
         (
+            "apiary_retained_bytes",
+            "Payload bytes of the retained messages stored.",
+            b.retained.bytes() as u64,
+        ),
+        (
             "apiary_uptime_seconds",
             "Seconds since start.",
             b.started.elapsed().as_secs(),
         ),
+        (
+            "apiary_store_queued_ops",
+            "Store operations waiting for the writer.",
+            queued_ops as u64,
+        ),
+        (
+            "apiary_store_queued_bytes",
+            "Bytes of store operations waiting for the writer.",
+            queued_bytes as u64,
+        ),
+        (
+            "apiary_store_lag_ms",
+            "How long the oldest operation of the writer's last batch had waited, in ms.",
+            lag,
+        ),
+        (
+            "apiary_store_healthy",
+            "1 while the store writes, 0 once a write or fsync failed.",
+            u64::from(healthy),
+        ),
     ];
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        b.metrics.render(&gauges),
-    )
-        .into_response()
+    let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut counters = vec![
+        (
+            "apiary_password_checks_total",
+            "Password hashes checked by the host for auth plugins.",
+            ld(&b.passwords.verified),
+        ),
+        (
+            "apiary_password_checks_busy_total",
+            "Password checks refused because every worker stayed busy.",
+            ld(&b.passwords.busy),
+        ),
+    ];
+    if let Some(st) = b.store.as_ref().map(|s| s.stats()) {
+        counters.extend([
+            (
+                "apiary_store_bytes_written_total",
+                "Bytes of keys and values the store wrote.",
+                ld(&st.bytes_written),
+            ),
+            (
+                "apiary_store_ops_written_total",
+                "Operations the store wrote.",
+                ld(&st.ops_written),
+            ),
+            (
+                "apiary_store_write_errors_total",
+                "Failed store writes or fsyncs (the first one fails the store).",
+                ld(&st.write_errors),
+            ),
+            (
+                "apiary_store_ops_discarded_total",
+                "Operations not written because the store had failed.",
+                ld(&st.ops_discarded),
+            ),
+            (
+                "apiary_store_stalls_total",
+                "Times a submitter blocked on a full store queue.",
+                ld(&st.stalls),
+            ),
+            (
+                "apiary_store_acks_held_total",
+                "QoS 1/2 acknowledgements held until the store's writer caught up.",
+                ld(&st.acks_held),
+            ),
+        ]);
+    }
+    b.metrics.render(&gauges, &counters)
 }

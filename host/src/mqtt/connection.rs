@@ -76,7 +76,10 @@ pub(crate) struct Connection<T: Transport> {
     /// Session expiry in force (may change at DISCONNECT).
     pub session_expiry: u32,
     pub outgoing: Vec<Outgoing>,
-    /// Under `sync = "always"`: the store's durable ticket, and acks waiting for it.
+    /// The last pump stopped at its byte budget: pump again once the buffer is written.
+    pub more_out: bool,
+    /// The store's durable ticket, and acks waiting for it (sync = "always", or while
+    /// the store's writer is behind).
     pub durable: Option<watch::Receiver<u64>>,
     pub pending_acks: VecDeque<(u64, PendingAck)>,
     /// How long one write may block before the client counts as gone.
@@ -87,6 +90,8 @@ pub(crate) struct Connection<T: Transport> {
     pub connect_expiry: u32,
     /// Who the client is, and its cached ACL decisions.
     pub acl: Acl,
+    /// Its tenant's message counters (`$SYS` per tenant).
+    pub tenant_counters: Arc<crate::metrics::TenantCounters>,
     /// Set when the client authenticated with an MQTT 5 authentication method, which it
     /// may use again to re-authenticate.
     pub reauth: Option<Box<ReAuth>>,
@@ -121,17 +126,20 @@ impl<T: Transport> Connection<T> {
             if let Err(exit) = self.process().await {
                 return exit;
             }
-            self.release_acks();
+            if let Err(exit) = self.release_acks() {
+                return exit;
+            }
             self.pump();
         }
         loop {
             if let Err(exit) = self.flush().await {
                 return exit;
             }
+            let paused = self.reading_paused();
             tokio::select! {
                 biased;
                 Some(c) = self.control.recv() => return control_exit(c),
-                r = self.io.read(&mut self.rbuf) => match r {
+                r = self.io.read(&mut self.rbuf), if !paused => match r {
                     Ok(0) => return Exit::Closed,
                     Ok(n) => {
                         let c = &self.session.counters;
@@ -142,7 +150,9 @@ impl<T: Transport> Connection<T> {
                         if let Err(exit) = self.process().await {
                             return exit;
                         }
-                        self.release_acks();
+                        if let Err(exit) = self.release_acks() {
+                            return exit;
+                        }
                         if n >= YIELD_AFTER_BYTES {
                             // A publisher that keeps its socket full must not starve the
                             // subscribers it feeds: tokio's budget would let it route
@@ -156,6 +166,10 @@ impl<T: Transport> Connection<T> {
                 _ = durable_changed(&mut self.durable), if !self.pending_acks.is_empty() => {}
                 _ = &mut self.ka_timer, if self.keepalive.is_some() => {
                     let ka = self.keepalive.unwrap_or_default();
+                    if paused {
+                        // Not reading is ours, not the client's silence.
+                        self.last_recv = Instant::now();
+                    }
                     if self.last_recv.elapsed() >= ka {
                         self.broker.metrics.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
                         return Exit::KeepAlive;
@@ -163,8 +177,12 @@ impl<T: Transport> Connection<T> {
                     let next = self.last_recv + ka;
                     self.ka_timer.as_mut().reset(next.into());
                 }
+                // The write buffer was written and the last pump left messages behind.
+                _ = std::future::ready(()), if self.more_out => {}
             }
-            self.release_acks();
+            if let Err(exit) = self.release_acks() {
+                return exit;
+            }
             self.pump();
         }
     }
@@ -330,6 +348,7 @@ impl<T: Transport> Connection<T> {
 
     async fn on_publish(&mut self, mut p: Publish) -> Result<(), Exit> {
         Counters::add(&self.session.counters.recv_msg, 1);
+        Counters::add(&self.tenant_counters.received, 1);
         let cfg = &self.broker.config;
         if self.wire.v5 {
             if let Some(alias) = p.properties.as_mut().and_then(|pr| pr.topic_alias.take()) {
@@ -371,35 +390,40 @@ impl<T: Transport> Connection<T> {
             return Err(self.protocol_error(0x9A, "retain is not supported"));
         }
         let pid = p.packet_id.map_or(0, NonZeroU16::get);
-        if p.qos == QoS::ExactlyOnce {
-            let st = self.session.state.lock();
-            if st.awaiting_rel.contains(&pid) {
-                drop(st);
-                // A DUP of a message already routed: acknowledge again, do not route twice.
-                self.ack(PendingAck::PubRec(pid, 0));
-                return Ok(());
-            }
-            if st.awaiting_rel.len() >= usize::from(cfg.mqtt.receive_maximum) && self.wire.v5 {
-                drop(st);
+        if p.qos != QoS::AtMostOnce {
+            let awaiting_rel = {
+                let st = self.session.state.lock();
+                if p.qos == QoS::ExactlyOnce && st.awaiting_rel.contains(&pid) {
+                    drop(st);
+                    // A DUP of a message already routed: acknowledge again (after the
+                    // original, if that is held), do not route twice.
+                    let t = self.ticket();
+                    self.ack(PendingAck::PubRec(pid, 0), Some(t));
+                    return Ok(());
+                }
+                st.awaiting_rel.len()
+            };
+            // MQTT 5 §4.9: QoS 1 publishes count until their PUBACK is sent and QoS 2
+            // ones until PUBCOMP, together, against the receive maximum.
+            let held_pubacks = self
+                .pending_acks
+                .iter()
+                .filter(|(_, a)| matches!(a, PendingAck::PubAck(..)))
+                .count();
+            if self.wire.v5 && awaiting_rel + held_pubacks >= usize::from(cfg.mqtt.receive_maximum)
+            {
                 return Err(self.protocol_error(0x93, "receive maximum exceeded"));
             }
-            if st.awaiting_rel.len() >= cfg.session.max_awaiting_rel {
-                drop(st);
+            if p.qos == QoS::ExactlyOnce && awaiting_rel >= cfg.session.max_awaiting_rel {
                 if !self.wire.v5 {
                     // 3.1.1 PUBREC has no reason code: a refusal would read as success.
                     return Err(
                         self.protocol_error(0x97, "too many QoS 2 messages awaiting PUBREL")
                     );
                 }
-                self.ack(PendingAck::PubRec(pid, 0x97));
+                self.ack(PendingAck::PubRec(pid, 0x97), None);
                 return Ok(());
             }
-        }
-        if p.qos != QoS::AtMostOnce
-            && self.wire.v5
-            && self.pending_acks.len() >= usize::from(cfg.mqtt.receive_maximum)
-        {
-            return Err(self.protocol_error(0x93, "receive maximum exceeded"));
         }
         let now = Instant::now();
         let allowed = self
@@ -426,8 +450,8 @@ impl<T: Transport> Connection<T> {
             let code = if self.wire.v5 { 0x87 } else { 0x00 };
             match p.qos {
                 QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.ack(PendingAck::PubAck(pid, code)),
-                QoS::ExactlyOnce => self.ack(PendingAck::PubRec(pid, code)),
+                QoS::AtLeastOnce => self.ack(PendingAck::PubAck(pid, code), None),
+                QoS::ExactlyOnce => self.ack(PendingAck::PubRec(pid, code), None),
             }
             return Ok(());
         }
@@ -447,15 +471,33 @@ impl<T: Transport> Connection<T> {
             received: now,
             expires_at,
         };
-        let matched = self.broker.publish(msg);
-        let reason = if matched == 0 { 0x10 } else { 0x00 };
+        let before = self.ticket();
+        let reason = match self.broker.publish(msg) {
+            Ok(0) => 0x10,
+            Ok(_) => 0x00,
+            Err(refused) => refused.reason_code(),
+        };
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.ack(PendingAck::PubAck(pid, reason)),
+            QoS::AtLeastOnce => {
+                let stored = self.stored_since(before);
+                // 3.1.1 has no reason codes: a refusal is acknowledged and dropped.
+                let code = if self.wire.v5 || reason < 0x80 {
+                    reason
+                } else {
+                    0
+                };
+                self.ack(PendingAck::PubAck(pid, code), stored)
+            }
+            QoS::ExactlyOnce if reason >= 0x80 => {
+                let code = if self.wire.v5 { reason } else { 0 };
+                self.ack(PendingAck::PubRec(pid, code), None)
+            }
             QoS::ExactlyOnce => {
                 self.session.state.lock().awaiting_rel.insert(pid);
                 self.store_op(|t, c| Op::PutRel(t, c, pid));
-                self.ack(PendingAck::PubRec(pid, reason));
+                let stored = self.stored_since(before);
+                self.ack(PendingAck::PubRec(pid, reason), stored);
             }
         }
         Ok(())
@@ -511,14 +553,11 @@ impl<T: Transport> Connection<T> {
         let mut codes = Vec::with_capacity(filters.len());
         let mut granted = Vec::with_capacity(filters.len());
         for (f, opts) in filters {
-            if self.wire.v5 && opts.no_local && f.starts_with("$share/") {
+            if self.wire.v5 && opts.no_local && topic::split_share(&f).0.is_some() {
                 return Err(self.protocol_error(0x82, "no-local on a shared subscription"));
             }
             // Rules see the filter a shared subscription stands for, not its group.
-            let plain = f
-                .strip_prefix("$share/")
-                .and_then(|r| r.split_once('/'))
-                .map_or(&*f, |(_, t)| t);
+            let plain = topic::split_share(&f).1;
             let allowed = self
                 .acl
                 .check(
@@ -573,7 +612,9 @@ impl<T: Transport> Connection<T> {
             Exit::Protocol(c, what) => (Some(*c), true, what.clone()),
             Exit::Takeover(_) => (Some(0x8E), true, "taken over".into()),
             Exit::Kick { .. } => (Some(0x98), true, "kicked".into()),
-            Exit::Shutdown => (Some(0x8B), false, "shutdown".into()),
+            // The server closes the connection: the client did not say goodbye, so its
+            // will stands (published now, or after its delay, which a restart keeps).
+            Exit::Shutdown => (Some(0x8B), true, "shutdown".into()),
         };
         debug!(client_id = %self.session.client_id, %reason, "connection closed");
         let _ = tokio::time::timeout(Duration::from_secs(1), async {

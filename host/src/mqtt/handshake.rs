@@ -127,7 +127,10 @@ pub async fn read_connect<T: Transport>(
             }
         };
         let pkt = loop {
-            match codec.decode(buf) {
+            // Only a whole packet reaches the codec (see `frame_ready`): before CONNECT is
+            // authenticated, a peer makes the broker hold only what it actually sent.
+            let ready = super::wire::frame_ready(buf, max_packet_size);
+            match if ready { codec.decode(buf) } else { Ok(None) } {
                 Ok(Some((p, _))) => break p,
                 Ok(None) => {}
                 Err(DecodeError::InvalidClientId) => {
@@ -146,7 +149,7 @@ pub async fn read_connect<T: Transport>(
             MqttPacket::V5(v5::Packet::Connect(c)) => from_v5(*c),
             _ => return Err(HandshakeError::NotConnect),
         };
-        let mut wire = Wire::new(codec);
+        let mut wire = Wire::new(codec, max_packet_size);
         if matches!(req.proto_ver, 5) {
             // The fast PUBLISH path keeps to the codec's outbound limit until the client
             // names its own.

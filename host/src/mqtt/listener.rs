@@ -93,6 +93,10 @@ pub fn ensure_self_signed(
     let cert = dir.join("server.pem");
     let key = dir.join("server.key");
     if cert.exists() && key.exists() {
+        // Releases before 0.1 wrote the key readable by everyone.
+        if crate::secrets::tighten(&key).unwrap_or(false) {
+            tracing::warn!(key = %key.display(), "generated TLS key was readable by others; now mode 0600");
+        }
         return Ok((cert, key));
     }
     std::fs::create_dir_all(dir)
@@ -101,7 +105,7 @@ pub fn ensure_self_signed(
         .map_err(|e| ListenerError::Tls(e.to_string()))?;
     std::fs::write(&cert, ck.cert.pem())
         .map_err(|e| ListenerError::Tls(format!("{}: {e}", cert.display())))?;
-    std::fs::write(&key, ck.signing_key.serialize_pem())
+    crate::secrets::write_private(&key, ck.signing_key.serialize_pem().as_bytes())
         .map_err(|e| ListenerError::Tls(format!("{}: {e}", key.display())))?;
     info!(cert = %cert.display(), "generated a self-signed TLS certificate for localhost");
     Ok((cert, key))

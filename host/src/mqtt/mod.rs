@@ -93,8 +93,19 @@ pub async fn serve<T: Transport>(broker: Broker, mut io: T, peer: SocketAddr, ki
 /// A CONNECT refusal: v5 reason code, and the 3.1.1 return code for the same cause.
 struct Refusal(u8, v3::ConnectAckReason, String);
 
-fn check(broker: &Broker, req: &ConnectReq) -> Result<(), Refusal> {
+fn check(broker: &Broker, req: &ConnectReq, peer: SocketAddr) -> Result<(), Refusal> {
     use v3::ConnectAckReason as R3;
+    if !broker.connect_rate.allow(peer.ip(), Instant::now()) {
+        broker
+            .metrics
+            .connect_rate_limited
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(Refusal(
+            0x9F,
+            R3::ServiceUnavailable,
+            "connection rate exceeded for this address".into(),
+        ));
+    }
     if req.client_id.is_empty() && !req.clean_start && req.proto_ver < 5 {
         return Err(Refusal(
             0x85,
@@ -245,7 +256,7 @@ async fn establish<T: Transport>(
     let mut wbuf = BytesMut::with_capacity(8192);
     let mut rbuf = rbuf;
     let mut auth_data = None;
-    let checked = match check(&broker, &req) {
+    let checked = match check(&broker, &req, peer) {
         Ok(()) if req.auth_method.is_some() => {
             enhanced_connect(&broker, &mut io, &mut wire, &mut rbuf, &req, peer, kind)
                 .await
@@ -375,6 +386,7 @@ async fn establish<T: Transport>(
 
     let ka = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
     let now = Instant::now();
+    let tenant_counters = broker.tenant_stats.of(&attach.session.tenant);
     let mut conn = Connection {
         broker: broker.clone(),
         io,
@@ -395,15 +407,13 @@ async fn establish<T: Transport>(
         alias_out_max: req.topic_alias_max,
         session_expiry,
         outgoing: Vec::new(),
-        durable: broker
-            .store
-            .as_ref()
-            .filter(|s| s.sync == crate::store::SyncMode::Always)
-            .map(|s| s.durable()),
+        more_out: false,
+        durable: broker.store.as_ref().map(|s| s.durable()),
         pending_acks: VecDeque::new(),
         write_timeout: Duration::from_secs(cfg.listeners.write_timeout_secs.max(1)),
         write_broken: false,
         connect_expiry: session_expiry,
+        tenant_counters,
         acl,
         reauth: req.auth_method.as_deref().map(|m| {
             Box::new(connection::ReAuth {
@@ -416,20 +426,8 @@ async fn establish<T: Transport>(
     // CONNECT itself, read before the session existed.
     crate::session::Counters::add(&conn.session.counters.recv_pkt, 1);
     if attach.session_present {
-        let mut out = Vec::new();
-        let window = conn.window;
-        conn.session.state.lock().resend_all(window, &mut out);
-        let now = Instant::now();
-        for o in out {
-            match o {
-                crate::session::Outgoing::Publish { pid, dup, delivery } => {
-                    conn.write_publish(pid, dup, delivery, now)
-                }
-                crate::session::Outgoing::PubRel(pid) => {
-                    conn.wire.pubrel(pid, true, &mut conn.wbuf)
-                }
-            }
-        }
+        // Unacknowledged messages go again first, within the window and byte budget.
+        conn.session.state.lock().resend_all();
     }
     conn.pump();
     Some(conn)

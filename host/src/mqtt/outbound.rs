@@ -1,7 +1,9 @@
 //! The outbound half of a connection: draining the session queue into the write buffer
-//! (packet ids, aliases, properties, the client's limits), acknowledgements held back
-//! until the store has a publish (sync = "always"), and the store bookkeeping of each
-//! delivery's flow.
+//! (packet ids, aliases, properties, the client's limits) up to a byte budget, so a slow
+//! reader holds shared payloads in its queue rather than copies in its buffer;
+//! acknowledgements held back until the store has written what their publish stored
+//! (sync = "always", or whenever the writer is behind); and the store bookkeeping of
+//! each delivery's flow.
 
 use std::num::NonZeroU16;
 use std::sync::atomic::Ordering;
@@ -13,7 +15,7 @@ use rmqtt_codec::error::EncodeError;
 use rmqtt_codec::types::{Publish, QoS};
 use tokio::sync::watch;
 
-use super::connection::Connection;
+use super::connection::{Connection, Exit};
 use super::transport::Transport;
 use crate::message::Delivery;
 use crate::session::{Counters, InflightState, Outgoing};
@@ -37,17 +39,44 @@ pub(crate) async fn durable_changed(d: &mut Option<watch::Receiver<u64>>) {
     }
 }
 
+/// Payload bytes one pump moves into the write buffer at most (at least one message):
+/// what is left stays queued as shared payloads until the buffer has been written.
+pub(crate) const WRITE_BUDGET: usize = 256 << 10;
+
 impl<T: Transport> Connection<T> {
-    /// Acknowledges a publish now, or once the store has it (sync = "always").
-    pub(crate) fn ack(&mut self, a: PendingAck) {
-        if let (Some(d), Some(store)) = (&self.durable, &self.broker.store) {
-            let ticket = store.last_ticket();
-            if ticket > *d.borrow() || !self.pending_acks.is_empty() {
+    /// Acknowledges a publish now, or once the store has written `stored` (the ticket
+    /// of the last operation its publish submitted; None when it stored nothing). Held
+    /// when sync = "always", or when the store's writer is behind: then a publisher's
+    /// acknowledgements come at the disk's pace, which slows it down. Acks leave in the
+    /// order their publishes came.
+    pub(crate) fn ack(&mut self, a: PendingAck, stored: Option<u64>) {
+        if let (Some(d), Some(store), Some(ticket)) = (&self.durable, &self.broker.store, stored) {
+            let wait = store.sync == crate::store::SyncMode::Always || store.congested();
+            if wait && ticket > *d.borrow() {
+                if store.sync != crate::store::SyncMode::Always {
+                    store.ack_held();
+                }
                 self.pending_acks.push_back((ticket, a));
                 return;
             }
         }
+        if !self.pending_acks.is_empty() {
+            self.pending_acks.push_back((0, a));
+            return;
+        }
         self.write_ack(a);
+    }
+
+    /// The store ticket a publish must wait for: None if nothing was submitted since
+    /// `before` (by anyone, so certainly not by this publish).
+    pub(crate) fn stored_since(&self, before: u64) -> Option<u64> {
+        let now = self.broker.store.as_ref()?.last_ticket();
+        (now != before).then_some(now)
+    }
+
+    /// The store's last ticket now (0 without a store).
+    pub(crate) fn ticket(&self) -> u64 {
+        self.broker.store.as_ref().map_or(0, |s| s.last_ticket())
     }
 
     pub(crate) fn write_ack(&mut self, a: PendingAck) {
@@ -57,9 +86,13 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    /// Sends the held-back acks whose publishes are durable, in order.
-    pub(crate) fn release_acks(&mut self) {
-        let Some(d) = &self.durable else { return };
+    /// Sends the held-back acks whose publishes are written, in order. A failed store
+    /// never writes them: the connection ends instead (the client resends unacknowledged
+    /// publishes elsewhere or later), and no ack for what the failure carried ever goes.
+    pub(crate) fn release_acks(&mut self) -> Result<(), Exit> {
+        let Some(d) = &self.durable else {
+            return Ok(());
+        };
         let durable = *d.borrow();
         while self
             .pending_acks
@@ -70,6 +103,21 @@ impl<T: Transport> Connection<T> {
                 self.write_ack(a);
             }
         }
+        if !self.pending_acks.is_empty() {
+            if let Some(why) = self.broker.store.as_ref().and_then(|s| s.failure()) {
+                return Err(Exit::Protocol(
+                    0x80,
+                    format!("the store failed ({why}); unacknowledged publishes are not accepted"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether reading from the client waits: as many of its QoS 1/2 publishes as the
+    /// receive maximum are awaiting their (held) acknowledgements.
+    pub(crate) fn reading_paused(&self) -> bool {
+        self.pending_acks.len() >= usize::from(self.broker.config.mqtt.receive_maximum)
     }
 
     pub(crate) fn store_op(&self, op: impl FnOnce(Arc<str>, Arc<str>) -> Op) {
@@ -106,14 +154,20 @@ impl<T: Transport> Connection<T> {
         }
     }
 
-    /// Moves deliverable messages from the session queue into the write buffer.
+    /// Moves deliverable messages from the session queue into the write buffer, up to
+    /// [`WRITE_BUDGET`] bytes of it; `more_out` says whether the budget stopped it.
     pub fn pump(&mut self) {
         let now = Instant::now();
         let mut out = std::mem::take(&mut self.outgoing);
+        let budget = WRITE_BUDGET.saturating_sub(self.wbuf.len());
+        if budget == 0 {
+            self.more_out = true;
+            return;
+        }
         let dels = {
             let mut st = self.session.state.lock();
             let expired_before = st.expired;
-            st.take_outgoing(self.window, now, &mut out);
+            self.more_out = st.take_outgoing(self.window, now, budget, &mut out);
             let n = st.expired - expired_before;
             if n > 0 {
                 self.broker
@@ -209,6 +263,7 @@ impl<T: Transport> Connection<T> {
             Ok(()) => {
                 self.wire.count_encoded();
                 Counters::add(&self.session.counters.send_msg, 1);
+                Counters::add(&self.tenant_counters.sent, 1);
                 self.broker
                     .metrics
                     .messages_sent

@@ -72,6 +72,26 @@ pub struct Wire {
     encoded: u64,
     /// The client's maximum packet size (v5), for the PUBLISH fast path.
     max_out: u32,
+    /// Our maximum packet size (the codec refuses larger headers at once).
+    max_in: u32,
+}
+
+/// Whether `buf` holds a whole packet, or a fixed header the codec will refuse (over
+/// `max`, or malformed). Only then is the codec called: given a header alone, it would
+/// reserve room for the whole announced packet, so a peer could make the broker
+/// allocate up to the maximum packet size per connection without sending it.
+pub fn frame_ready(buf: &[u8], max: u32) -> bool {
+    let mut len = 0usize;
+    for i in 0..4 {
+        let Some(&b) = buf.get(1 + i) else {
+            return false;
+        };
+        len |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return (max != 0 && len > max as usize) || buf.len() >= 2 + i + len;
+        }
+    }
+    true
 }
 
 fn pid(p: NonZeroU16) -> u16 {
@@ -83,14 +103,15 @@ fn nz(p: u16) -> NonZeroU16 {
 }
 
 impl Wire {
-    /// Wraps a version-specific codec.
-    pub fn new(codec: MqttCodec) -> Self {
+    /// Wraps a version-specific codec that accepts packets up to `max_in` bytes.
+    pub fn new(codec: MqttCodec, max_in: u32) -> Self {
         let v5 = matches!(codec, MqttCodec::V5(_));
         Self {
             codec,
             v5,
             encoded: 0,
             max_out: u32::MAX,
+            max_in,
         }
     }
 
@@ -116,6 +137,9 @@ impl Wire {
 
     /// Decodes the next packet; the u32 is its remaining length.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<(Incoming, u32)>, DecodeError> {
+        if !frame_ready(buf, self.max_in) {
+            return Ok(None);
+        }
         let Some((pkt, len)) = self.codec.decode(buf)? else {
             return Ok(None);
         };
@@ -519,7 +543,7 @@ mod tests {
                     };
                     let payload = Bytes::from(vec![0xA5u8; len]);
                     let mut fast = BytesMut::new();
-                    Wire::new(codec())
+                    Wire::new(codec(), 1 << 20)
                         .publish_plain(true, qos, true, "a/b", pid, &payload, &mut fast)
                         .unwrap();
                     let mut slow = BytesMut::new();
@@ -532,7 +556,7 @@ mod tests {
                         payload,
                         properties: v5.then(Default::default),
                     };
-                    Wire::new(codec()).publish(p, &mut slow).unwrap();
+                    Wire::new(codec(), 1 << 20).publish(p, &mut slow).unwrap();
                     assert_eq!(fast, slow, "v5={v5} qos={qos:?} len={len}");
                 }
             }
@@ -540,8 +564,36 @@ mod tests {
     }
 
     #[test]
+    fn frames_are_decoded_only_when_whole() {
+        // A header announcing 1,000,000 bytes, then a few of them.
+        let mut hdr = vec![0x30u8, 0xC0, 0x84, 0x3D];
+        assert!(!frame_ready(&hdr[..1], 1 << 20));
+        assert!(!frame_ready(&hdr[..3], 1 << 20), "header incomplete");
+        assert!(!frame_ready(&hdr, 1 << 20), "body missing");
+        assert!(
+            frame_ready(&hdr, 1000),
+            "over the maximum: let the codec refuse it"
+        );
+        hdr.extend(vec![0; 1_000_000]);
+        assert!(frame_ready(&hdr, 1 << 20));
+        assert!(
+            frame_ready(&[0x30, 0x80, 0x80, 0x80, 0x80, 0x01], 1 << 20),
+            "malformed"
+        );
+        assert!(frame_ready(&[0xC0, 0x00], 1 << 20), "PINGREQ");
+
+        let mut w = Wire::new(MqttCodec::V3(v3::Codec::new(1 << 20)), 1 << 20);
+        let mut buf = BytesMut::from(&[0x30u8, 0xC0, 0x84, 0x3D, 0, 1][..]);
+        assert!(w.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() < 4096,
+            "nothing reserved for the announced bytes"
+        );
+    }
+
+    #[test]
     fn publish_plain_respects_the_clients_maximum_packet_size() {
-        let mut w = Wire::new(MqttCodec::V5(v5::Codec::new(1 << 20, 1 << 20)));
+        let mut w = Wire::new(MqttCodec::V5(v5::Codec::new(1 << 20, 1 << 20)), 1 << 20);
         w.set_max_outbound(20);
         let mut out = BytesMut::new();
         // 1 + 1 + (2 + 3 + 1 + 13) = 21 bytes: one over.

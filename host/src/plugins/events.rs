@@ -9,6 +9,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::bindings::exports::apiary::plugin::events as wit;
 use super::manager::PluginManager;
+use super::manifest::Capability;
 use crate::registry::Event;
 
 /// Largest batch handed to one `on-events` call.
@@ -107,6 +108,13 @@ fn tenant_of(e: &wit::Event) -> &str {
 }
 
 impl PluginManager {
+    /// Whether a loaded events plugin holds `events.messages` (publishes are reported).
+    pub fn events_want_messages(&self) -> bool {
+        self.events_plugins()
+            .iter()
+            .any(|p| p.ctx.manifest.can(Capability::EventsMessages))
+    }
+
     /// Runs until shutdown: while any events plugin is loaded, batches registry events
     /// (up to 256, or what arrives within 20 ms) and hands each batch to every one of
     /// them. A plugin that cannot keep up loses events (counted in the log), never
@@ -122,15 +130,23 @@ impl PluginManager {
                     _ = shutdown.changed() => return,
                 }
             }
+            let with_messages = self.events_want_messages();
             let mut stream = match initial.take() {
                 Some(s) => s,
-                None => self.broker().registry.subscribe_events(true),
+                None => self.broker().registry.subscribe_events(with_messages),
             };
             loop {
                 let first = tokio::select! {
                     r = stream.rx.recv() => r,
                     _ = self.changed.notified() => {
-                        if self.events_plugins().is_empty() { break } else { continue }
+                        // Resubscribe when the set stops needing events, or starts or
+                        // stops needing messages (which cost the publish path).
+                        if self.events_plugins().is_empty()
+                            || self.events_want_messages() != stream.with_messages()
+                        {
+                            break;
+                        }
+                        continue;
                     }
                     _ = shutdown.changed() => return,
                 };
@@ -154,10 +170,16 @@ impl PluginManager {
                     }
                 }
                 for p in self.events_plugins() {
-                    // Only the tenants its toml grants.
+                    // Only the tenants its toml grants, and messages only with
+                    // `events.messages`.
+                    let m = &p.ctx.manifest;
+                    let messages = m.can(Capability::EventsMessages);
                     let mine: Vec<wit::Event> = batch
                         .iter()
-                        .filter(|e| p.ctx.manifest.may_touch(tenant_of(e)))
+                        .filter(|e| {
+                            m.may_touch(tenant_of(e))
+                                && (messages || !matches!(e, wit::Event::MessagePublished(_)))
+                        })
                         .cloned()
                         .collect();
                     if !mine.is_empty() {

@@ -8,29 +8,44 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use rmqtt_codec::types::QoS;
 
-use super::bindings::apiary::plugin::{broker, clock, kv, log, registry, types};
+use super::bindings::apiary::plugin::{broker, clock, log, registry, types};
+use super::manifest::Capability;
 use super::runtime::PluginState;
 use crate::registry::{KickTarget, OpError, Page, Query, SessionSnapshot};
 use crate::session::{SubOptions, Transport};
 use crate::store::records::{system_time, to_ms};
-use crate::store::{Space, Write};
 
 type Error = types::Error;
 
-/// Longest kv key a plugin may use.
-const KV_MAX_KEY: usize = 1024;
-/// Largest kv value a plugin may store.
-const KV_MAX_VALUE: usize = 1 << 20;
+/// Largest page a registry query returns (EMQX's own maximum `limit`).
+const MAX_PAGE: u32 = 10_000;
+
+/// Checks paging arguments: 1-based, and pages of at most [`MAX_PAGE`].
+fn paging(page: u32, limit: u32) -> Result<Page, Error> {
+    if limit == 0 || page == 0 {
+        return Err(Error::InvalidArgument("page and limit start at 1".into()));
+    }
+    if limit > MAX_PAGE {
+        return Err(Error::InvalidArgument(format!(
+            "limit is at most {MAX_PAGE}"
+        )));
+    }
+    Ok(Page {
+        page: page as usize,
+        limit: limit as usize,
+    })
+}
 
 impl PluginState {
     /// Whether the plugin may use `cap` on `tenant`: its toml must grant both and, once the
     /// call acts as an API key, the key must hold the matching right and tenant.
-    pub(crate) fn check(&self, cap: &str, tenant: Option<&str>) -> Result<(), Error> {
+    pub(crate) fn check(&self, cap: Capability, tenant: Option<&str>) -> Result<(), Error> {
         let m = &self.ctx.manifest;
         if !m.can(cap) {
             return Err(Error::PermissionDenied(format!(
-                "plugin {} was not granted {cap}",
-                self.ctx.name
+                "plugin {} was not granted {}",
+                self.ctx.name,
+                cap.as_str()
             )));
         }
         if let Some(t) = tenant {
@@ -42,15 +57,7 @@ impl PluginState {
             }
         }
         if let Some(k) = &self.acting {
-            let right = match cap {
-                "registry.read" => Some("connections:read"),
-                "registry.kick" | "registry.subscribe" | "registry.expire" => {
-                    Some("connections:write")
-                }
-                "broker.publish" => Some("publish"),
-                _ => None,
-            };
-            if let Some(r) = right.filter(|r| !k.has(r)) {
+            if let Some(r) = cap.right().filter(|&r| !k.has(r)) {
                 return Err(Error::PermissionDenied(format!(
                     "API key {} does not hold {r}",
                     k.key
@@ -65,45 +72,12 @@ impl PluginState {
         }
         Ok(())
     }
-
-    /// The store backend, if the plugin holds the `kv` capability.
-    fn kv(&self) -> Result<&dyn crate::store::Backend, Error> {
-        self.check("kv", None)?;
-        self.ctx
-            .broker
-            .store
-            .as_deref()
-            .map(|s| s.backend())
-            .ok_or_else(|| Error::Unavailable("no store".into()))
-    }
-
-    /// Checks a key (and value) against the kv limits.
-    fn kv_limits(key: &str, value: Option<&[u8]>) -> Result<(), Error> {
-        if key.len() > KV_MAX_KEY {
-            return Err(Error::InvalidArgument(format!(
-                "kv keys are at most {KV_MAX_KEY} bytes"
-            )));
-        }
-        if value.is_some_and(|v| v.len() > KV_MAX_VALUE) {
-            return Err(Error::InvalidArgument(format!(
-                "kv values are at most {KV_MAX_VALUE} bytes"
-            )));
-        }
-        Ok(())
-    }
-
-    fn kv_key(&self, key: &str) -> Vec<u8> {
-        crate::store::records::session_key(&self.ctx.name, key)
-    }
-}
-
-fn unavailable(e: crate::store::StoreError) -> Error {
-    Error::Unavailable(e.to_string())
 }
 
 fn op_error(e: OpError) -> Error {
     match e {
         OpError::NotFound(m) => Error::NotFound(m),
+        OpError::Refused(r) => Error::QuotaExceeded(r.to_string()),
         other => Error::InvalidArgument(other.to_string()),
     }
 }
@@ -218,10 +192,8 @@ impl registry::Host for PluginState {
     ) -> wasmtime::Result<Result<registry::SubscriptionPage, Error>> {
         let run = || -> Result<registry::SubscriptionPage, Error> {
             let tenant = f.tenant.clone().unwrap_or_else(|| "*".into());
-            self.check("registry.read", Some(&tenant))?;
-            if limit == 0 || page == 0 {
-                return Err(Error::InvalidArgument("page and limit start at 1".into()));
-            }
+            self.check(Capability::RegistryRead, Some(&tenant))?;
+            let paged = paging(page, limit)?;
             let q = crate::registry::SubQuery {
                 tenant: f.tenant,
                 client_id: f.client_id,
@@ -230,13 +202,7 @@ impl registry::Host for PluginState {
                 share_group: f.share_group,
                 match_topic: f.match_topic,
             };
-            let r = self.ctx.broker.registry.subscriptions(
-                &q,
-                Page {
-                    page: page as usize,
-                    limit: limit as usize,
-                },
-            );
+            let r = self.ctx.broker.registry.subscriptions(&q, paged);
             Ok(registry::SubscriptionPage {
                 items: r
                     .items
@@ -269,19 +235,10 @@ impl registry::Host for PluginState {
         let run = || -> Result<registry::Page, Error> {
             // Without a tenant the query spans tenants: only for plugins granted all of them.
             let tenant = q.tenant.clone().unwrap_or_else(|| "*".into());
-            self.check("registry.read", Some(&tenant))?;
-            if limit == 0 || page == 0 {
-                return Err(Error::InvalidArgument("page and limit start at 1".into()));
-            }
+            self.check(Capability::RegistryRead, Some(&tenant))?;
+            let paged = paging(page, limit)?;
             let b = &self.ctx.broker;
-            let r = b.registry.query(
-                &to_query(q)?,
-                Page {
-                    page: page as usize,
-                    limit: limit as usize,
-                },
-                &b.config,
-            );
+            let r = b.registry.query(&to_query(q)?, paged, &b.config);
             Ok(registry::Page {
                 items: r.items.into_iter().map(session).collect(),
                 count: r.count as u64,
@@ -296,7 +253,7 @@ impl registry::Host for PluginState {
         tenant: String,
         client_id: String,
     ) -> wasmtime::Result<Result<Option<types::Session>, Error>> {
-        if let Err(e) = self.check("registry.read", Some(&tenant)) {
+        if let Err(e) = self.check(Capability::RegistryRead, Some(&tenant)) {
             return Ok(Err(e));
         }
         let b = &self.ctx.broker;
@@ -312,7 +269,7 @@ impl registry::Host for PluginState {
         client_id: String,
         end_session: bool,
     ) -> wasmtime::Result<Result<u32, Error>> {
-        if let Err(e) = self.check("registry.kick", Some(&tenant)) {
+        if let Err(e) = self.check(Capability::RegistryKick, Some(&tenant)) {
             return Ok(Err(e));
         }
         let n = self
@@ -330,7 +287,7 @@ impl registry::Host for PluginState {
         end_session: bool,
     ) -> wasmtime::Result<Result<u32, Error>> {
         let run = || -> Result<u32, Error> {
-            self.check("registry.kick", Some(&tenant))?;
+            self.check(Capability::RegistryKick, Some(&tenant))?;
             let transport = transport_name.as_deref().map(transport).transpose()?;
             Ok(u32_sat(self.ctx.broker.kick(
                 &tenant,
@@ -353,7 +310,7 @@ impl registry::Host for PluginState {
         rh: u8,
     ) -> wasmtime::Result<Result<bool, Error>> {
         let run = || -> Result<bool, Error> {
-            self.check("registry.subscribe", Some(&tenant))?;
+            self.check(Capability::RegistrySubscribe, Some(&tenant))?;
             if rh > 2 {
                 return Err(Error::InvalidArgument("rh must be 0, 1 or 2".into()));
             }
@@ -378,7 +335,7 @@ impl registry::Host for PluginState {
         client_id: String,
         topic: String,
     ) -> wasmtime::Result<Result<bool, Error>> {
-        if let Err(e) = self.check("registry.subscribe", Some(&tenant)) {
+        if let Err(e) = self.check(Capability::RegistrySubscribe, Some(&tenant)) {
             return Ok(Err(e));
         }
         Ok(self
@@ -393,7 +350,7 @@ impl registry::Host for PluginState {
         tenant: String,
         seconds: u64,
     ) -> wasmtime::Result<Result<u32, Error>> {
-        if let Err(e) = self.check("registry.expire", Some(&tenant)) {
+        if let Err(e) = self.check(Capability::RegistryExpire, Some(&tenant)) {
             return Ok(Err(e));
         }
         Ok(Ok(u32_sat(
@@ -412,7 +369,7 @@ impl broker::Host for PluginState {
         retain: bool,
     ) -> wasmtime::Result<Result<u32, Error>> {
         let run = || -> Result<u32, Error> {
-            self.check("broker.publish", Some(&tenant))?;
+            self.check(Capability::BrokerPublish, Some(&tenant))?;
             let n = self
                 .ctx
                 .broker
@@ -421,59 +378,6 @@ impl broker::Host for PluginState {
             Ok(u32_sat(n))
         };
         Ok(run())
-    }
-}
-
-impl kv::Host for PluginState {
-    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        Ok(Self::kv_limits(&key, None)
-            .and_then(|()| self.kv())
-            .and_then(|b| b.get(Space::Kv, &self.kv_key(&key)).map_err(unavailable)))
-    }
-
-    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
-        Ok(Self::kv_limits(&key, Some(&value))
-            .and_then(|()| self.kv())
-            .and_then(|b| {
-                b.write(vec![Write::Put(Space::Kv, self.kv_key(&key), value)])
-                    .map_err(unavailable)
-            }))
-    }
-
-    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
-        Ok(Self::kv_limits(&key, None)
-            .and_then(|()| self.kv())
-            .and_then(|b| {
-                let k = self.kv_key(&key);
-                let existed = b.get(Space::Kv, &k).map_err(unavailable)?.is_some();
-                b.write(vec![Write::Delete(Space::Kv, k)])
-                    .map_err(unavailable)?;
-                Ok(existed)
-            }))
-    }
-
-    async fn list_keys(
-        &mut self,
-        prefix: String,
-        limit: u32,
-    ) -> wasmtime::Result<Result<Vec<String>, Error>> {
-        Ok(self.kv().and_then(|b| {
-            // Keys are length-prefixed, so scan the plugin's own space and filter by prefix.
-            let base = self.kv_key("");
-            let mut keys = Vec::new();
-            b.scan_prefix(Space::Kv, &base[..base.len() - 4], &mut |k, _| {
-                if let Ok((_, key, _)) = crate::store::records::split_key(k) {
-                    if key.starts_with(&prefix) {
-                        keys.push(key.to_string());
-                    }
-                }
-                true
-            })
-            .map_err(unavailable)?;
-            keys.sort();
-            keys.truncate(limit as usize);
-            Ok(keys)
-        }))
     }
 }
 

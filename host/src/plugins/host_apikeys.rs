@@ -2,7 +2,11 @@
 //! one API key store without ever seeing a secret. A successful `verify` or `verify-mac`
 //! makes the rest of the call act as that key (see `PluginState::check`).
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
 use super::bindings::apiary::plugin::apikeys;
+use super::manifest::Capability;
 use super::runtime::PluginState;
 use crate::apikeys::{ApiKey, MacAlgorithm};
 
@@ -12,7 +16,7 @@ fn info(k: &ApiKey) -> apikeys::KeyInfo {
     apikeys::KeyInfo {
         key: k.key.clone(),
         tenant: k.tenant.clone(),
-        rights: k.rights.clone(),
+        rights: k.rights.iter().map(|r| r.as_str().to_string()).collect(),
     }
 }
 
@@ -24,17 +28,32 @@ fn alg(a: apikeys::MacAlgorithm) -> MacAlgorithm {
 }
 
 impl PluginState {
-    /// Records a verified key as the one this call acts as.
+    /// Refuses a check from an HTTP client whose address failed too many logins.
+    fn throttled(&self) -> Result<(), Error> {
+        let Some(ip) = self.peer else { return Ok(()) };
+        let b = &self.ctx.broker;
+        if b.login_throttle.blocked(ip, Instant::now()).is_some() {
+            b.metrics.api_auth_throttled.fetch_add(1, Relaxed);
+            return Err(Error::Unavailable(
+                "too many failed logins from this address; try again later".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a verified key as the one this call acts as, or a failed login.
     fn act_as(&mut self, k: Option<ApiKey>) -> Option<apikeys::KeyInfo> {
         let i = k.as_ref().map(info);
+        let b = &self.ctx.broker;
+        match (&k, self.peer) {
+            (Some(_), Some(ip)) => b.login_throttle.succeeded(ip),
+            (None, Some(ip)) => b.login_throttle.failed(ip, Instant::now()),
+            _ => {}
+        }
         if k.is_some() {
             self.acting = k;
         } else {
-            self.ctx
-                .broker
-                .metrics
-                .api_auth_failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            b.metrics.api_auth_failed.fetch_add(1, Relaxed);
         }
         i
     }
@@ -46,7 +65,10 @@ impl apikeys::Host for PluginState {
         key: String,
         secret: String,
     ) -> wasmtime::Result<Result<Option<apikeys::KeyInfo>, Error>> {
-        if let Err(e) = self.check("apikeys", None) {
+        if let Err(e) = self
+            .check(Capability::ApiKeys, None)
+            .and_then(|()| self.throttled())
+        {
             return Ok(Err(e));
         }
         let k = self.ctx.broker.api_keys.verify(&key, &secret);
@@ -60,7 +82,10 @@ impl apikeys::Host for PluginState {
         message: Vec<u8>,
         signature: Vec<u8>,
     ) -> wasmtime::Result<Result<Option<apikeys::KeyInfo>, Error>> {
-        if let Err(e) = self.check("apikeys", None) {
+        if let Err(e) = self
+            .check(Capability::ApiKeys, None)
+            .and_then(|()| self.throttled())
+        {
             return Ok(Err(e));
         }
         let k = self
@@ -76,7 +101,7 @@ impl apikeys::Host for PluginState {
         key: String,
     ) -> wasmtime::Result<Result<Option<apikeys::KeyInfo>, Error>> {
         Ok(self
-            .check("apikeys", None)
+            .check(Capability::ApiKeys, None)
             .map(|()| self.ctx.broker.api_keys.lookup(&key).as_ref().map(info)))
     }
 
@@ -88,7 +113,7 @@ impl apikeys::Host for PluginState {
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         // Only with the key this call already acts as: a MAC under any key's secret would
         // let a plugin forge that key's signatures (and act as it through verify-mac).
-        Ok(self.check("apikeys", None).map(|()| {
+        Ok(self.check(Capability::ApiKeys, None).map(|()| {
             self.acting
                 .as_ref()
                 .filter(|k| k.key == key)

@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
-use tracing::{info, warn};
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
 
-use super::manifest::Manifest;
+use super::manifest::{Manifest, Role};
 use super::runtime::{LoadedPlugin, PluginContext, PluginError, Runtime};
 use crate::broker::Broker;
 
@@ -24,8 +26,8 @@ pub struct PluginInfo {
     pub name: String,
     /// Short content hash of the serving version.
     pub version: Option<String>,
-    /// Roles it serves.
-    pub roles: Vec<&'static str>,
+    /// Roles it serves (exported and granted by its toml).
+    pub roles: Vec<Role>,
     /// Full content hash.
     pub file_hash: Option<String>,
     /// "running", or "failed" when no version could be loaded.
@@ -51,6 +53,11 @@ pub struct PluginManager {
     load_errors: RwLock<BTreeMap<String, String>>,
     listeners: Mutex<HashMap<String, (std::net::SocketAddr, tokio::task::JoinHandle<()>)>>,
     serial: tokio::sync::Mutex<()>,
+    /// Digest of the files (wasm + toml) of each plugin's last load attempt, so that
+    /// events that change nothing (reads, `touch`) never reload.
+    attempted: Mutex<HashMap<String, [u8; 32]>>,
+    /// Every plugin's kv usage, kept across reloads.
+    kv_accounts: super::kv::Accounts,
     /// Signalled when the loaded set changes (the events pump starts or stops on it).
     pub(crate) changed: tokio::sync::Notify,
 }
@@ -64,16 +71,24 @@ impl std::fmt::Debug for PluginManager {
 }
 
 impl PluginManager {
-    /// A manager over `dir`, compiling into `cache_dir`.
-    pub fn new(dir: &Path, cache_dir: &Path, broker: Broker) -> Result<Arc<Self>, PluginError> {
+    /// A manager over `dir`, compiling into `cache_dir` (entries authenticated with
+    /// `cache_key`).
+    pub fn new(
+        dir: &Path,
+        cache_dir: &Path,
+        cache_key: [u8; 32],
+        broker: Broker,
+    ) -> Result<Arc<Self>, PluginError> {
         Ok(Arc::new(Self {
-            runtime: Runtime::new(cache_dir)?,
+            runtime: Runtime::new(cache_dir, cache_key)?,
             dir: dir.to_path_buf(),
             broker,
             plugins: RwLock::new(BTreeMap::new()),
             load_errors: RwLock::new(BTreeMap::new()),
             listeners: Mutex::new(HashMap::new()),
             serial: tokio::sync::Mutex::new(()),
+            attempted: Mutex::new(HashMap::new()),
+            kv_accounts: super::kv::Accounts::default(),
             changed: tokio::sync::Notify::new(),
         }))
     }
@@ -102,42 +117,92 @@ impl PluginManager {
         }
     }
 
-    /// Loads or reloads `NAME.wasm` (+ `NAME.toml`). On failure the previous version, if
-    /// any, keeps serving and the error is recorded.
+    /// Loads or reloads `NAME.wasm` (+ `NAME.toml`), whether or not they changed (an
+    /// operator's explicit reload). On failure the previous version, if any, keeps serving
+    /// and the error is recorded.
     pub async fn load(self: &Arc<Self>, name: &str) -> Result<Arc<LoadedPlugin>, PluginError> {
+        self.load_with(name, true)
+            .await
+            .map(|p| p.expect("a forced load always loads"))
+    }
+
+    /// Loads `NAME` only if its files differ from those of the last attempt (the
+    /// watcher's path). Ok(None): unchanged, nothing done.
+    pub async fn load_if_changed(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<Option<Arc<LoadedPlugin>>, PluginError> {
+        self.load_with(name, false).await
+    }
+
+    async fn load_with(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+    ) -> Result<Option<Arc<LoadedPlugin>>, PluginError> {
         let _serial = self.serial.lock().await;
-        let r = self.load_inner(name).await;
+        let r = match Sources::read(&self.dir, name) {
+            Ok(src) => {
+                let same = self.attempted.lock().get(name) == Some(&src.digest);
+                if same && !force {
+                    debug!(plugin = name, "plugin files unchanged; not reloaded");
+                    return Ok(None);
+                }
+                self.attempted.lock().insert(name.to_string(), src.digest);
+                self.load_inner(name, src).await
+            }
+            Err(e) => Err(e),
+        };
+        let m = &self.broker.metrics;
         match &r {
             Ok(p) => {
+                m.plugin_loads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.load_errors.write().remove(name);
                 info!(plugin = name, version = &p.hash[..12], roles = ?p.roles(), "plugin loaded");
             }
             Err(e) => {
+                m.plugin_load_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(plugin = name, error = %e, "plugin failed to load; any previous version keeps serving");
                 self.load_errors
                     .write()
                     .insert(name.to_string(), e.to_string());
             }
         }
-        r
+        r.map(Some)
     }
 
-    async fn load_inner(self: &Arc<Self>, name: &str) -> Result<Arc<LoadedPlugin>, PluginError> {
-        let wasm = self.dir.join(format!("{name}.wasm"));
-        let bytes = std::fs::read(&wasm)
-            .map_err(|e| PluginError::Load(format!("{}: {e}", wasm.display())))?;
-        let manifest =
-            Manifest::load(&self.dir.join(format!("{name}.toml"))).map_err(PluginError::Load)?;
+    async fn load_inner(
+        self: &Arc<Self>,
+        name: &str,
+        src: Sources,
+    ) -> Result<Arc<LoadedPlugin>, PluginError> {
+        let manifest = Manifest::parse(src.toml.as_deref(), &self.dir.join(format!("{name}.toml")))
+            .map_err(PluginError::Load)?;
         let rt = self.runtime.clone();
-        let (component, hash) = tokio::task::spawn_blocking(move || rt.compile(&bytes))
+        let bytes = src.wasm;
+        let compiled = tokio::task::spawn_blocking(move || rt.compile(&bytes))
             .await
             .map_err(|e| PluginError::Load(e.to_string()))??;
-        let prepared = self.runtime.prepare(&component)?;
+        if compiled.cache_rejected {
+            self.broker
+                .metrics
+                .plugin_cache_rejected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let hash = compiled.hash;
+        let prepared = self.runtime.prepare(&compiled.component)?;
+        let unserved = prepared.check_roles(&manifest.roles)?;
+        if !unserved.is_empty() {
+            warn!(plugin = name, roles = ?unserved, "the component exports roles its toml does not grant; they are not served");
+        }
         let listen = manifest.listen;
         let ctx = Arc::new(PluginContext {
             name: name.to_string(),
             manifest,
             broker: self.broker.clone(),
+            kv: self.kv_accounts.of(name),
         });
         let plugin = LoadedPlugin::new(ctx, prepared, hash, &self.runtime).await?;
         // A new listen address is bound before the swap: if it fails, the old version
@@ -178,6 +243,7 @@ impl PluginManager {
     pub async fn unload(&self, name: &str) -> bool {
         let _serial = self.serial.lock().await;
         self.load_errors.write().remove(name);
+        self.attempted.lock().remove(name);
         if let Some((_, h)) = self.listeners.lock().remove(name) {
             h.abort();
         }
@@ -205,7 +271,7 @@ impl PluginManager {
             let fits = mount == "/"
                 || path == mount
                 || (path.starts_with(mount) && path.as_bytes().get(mount.len()) == Some(&b'/'));
-            if fits && p.roles().contains(&"http") && best.is_none_or(|(_, l)| mount.len() > l) {
+            if fits && p.serves(Role::Http) && best.is_none_or(|(_, l)| mount.len() > l) {
                 best = Some((p, mount.len()));
             }
         }
@@ -226,7 +292,7 @@ impl PluginManager {
             .plugins
             .read()
             .values()
-            .filter(|p| p.roles().contains(&"auth"))
+            .filter(|p| p.serves(Role::Auth))
             .count();
         self.broker.acl.plugins_changed(auth);
         self.changed.notify_one();
@@ -238,7 +304,7 @@ impl PluginManager {
             .plugins
             .read()
             .values()
-            .filter(|p| p.roles().contains(&"auth"))
+            .filter(|p| p.serves(Role::Auth))
             .cloned()
             .collect();
         v.sort_by_key(|p| (p.ctx.manifest.priority, p.ctx.name.clone()));
@@ -251,7 +317,7 @@ impl PluginManager {
             .plugins
             .read()
             .values()
-            .filter(|p| p.roles().contains(&"events"))
+            .filter(|p| p.serves(Role::Events))
             .cloned()
             .collect();
         v.sort_by_key(|p| (p.ctx.manifest.priority, p.ctx.name.clone()));
@@ -303,13 +369,16 @@ impl PluginManager {
         out.into_values().collect()
     }
 
-    /// Watches the directory until shutdown: `.wasm`/`.toml` changes settle for 250 ms,
-    /// then each affected plugin is loaded, reloaded or unloaded.
+    /// Watches the directory until shutdown: `.wasm`/`.toml` writes, renames and removals
+    /// settle for 250 ms, then each affected plugin is loaded, reloaded (if its files
+    /// changed) or unloaded.
     pub async fn watch(self: Arc<Self>) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
         let mut watcher =
             match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-                if let Ok(ev) = ev {
+                // Only what can change a file's content: the broker's own reads of a
+                // plugin (and anyone's `cat`) raise open/close events too.
+                if let Some(ev) = ev.ok().filter(|ev| changes_content(&ev.kind)) {
                     for p in ev.paths {
                         let _ = tx.send(p);
                     }
@@ -352,11 +421,57 @@ impl PluginManager {
             }
             for name in changed {
                 if self.dir.join(format!("{name}.wasm")).exists() {
-                    let _ = self.load(&name).await;
+                    let _ = self.load_if_changed(&name).await;
                 } else {
                     self.unload(&name).await;
                 }
             }
         }
+    }
+}
+
+/// Whether a watcher event can mean new content: created, written, renamed or removed.
+/// Opens, reads and metadata changes (`touch`, `chmod`) are not.
+fn changes_content(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
+}
+
+/// The files of one plugin as read for a load, and their digest.
+struct Sources {
+    wasm: Vec<u8>,
+    toml: Option<String>,
+    digest: [u8; 32],
+}
+
+impl Sources {
+    fn read(dir: &Path, name: &str) -> Result<Self, PluginError> {
+        let wasm_path = dir.join(format!("{name}.wasm"));
+        let wasm = std::fs::read(&wasm_path)
+            .map_err(|e| PluginError::Load(format!("{}: {e}", wasm_path.display())))?;
+        let toml_path = dir.join(format!("{name}.toml"));
+        let toml = match std::fs::read_to_string(&toml_path) {
+            Ok(t) => Some(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(PluginError::Load(format!("{}: {e}", toml_path.display()))),
+        };
+        let mut h = Sha256::new();
+        h.update(Sha256::digest(&wasm));
+        h.update(
+            toml.as_deref()
+                .map(|t| Sha256::digest(t.as_bytes()))
+                .unwrap_or_default(),
+        );
+        h.update([u8::from(toml.is_some())]);
+        Ok(Self {
+            wasm,
+            toml,
+            digest: h.finalize().into(),
+        })
     }
 }

@@ -6,16 +6,92 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-/// A host operation a plugin may be granted.
-pub const CAPABILITIES: &[&str] = &[
-    "registry.read",
-    "registry.kick",
-    "registry.subscribe",
-    "registry.expire",
-    "broker.publish",
-    "kv",
-    "apikeys",
-];
+/// A host operation a plugin may be granted (`capabilities = [...]` in its toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+pub enum Capability {
+    /// Query sessions and subscriptions.
+    #[serde(rename = "registry.read")]
+    RegistryRead,
+    /// Disconnect clients (and end their sessions).
+    #[serde(rename = "registry.kick")]
+    RegistryKick,
+    /// Subscribe and unsubscribe on a session's behalf.
+    #[serde(rename = "registry.subscribe")]
+    RegistrySubscribe,
+    /// Expire a tenant's inactive sessions.
+    #[serde(rename = "registry.expire")]
+    RegistryExpire,
+    /// Publish as the broker.
+    #[serde(rename = "broker.publish")]
+    BrokerPublish,
+    /// A private durable key-value store.
+    #[serde(rename = "kv")]
+    Kv,
+    /// Check API keys and request signatures.
+    #[serde(rename = "apikeys")]
+    ApiKeys,
+    /// Verify password hashes natively (argon2, bcrypt) on the host's bounded pool.
+    #[serde(rename = "passwords")]
+    Passwords,
+    /// Receive `message-published` events, payloads included (events role).
+    #[serde(rename = "events.messages")]
+    EventsMessages,
+}
+
+impl Capability {
+    /// The name used in tomls and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::RegistryRead => "registry.read",
+            Capability::RegistryKick => "registry.kick",
+            Capability::RegistrySubscribe => "registry.subscribe",
+            Capability::RegistryExpire => "registry.expire",
+            Capability::BrokerPublish => "broker.publish",
+            Capability::Kv => "kv",
+            Capability::ApiKeys => "apikeys",
+            Capability::Passwords => "passwords",
+            Capability::EventsMessages => "events.messages",
+        }
+    }
+
+    /// The API key right a call acting as a key must also hold for this capability.
+    pub fn right(self) -> Option<crate::apikeys::Right> {
+        use crate::apikeys::Right;
+        match self {
+            Capability::RegistryRead => Some(Right::ConnectionsRead),
+            Capability::RegistryKick
+            | Capability::RegistrySubscribe
+            | Capability::RegistryExpire => Some(Right::ConnectionsWrite),
+            Capability::BrokerPublish => Some(Right::Publish),
+            _ => None,
+        }
+    }
+}
+
+/// A role a plugin may serve (`roles = [...]` in its toml). Exporting a role is not
+/// enough: an `auth` plugin decides who connects, an `events` plugin sees every session
+/// of its tenants, so serving one is a grant like a capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Answers HTTP requests.
+    Http,
+    /// Decides CONNECT, publish and subscribe.
+    Auth,
+    /// Consumes registry events.
+    Events,
+}
+
+impl Role {
+    /// The name used in tomls and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Http => "http",
+            Role::Auth => "auth",
+            Role::Events => "events",
+        }
+    }
+}
 
 /// WASI access granted to a plugin (none by default).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -40,8 +116,10 @@ pub struct Manifest {
     pub mount: Option<String>,
     /// A dedicated HTTP listener for this plugin, serving its routes with no prefix.
     pub listen: Option<SocketAddr>,
-    /// Host operations it may call (see [`CAPABILITIES`]).
-    pub capabilities: Vec<String>,
+    /// Roles it may serve (of those its component exports).
+    pub roles: Vec<Role>,
+    /// Host operations it may call.
+    pub capabilities: Vec<Capability>,
     /// Tenants it may act on; `*` means all.
     pub tenants: Vec<String>,
     /// Linear memory limit in MiB.
@@ -51,6 +129,10 @@ pub struct Manifest {
     /// Initialised instances kept for reuse; 0 = a fresh instance (and `init`) per call,
     /// for plugins that must not keep state between calls.
     pub max_instances: usize,
+    /// Keys its kv store may hold.
+    pub kv_max_keys: u64,
+    /// Bytes (keys + values) its kv store may hold.
+    pub kv_max_bytes: u64,
     /// WASI grants.
     pub wasi: WasiGrants,
     /// The plugin's own configuration, passed to its `init` as JSON.
@@ -63,11 +145,14 @@ impl Default for Manifest {
             priority: 0,
             mount: None,
             listen: None,
+            roles: Vec::new(),
             capabilities: Vec::new(),
             tenants: vec!["default".into()],
             memory_limit_mb: 64,
             call_timeout_ms: 1000,
             max_instances: 4,
+            kv_max_keys: 10_000,
+            kv_max_bytes: 16 << 20,
             wasi: WasiGrants::default(),
             config: toml::Table::new(),
         }
@@ -77,30 +162,26 @@ impl Default for Manifest {
 impl Manifest {
     /// Reads `path`, or the defaults when it does not exist.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+        match std::fs::read_to_string(path) {
+            Ok(t) => Self::parse(Some(&t), path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::parse(None, path),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Parses the text of `path` (None: the file does not exist, so the defaults).
+    pub fn parse(text: Option<&str>, path: &Path) -> Result<Self, String> {
+        let Some(text) = text else {
+            return Ok(Self::default());
         };
         let mut m: Manifest =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            toml::from_str(text).map_err(|e| format!("{}: {e}", path.display()))?;
         if let Some(base) = path.parent() {
             for host in m.wasi.read_dirs.values_mut() {
                 if host.is_relative() {
                     *host = base.join(&*host);
                 }
             }
-        }
-        if let Some(bad) = m
-            .capabilities
-            .iter()
-            .find(|c| !CAPABILITIES.contains(&c.as_str()))
-        {
-            return Err(format!(
-                "{}: unknown capability {bad:?} (known: {})",
-                path.display(),
-                CAPABILITIES.join(", ")
-            ));
         }
         if let Some(mount) = &m.mount {
             if !mount.starts_with('/') || mount.ends_with('/') && mount.len() > 1 {
@@ -120,8 +201,8 @@ impl Manifest {
     }
 
     /// Whether the plugin holds a capability.
-    pub fn can(&self, cap: &str) -> bool {
-        self.capabilities.iter().any(|c| c == cap)
+    pub fn can(&self, cap: Capability) -> bool {
+        self.capabilities.contains(&cap)
     }
 
     /// Whether the plugin may act on a tenant.
@@ -150,14 +231,17 @@ mod tests {
         );
         std::fs::write(
             &p,
-            "mount = \"/api/v5\"\ncapabilities = [\"registry.read\"]\n[config]\na = 1\n",
+            "mount = \"/api/v5\"\nroles = [\"http\"]\ncapabilities = [\"registry.read\"]\n[config]\na = 1\n",
         )
         .unwrap();
         let m = Manifest::load(&p).unwrap();
-        assert!(m.can("registry.read") && !m.can("kv"));
+        assert!(m.can(Capability::RegistryRead) && !m.can(Capability::Kv));
+        assert_eq!(m.roles, vec![Role::Http]);
         assert_eq!(m.config_json(), "{\"a\":1}");
         std::fs::write(&p, "capabilities = [\"registry.wreck\"]\n").unwrap();
         assert!(Manifest::load(&p).unwrap_err().contains("registry.wreck"));
+        std::fs::write(&p, "roles = [\"admin\"]\n").unwrap();
+        assert!(Manifest::load(&p).unwrap_err().contains("admin"));
         std::fs::write(&p, "mout = \"/x\"\n").unwrap();
         assert!(Manifest::load(&p).unwrap_err().contains("mout"));
     }

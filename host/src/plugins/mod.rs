@@ -5,11 +5,15 @@
 //! - [`runtime`]: engine, compile cache, instances, calls with deadlines;
 //! - `host_api`: the host interfaces a plugin imports, each checked against its grants;
 //! - `host_apikeys`: the API key store, for admin API plugins' credentials;
+//! - [`kv`]: each plugin's private store, bounded by its quota;
+//! - `host_passwords`: password hashes verified natively on a bounded pool;
 //! - [`manager`]: the loaded set, the directory watcher, lookup by role.
 
 mod events;
 mod host_api;
 mod host_apikeys;
+mod host_passwords;
+pub mod kv;
 pub mod manager;
 pub mod manifest;
 pub mod runtime;

@@ -17,7 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::exports::apiary::plugin::{auth, events, http, lifecycle};
 use super::bindings::Full;
-use super::manifest::Manifest;
+use super::manifest::{Manifest, Role};
 use crate::broker::Broker;
 
 /// Epoch tick: the granularity of call deadlines.
@@ -42,8 +42,13 @@ pub enum PluginError {
     #[error("plugin is backing off after repeated failures")]
     BackingOff,
     /// The plugin does not serve this role.
-    #[error("plugin does not export the {0} role")]
+    #[error("plugin does not serve the {0} role")]
     NoRole(&'static str),
+    /// The call did not finish in wall-clock time although it did not run out of CPU
+    /// time: it waited (in a host call, or for a loaded machine). Not a fault of the
+    /// plugin's, so it does not count towards backing off.
+    #[error("plugin call did not finish in time (the host was busy)")]
+    Overloaded,
     /// Too many calls are in progress.
     #[error("plugin is busy (too many calls in progress)")]
     Busy,
@@ -58,6 +63,8 @@ pub struct PluginContext {
     pub manifest: Manifest,
     /// The broker it acts on.
     pub broker: Broker,
+    /// Its kv usage (shared by every version of the plugin).
+    pub kv: Arc<super::kv::Account>,
 }
 
 /// Store data of one instance.
@@ -71,6 +78,8 @@ pub struct PluginState {
     pub ctx: Arc<PluginContext>,
     /// The API key this call acts as, once the plugin verified one (reset every call).
     pub(crate) acting: Option<crate::apikeys::ApiKey>,
+    /// The address of the HTTP client this call serves, for the login throttle.
+    pub(crate) peer: Option<std::net::IpAddr>,
 }
 
 impl WasiView for PluginState {
@@ -87,13 +96,29 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<PluginState>,
     cache_dir: PathBuf,
+    /// Authenticates cache entries: a compiled plugin is native code, so an entry is
+    /// only loaded if it carries a MAC made with this key (kept in the data dir).
+    cache_key: [u8; 32],
 }
+
+/// A compiled component and where it came from.
+pub struct Compiled {
+    /// The component.
+    pub component: Component,
+    /// Content hash of the `.wasm`.
+    pub hash: String,
+    /// A cache entry existed but failed its integrity check (it was recompiled).
+    pub cache_rejected: bool,
+}
+
+/// Bytes of the MAC after a cache entry's compiled code.
+const TAG: usize = 32;
 
 impl Runtime {
     /// Builds the engine (epoch interruption on) and the linker with the host interfaces
     /// and WASI (whose reach is decided per instance by its WasiCtx), and starts the epoch
     /// ticker thread.
-    pub fn new(cache_dir: &Path) -> Result<Arc<Self>, PluginError> {
+    pub fn new(cache_dir: &Path, cache_key: [u8; 32]) -> Result<Arc<Self>, PluginError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| PluginError::Load(e.to_string()))?;
@@ -118,37 +143,78 @@ impl Runtime {
             engine,
             linker,
             cache_dir: cache_dir.to_path_buf(),
+            cache_key,
         }))
     }
 
     /// Compiles a component, or loads it from the on-disk cache keyed by the content hash
-    /// and the engine's compatibility hash. Returns it with its content hash.
-    pub fn compile(&self, bytes: &[u8]) -> Result<(Component, String), PluginError> {
+    /// and the engine's compatibility hash. Returns it with its content hash. A cache
+    /// entry is compiled code followed by an HMAC-SHA256 of its file name and code under
+    /// the cache key; one whose MAC does not verify is never deserialised.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, PluginError> {
         let hash = hex(&Sha256::digest(bytes));
         let mut h = std::hash::DefaultHasher::new();
         std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut h);
-        let key = format!("{hash}-{:016x}.cwasm", std::hash::Hasher::finish(&h));
-        let cached = self.cache_dir.join(key);
-        if cached.exists() {
-            // SAFETY: the file was written by `serialize` of this same engine configuration
-            // (the key includes its compatibility hash) into a directory only we write.
-            if let Ok(c) = unsafe { Component::deserialize_file(&self.engine, &cached) } {
-                return Ok((c, hash));
+        let name = format!("{hash}-{:016x}.cwasm", std::hash::Hasher::finish(&h));
+        let cached = self.cache_dir.join(&name);
+        let mut cache_rejected = false;
+        if let Ok(entry) = std::fs::read(&cached) {
+            match self.open_entry(&name, &entry) {
+                Some(component) => {
+                    return Ok(Compiled {
+                        component,
+                        hash,
+                        cache_rejected,
+                    })
+                }
+                None => {
+                    cache_rejected = true;
+                    tracing::warn!(entry = %cached.display(), "compiled-plugin cache entry failed its integrity check; recompiling");
+                }
             }
         }
         let c =
             Component::new(&self.engine, bytes).map_err(|e| PluginError::Load(format!("{e:#}")))?;
-        if let Ok(bytes) = c.serialize() {
+        if let Ok(mut code) = c.serialize() {
+            let tag = self.tag(&name, &code);
+            code.extend_from_slice(&tag);
             let tmp = cached.with_extension(format!(
                 "{}.{:x}.tmp",
                 std::process::id(),
                 rand::random::<u64>()
             ));
-            if std::fs::write(&tmp, bytes).is_ok() {
+            if std::fs::write(&tmp, code).is_ok() {
                 let _ = std::fs::rename(&tmp, &cached);
             }
         }
-        Ok((c, hash))
+        Ok(Compiled {
+            component: c,
+            hash,
+            cache_rejected,
+        })
+    }
+
+    fn tag(&self, name: &str, code: &[u8]) -> [u8; TAG] {
+        use hmac::{Hmac, Mac};
+        let mut m = Hmac::<Sha256>::new_from_slice(&self.cache_key).expect("HMAC takes any key");
+        m.update(name.as_bytes());
+        m.update(&[0]);
+        m.update(code);
+        m.finalize().into_bytes().into()
+    }
+
+    /// The component in a cache entry, if its MAC verifies.
+    fn open_entry(&self, name: &str, entry: &[u8]) -> Option<Component> {
+        let split = entry.len().checked_sub(TAG)?;
+        let (code, tag) = entry.split_at(split);
+        let want = self.tag(name, code);
+        if want.iter().zip(tag).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0 {
+            return None;
+        }
+        // SAFETY: the bytes carry a MAC under our key, so this process (or one holding
+        // the same key) serialised them with this engine configuration (the name holds
+        // its compatibility hash) and they were not changed since.
+        unsafe { Component::deserialize(&self.engine, code) }.ok()
     }
 
     /// Links a component against the host, finding which roles it exports.
@@ -189,19 +255,48 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Names of the roles exported.
-    pub fn roles(&self) -> Vec<&'static str> {
+    /// The roles the component exports (served only as far as its toml grants them).
+    pub fn exports(&self) -> Vec<Role> {
         let mut r = Vec::new();
         if self.http.is_some() {
-            r.push("http");
+            r.push(Role::Http);
         }
         if self.auth.is_some() {
-            r.push("auth");
+            r.push(Role::Auth);
         }
         if self.events.is_some() {
-            r.push("events");
+            r.push(Role::Events);
         }
         r
+    }
+
+    /// Checks the toml's `roles` against the exports: every granted role must be
+    /// exported, and at least one must be granted. Returns the exported roles that are
+    /// not granted (served by nobody; the caller warns).
+    pub fn check_roles(&self, granted: &[Role]) -> Result<Vec<Role>, PluginError> {
+        let exports = self.exports();
+        if let Some(r) = granted.iter().find(|r| !exports.contains(r)) {
+            return Err(PluginError::Load(format!(
+                "its toml grants the {} role, which the component does not export",
+                r.as_str()
+            )));
+        }
+        if granted.is_empty() {
+            let names: Vec<&str> = exports.iter().map(|r| r.as_str()).collect();
+            return Err(PluginError::Load(format!(
+                "its toml grants no role: add roles = [{}] for the roles it should serve (it exports {})",
+                names
+                    .iter()
+                    .map(|n| format!("\"{n}\""))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if names.is_empty() { "none".into() } else { names.join(", ") }
+            )));
+        }
+        Ok(exports
+            .into_iter()
+            .filter(|r| !granted.contains(r))
+            .collect())
     }
 }
 
@@ -227,6 +322,8 @@ pub struct LoadedPlugin {
     pub calls: AtomicU64,
     /// Calls that failed.
     pub errors: AtomicU64,
+    /// Calls that ran out of wall-clock time while waiting (not faults).
+    pub overloaded: AtomicU64,
     /// The last failure.
     pub last_error: Mutex<Option<String>>,
     consecutive_failures: AtomicU64,
@@ -252,6 +349,7 @@ impl LoadedPlugin {
             loaded_at: crate::store::records::to_ms(std::time::SystemTime::now()),
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            overloaded: AtomicU64::new(0),
             last_error: Mutex::new(None),
             consecutive_failures: AtomicU64::new(0),
             backoff_until: Mutex::new(None),
@@ -268,9 +366,23 @@ impl LoadedPlugin {
         Ok(p)
     }
 
-    /// Roles this plugin serves.
-    pub fn roles(&self) -> Vec<&'static str> {
-        self.prepared.roles()
+    /// Roles this plugin serves: exported and granted by its toml.
+    pub fn roles(&self) -> Vec<Role> {
+        self.prepared
+            .exports()
+            .into_iter()
+            .filter(|r| self.ctx.manifest.roles.contains(r))
+            .collect()
+    }
+
+    /// Whether it serves `role`.
+    pub fn serves(&self, role: Role) -> bool {
+        self.ctx.manifest.roles.contains(&role)
+            && match role {
+                Role::Http => self.prepared.http.is_some(),
+                Role::Auth => self.prepared.auth.is_some(),
+                Role::Events => self.prepared.events.is_some(),
+            }
     }
 
     fn deadline_ticks(&self) -> u64 {
@@ -281,6 +393,7 @@ impl LoadedPlugin {
     fn arm(&self, store: &mut Store<PluginState>) {
         store.data_mut().ticks_left = self.deadline_ticks();
         store.data_mut().acting = None;
+        store.data_mut().peer = None;
         store.set_epoch_deadline(1);
     }
 
@@ -320,6 +433,7 @@ impl LoadedPlugin {
                 limits,
                 ticks_left: 0,
                 acting: None,
+                peer: None,
                 ctx: self.ctx.clone(),
             },
         );
@@ -413,14 +527,16 @@ impl LoadedPlugin {
             {
                 Ok(Ok(i)) => i,
                 Ok(Err(e)) => return Err(self.failed(e)),
-                Err(_) => return Err(self.failed(PluginError::Timeout)),
+                Err(_) => return Err(self.overloaded()),
             },
         };
         self.arm(&mut inst.store);
         let r = match tokio::time::timeout(self.wall_timeout(), f(&mut inst)).await {
             Ok(r) => r,
-            // Dropping the instance with the future abandons the blocked call.
-            Err(_) => return Err(self.failed(PluginError::Timeout)),
+            // Out of wall-clock time with CPU time left (an overrun of CPU time is an
+            // epoch interrupt, a Timeout): it waited. Dropping the instance with the
+            // future abandons the call.
+            Err(_) => return Err(self.overloaded()),
         };
         match r {
             Ok(r) => {
@@ -433,6 +549,18 @@ impl LoadedPlugin {
             }
             Err(e) => Err(self.failed(classify(&e))),
         }
+    }
+
+    /// A call that ran out of wall-clock time while waiting: counted and logged, but no
+    /// step towards backing off (under load every plugin would otherwise be locked out,
+    /// and with an auth plugin, every client).
+    fn overloaded(&self) -> PluginError {
+        let e = PluginError::Overloaded;
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.overloaded.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock() = Some(e.to_string());
+        tracing::warn!(plugin = %self.ctx.name, "plugin call did not finish in time while the host was busy");
+        e
     }
 
     fn failed(&self, e: PluginError) -> PluginError {
@@ -453,12 +581,14 @@ impl LoadedPlugin {
         &self,
         engine: &Engine,
         req: http::Request,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<http::Response, PluginError> {
-        if self.prepared.http.is_none() {
+        if !self.serves(Role::Http) {
             return Err(PluginError::NoRole("http"));
         }
         self.call(engine, move |i| {
             Box::pin(async move {
+                i.store.data_mut().peer = peer;
                 let h = i.http.as_ref().expect("role checked");
                 h.call_handle(&mut i.store, &req).await
             })
@@ -472,7 +602,7 @@ impl LoadedPlugin {
         engine: &Engine,
         req: auth::ConnectRequest,
     ) -> Result<auth::ConnectDecision, PluginError> {
-        if self.prepared.auth.is_none() {
+        if !self.serves(Role::Auth) {
             return Err(PluginError::NoRole("auth"));
         }
         self.call(engine, move |i| {
@@ -490,7 +620,7 @@ impl LoadedPlugin {
         engine: &Engine,
         step: auth::AuthStep,
     ) -> Result<auth::AuthStepDecision, PluginError> {
-        if self.prepared.auth.is_none() {
+        if !self.serves(Role::Auth) {
             return Err(PluginError::NoRole("auth"));
         }
         self.call(engine, move |i| {
@@ -508,7 +638,7 @@ impl LoadedPlugin {
         engine: &Engine,
         req: auth::AuthorizeRequest,
     ) -> Result<auth::AuthorizeDecision, PluginError> {
-        if self.prepared.auth.is_none() {
+        if !self.serves(Role::Auth) {
             return Err(PluginError::NoRole("auth"));
         }
         self.call(engine, move |i| {
@@ -526,7 +656,7 @@ impl LoadedPlugin {
         engine: &Engine,
         batch: Vec<events::Event>,
     ) -> Result<(), PluginError> {
-        if self.prepared.events.is_none() {
+        if !self.serves(Role::Events) {
             return Err(PluginError::NoRole("events"));
         }
         self.call(engine, move |i| {

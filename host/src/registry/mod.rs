@@ -139,6 +139,13 @@ pub struct EventStream {
     listeners: Arc<AtomicUsize>,
 }
 
+impl EventStream {
+    /// Whether publishes are reported on this stream.
+    pub fn with_messages(&self) -> bool {
+        self.message_listeners.is_some()
+    }
+}
+
 impl Drop for EventStream {
     fn drop(&mut self) {
         self.listeners.fetch_sub(1, Ordering::Relaxed);
@@ -206,6 +213,18 @@ impl Registry {
             .filter(|r| r.connected)
             .map(|r| r.session.clone())
             .collect()
+    }
+
+    /// One tenant's sessions, connected ones, and their subscriptions.
+    pub fn tenant_counts(&self, tenant: &str) -> (usize, usize, usize) {
+        let map = self.tenants.read();
+        let Some(t) = map.get(tenant) else {
+            return (0, 0, 0);
+        };
+        t.rows().fold((0, 0, 0), |(n, c, subs), r| {
+            let k = r.session.state.lock().subscriptions.len();
+            (n + 1, c + usize::from(r.connected), subs + k)
+        })
     }
 
     /// Number of connected sessions.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use rmqtt_codec::types::QoS;
 
-use crate::broker::{Broker, SubscribeError};
+use crate::broker::{Broker, PublishRefused, SubscribeError};
 use crate::message::Message;
 use crate::session::{Control, SubOptions, Transport};
 use crate::topic::{self, TopicError};
@@ -26,6 +26,9 @@ pub enum OpError {
     /// The topic name is not valid.
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
+    /// The broker refused the publish (e.g. retained limits).
+    #[error(transparent)]
+    Refused(#[from] PublishRefused),
 }
 
 /// Which connections a kick targets.
@@ -81,7 +84,12 @@ impl Broker {
             .registry
             .get(tenant, client_id)
             .ok_or_else(|| OpError::NotFound(client_id.to_string()))?;
-        let new = self.subscribe(&s, filter, opts)?;
+        let new = match self.subscribe(&s, filter, opts) {
+            Err(SubscribeError::SessionEnded) => {
+                return Err(OpError::NotFound(client_id.to_string()))
+            }
+            r => r?,
+        };
         if s.is_online() {
             self.send_retained(&s, filter, opts, new);
         }
@@ -119,7 +127,7 @@ impl Broker {
             qos,
             retain,
         );
-        Ok(self.publish(msg))
+        Ok(self.publish(msg)?)
     }
 
     /// Ends the tenant's sessions inactive for more than `secs` seconds (disconnected

@@ -48,19 +48,14 @@ pub struct SubPage {
 
 impl SubQuery {
     fn matches(&self, topic: &str, qos: u8) -> bool {
-        let inner = topic
-            .strip_prefix("$share/")
-            .and_then(|r| r.split_once('/'));
+        let (group, filter) = crate::topic::split_share(topic);
         self.topic.as_deref().is_none_or(|t| t == topic)
             && self.qos.is_none_or(|q| q == qos)
+            && self.share_group.as_deref().is_none_or(|g| group == Some(g))
             && self
-                .share_group
+                .match_topic
                 .as_deref()
-                .is_none_or(|g| inner.is_some_and(|(group, _)| group == g))
-            && self.match_topic.as_deref().is_none_or(|t| {
-                let filter = inner.map_or(topic, |(_, f)| f);
-                crate::topic::matches(filter, t)
-            })
+                .is_none_or(|t| crate::topic::matches(filter, t))
     }
 }
 

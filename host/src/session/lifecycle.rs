@@ -65,14 +65,28 @@ impl Broker {
         session.cancel_timers();
         *session.will.lock() = will;
         let persistent = session.info.read().expiry_interval > 0;
-        if session.persistent.swap(persistent, Ordering::AcqRel) && !persistent {
-            // Resumed with session expiry 0: it ends with this connection, so leave the store now.
-            if let Some(store) = &self.store {
+        if let Some(store) = &self.store {
+            let st = session.state.lock();
+            let was = session.persistent.swap(persistent, Ordering::AcqRel);
+            if was && !persistent {
+                // Resumed with session expiry 0: it ends with this connection, so leave
+                // the store now.
                 store.submit(crate::store::Op::DeleteSession(
                     session.tenant.clone(),
                     session.client_id.clone(),
                 ));
+            } else if persistent && !was {
+                // Now kept: its subscriptions are stored from here on.
+                for (f, o) in &st.subscriptions {
+                    store.submit(crate::store::Op::PutSub(
+                        session.tenant.clone(),
+                        session.client_id.clone(),
+                        Box::new(crate::store::recovery::sub_record(f, o)),
+                    ));
+                }
             }
+        } else {
+            session.persistent.store(persistent, Ordering::Release);
         }
         let (tx, control) = mpsc::unbounded_channel();
         let generation = self.next_id();
@@ -165,8 +179,12 @@ impl Broker {
     }
 
     /// Publishes the session's pending will after `after` unless a connection attaches
-    /// first (epoch changes).
+    /// first (epoch changes). While the broker shuts down nothing is armed: the will
+    /// stays in the session's stored record and the next start arms what is left of it.
     pub(crate) fn arm_will(&self, s: &Arc<Session>, epoch: u64, after: Duration) {
+        if self.shutting_down() {
+            return;
+        }
         let b = self.clone();
         let s2 = s.clone();
         let t = tokio::spawn(async move {
@@ -182,7 +200,7 @@ impl Broker {
     /// Ends the session after `after` unless a connection attaches first (epoch changes).
     /// `Duration::MAX`-like values (u32::MAX seconds) mean never.
     pub(crate) fn arm_expiry(&self, s: &Arc<Session>, epoch: u64, after: Duration) {
-        if after >= Duration::from_secs(u64::from(u32::MAX)) {
+        if after >= Duration::from_secs(u64::from(u32::MAX)) || self.shutting_down() {
             return;
         }
         let b = self.clone();
@@ -206,7 +224,9 @@ impl Broker {
         let mut msg = w.msg;
         // MQTT 5 §3.1.3.2.4: the will's lifetime starts when it is published.
         msg.received = std::time::Instant::now();
-        self.publish(msg.with_expiry(w.expiry));
+        if let Err(e) = self.publish(msg.with_expiry(w.expiry)) {
+            tracing::info!(error = %e, "a will was refused");
+        }
     }
 
     /// Publishes a will still waiting for its delay, if any.
@@ -230,19 +250,33 @@ impl Broker {
 
     fn discard_unregistered(&self, s: &Arc<Session>, reason: &'static str) {
         s.cancel_timers();
-        if s.persistent.swap(false, Ordering::AcqRel) {
-            if let Some(store) = &self.store {
-                store.submit(crate::store::Op::DeleteSession(
-                    s.tenant.clone(),
-                    s.client_id.clone(),
-                ));
+        // One critical section: after it no subscribe, delivery or store write can
+        // reach this session, and the store's delete comes after everything it wrote.
+        let filters: Vec<String> = {
+            let mut st = s.state.lock();
+            st.ended = true;
+            let subs = std::mem::take(&mut st.subscriptions);
+            for f in subs.keys() {
+                self.unroute(s, f);
             }
+            st.clear_messages();
+            if s.persistent.swap(false, Ordering::AcqRel) {
+                if let Some(store) = &self.store {
+                    store.submit(crate::store::Op::DeleteSession(
+                        s.tenant.clone(),
+                        s.client_id.clone(),
+                    ));
+                }
+            }
+            subs.into_keys().collect()
+        };
+        for filter in filters {
+            self.registry.emit(Event::Unsubscribed {
+                tenant: s.tenant.clone(),
+                client_id: s.client_id.clone(),
+                filter,
+            });
         }
-        let filters: Vec<String> = s.state.lock().subscriptions.keys().cloned().collect();
-        for f in filters {
-            self.unsubscribe(s, &f);
-        }
-        s.state.lock().clear_messages();
         self.publish_pending_will(s);
         self.registry.emit(Event::SessionEnded {
             tenant: s.tenant.clone(),

@@ -129,6 +129,9 @@ pub struct SessionState {
     pub dropped: u64,
     /// Messages dropped because they expired before delivery.
     pub expired: u64,
+    /// The session was discarded: it takes no subscriptions and no deliveries any more
+    /// (set under this lock, so a racing subscribe cannot outlive the session).
+    pub ended: bool,
 }
 
 impl SessionState {
@@ -178,18 +181,31 @@ impl SessionState {
     }
 
     /// Moves queued deliveries to `out` while the inflight window (`window`) has room,
-    /// assigning packet ids. Expired messages are dropped and counted. Order is kept:
-    /// a QoS 0 message behind a blocked QoS 1 one waits too.
-    pub fn take_outgoing(&mut self, window: usize, now: Instant, out: &mut Vec<Outgoing>) {
+    /// assigning packet ids, until about `budget` payload bytes are taken (at least one
+    /// message). Messages not yet resent on this connection go first. Expired messages
+    /// are dropped and counted. Order is kept: a QoS 0 message behind a blocked QoS 1 one
+    /// waits too. Returns true when the budget stopped it with more to send.
+    pub fn take_outgoing(
+        &mut self,
+        window: usize,
+        now: Instant,
+        budget: usize,
+        out: &mut Vec<Outgoing>,
+    ) -> bool {
         let mut sent = self.inflight.len() - self.unsent;
+        let mut bytes = 0usize;
         if self.unsent > 0 {
             for i in self.inflight.iter_mut().filter(|i| i.unsent) {
                 if sent >= window {
-                    return;
+                    return false;
+                }
+                if bytes >= budget {
+                    return true;
                 }
                 i.unsent = false;
                 self.unsent -= 1;
                 sent += 1;
+                bytes += i.delivery.msg.payload.len();
                 out.push(i.resend());
             }
         }
@@ -204,10 +220,15 @@ impl SessionState {
                 continue;
             }
             if front.qos != QoS::AtMostOnce && sent >= window {
-                break;
+                return false;
+            }
+            if bytes >= budget {
+                return true;
             }
             let d = self.queue.pop_front().expect("front exists");
-            self.queue_bytes -= d.msg.payload.len();
+            let len = d.msg.payload.len();
+            self.queue_bytes -= len;
+            bytes += len;
             if d.qos == QoS::AtMostOnce {
                 out.push(Outgoing::Publish {
                     pid: None,
@@ -218,9 +239,9 @@ impl SessionState {
             }
             let Some(pid) = self.next_pid() else {
                 // Every id is in use: put it back and wait for acks.
-                self.queue_bytes += d.msg.payload.len();
+                self.queue_bytes += len;
                 self.queue.push_front(d);
-                break;
+                return false;
             };
             let state = if d.qos == QoS::AtLeastOnce {
                 InflightState::AwaitAck
@@ -240,21 +261,17 @@ impl SessionState {
                 delivery: d,
             });
         }
+        false
     }
 
-    /// What is unacknowledged, to resend after a reconnect (PUBLISH with DUP, or PUBREL),
-    /// up to the new connection's window; the rest is resent by `take_outgoing` as acks
-    /// make room (MQTT 5 §4.9: the client's Receive Maximum applies to resends too).
-    pub fn resend_all(&mut self, window: usize, out: &mut Vec<Outgoing>) {
-        self.unsent = 0;
-        for (n, i) in self.inflight.iter_mut().enumerate() {
-            i.unsent = n >= window;
-            if i.unsent {
-                self.unsent += 1;
-            } else {
-                out.push(i.resend());
-            }
+    /// A new connection attached: everything unacknowledged is to be resent (PUBLISH
+    /// with DUP, or PUBREL) by `take_outgoing`, within the new connection's window
+    /// (MQTT 5 §4.9: the client's Receive Maximum applies to resends too) and byte budget.
+    pub fn resend_all(&mut self) {
+        for i in self.inflight.iter_mut() {
+            i.unsent = true;
         }
+        self.unsent = self.inflight.len();
     }
 
     fn remove_at(&mut self, p: usize) -> Option<Inflight> {
@@ -368,7 +385,7 @@ mod tests {
             s.enqueue(delivery(QoS::AtLeastOnce, "x"), &c);
         }
         let mut out = Vec::new();
-        s.take_outgoing(2, Instant::now(), &mut out);
+        s.take_outgoing(2, Instant::now(), usize::MAX, &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(s.queue.len(), 3);
         let pids: Vec<u16> = out
@@ -385,7 +402,7 @@ mod tests {
             "second ack of the same id matches nothing"
         );
         out.clear();
-        s.take_outgoing(2, Instant::now(), &mut out);
+        s.take_outgoing(2, Instant::now(), usize::MAX, &mut out);
         assert_eq!(out.len(), 1);
     }
 
@@ -396,10 +413,11 @@ mod tests {
         s.enqueue(delivery(QoS::ExactlyOnce, "a"), &c);
         s.enqueue(delivery(QoS::ExactlyOnce, "b"), &c);
         let mut out = Vec::new();
-        s.take_outgoing(10, Instant::now(), &mut out);
+        s.take_outgoing(10, Instant::now(), usize::MAX, &mut out);
         assert!(s.pubrec(1).is_some());
         out.clear();
-        s.resend_all(10, &mut out);
+        s.resend_all();
+        s.take_outgoing(10, Instant::now(), usize::MAX, &mut out);
         assert!(matches!(out[0], Outgoing::PubRel(1)));
         assert!(matches!(
             out[1],
@@ -450,16 +468,17 @@ mod tests {
             s.enqueue(delivery(QoS::AtLeastOnce, "x"), &c);
         }
         let mut out = Vec::new();
-        s.take_outgoing(10, Instant::now(), &mut out);
+        s.take_outgoing(10, Instant::now(), usize::MAX, &mut out);
         s.enqueue(delivery(QoS::AtLeastOnce, "new"), &c);
         out.clear();
-        s.resend_all(1, &mut out);
+        s.resend_all();
+        s.take_outgoing(1, Instant::now(), usize::MAX, &mut out);
         assert_eq!(out.len(), 1, "only the window is resent");
         out.clear();
-        s.take_outgoing(1, Instant::now(), &mut out);
+        s.take_outgoing(1, Instant::now(), usize::MAX, &mut out);
         assert!(out.is_empty(), "window still full");
         assert!(s.puback(1).is_some());
-        s.take_outgoing(1, Instant::now(), &mut out);
+        s.take_outgoing(1, Instant::now(), usize::MAX, &mut out);
         assert!(
             matches!(
                 out[..],
@@ -473,7 +492,7 @@ mod tests {
         );
         assert!(s.puback(2).is_some());
         out.clear();
-        s.take_outgoing(1, Instant::now(), &mut out);
+        s.take_outgoing(1, Instant::now(), usize::MAX, &mut out);
         assert!(
             matches!(
                 out[..],
@@ -487,7 +506,7 @@ mod tests {
         );
         assert!(s.puback(3).is_some());
         out.clear();
-        s.take_outgoing(1, Instant::now(), &mut out);
+        s.take_outgoing(1, Instant::now(), usize::MAX, &mut out);
         assert!(
             matches!(
                 out[..],
@@ -542,8 +561,33 @@ mod tests {
         s.enqueue(delivery(QoS::AtLeastOnce, "2"), &c);
         s.enqueue(delivery(QoS::AtMostOnce, "3"), &c);
         let mut out = Vec::new();
-        s.take_outgoing(1, Instant::now(), &mut out);
+        s.take_outgoing(1, Instant::now(), usize::MAX, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(s.queue.len(), 2);
+    }
+
+    #[test]
+    fn a_pump_stops_at_its_byte_budget_and_says_so() {
+        let mut s = SessionState::default();
+        let c = cfg(100, QueueFullPolicy::DropOldest);
+        for _ in 0..10 {
+            s.enqueue(delivery(QoS::AtMostOnce, "0123456789"), &c);
+        }
+        let mut out = Vec::new();
+        assert!(
+            s.take_outgoing(10, Instant::now(), 25, &mut out),
+            "more to send"
+        );
+        assert_eq!(out.len(), 3, "stops once 25 bytes are taken");
+        assert_eq!(s.queue.len(), 7);
+        assert_eq!(s.queue_bytes, 70);
+        out.clear();
+        assert!(!s.take_outgoing(10, Instant::now(), 1000, &mut out));
+        assert_eq!(out.len(), 7);
+        let mut big = SessionState::default();
+        big.enqueue(delivery(QoS::AtMostOnce, "a message over budget"), &c);
+        out.clear();
+        assert!(!big.take_outgoing(10, Instant::now(), 1, &mut out));
+        assert_eq!(out.len(), 1, "at least one message goes");
     }
 }

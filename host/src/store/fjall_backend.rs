@@ -12,7 +12,7 @@ use super::{Backend, ScanFn, Space, StoreError, Write};
 /// fjall database with one keyspace per space.
 pub struct FjallBackend {
     db: Database,
-    spaces: [Keyspace; 5],
+    spaces: Vec<Keyspace>,
     path: PathBuf,
 }
 
@@ -29,17 +29,13 @@ impl FjallBackend {
             detail: e.to_string(),
         })?;
         let db = Database::builder(dir).open().map_err(err)?;
-        let open = |s: Space| {
-            db.keyspace(s.name(), KeyspaceCreateOptions::default)
-                .map_err(err)
-        };
-        let spaces = [
-            open(Space::Sessions)?,
-            open(Space::Inbox)?,
-            open(Space::Rel)?,
-            open(Space::Retained)?,
-            open(Space::Kv)?,
-        ];
+        let spaces = Space::ALL
+            .iter()
+            .map(|s| {
+                db.keyspace(s.name(), KeyspaceCreateOptions::default)
+                    .map_err(err)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             db,
             spaces,
@@ -48,13 +44,8 @@ impl FjallBackend {
     }
 
     fn ks(&self, s: Space) -> &Keyspace {
-        &self.spaces[match s {
-            Space::Sessions => 0,
-            Space::Inbox => 1,
-            Space::Rel => 2,
-            Space::Retained => 3,
-            Space::Kv => 4,
-        }]
+        let i = Space::ALL.iter().position(|x| *x == s).unwrap_or(0);
+        &self.spaces[i]
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {

@@ -1,30 +1,35 @@
-//! Durable state: persistent sessions, their inboxes (queued and inflight QoS 1/2
-//! messages), incoming QoS 2 state, and retained messages. The broker submits operations
-//! from any task; one writer thread encodes them, writes them in batches (group commit)
-//! and makes them durable per the sync policy, then publishes how far it got so a
-//! connection under `sync = "always"` can send PUBACK/PUBREC only after that point.
+//! Durable state: persistent sessions, their subscriptions and inboxes (queued and
+//! inflight QoS 1/2 messages), incoming QoS 2 state, retained messages and plugins' kv
+//! data. The broker submits operations from any task; one writer thread (`writer`)
+//! encodes them, writes them in batches (group commit) and makes them durable per the
+//! sync policy, then publishes how far it got so acknowledgements that must wait for
+//! the store are sent only after that point.
+//!
+//! The queue to the writer is bounded in bytes: past `max_queued_bytes` QoS 1/2
+//! acknowledgements wait for the writer (so publishers slow down to the disk's pace),
+//! and past twice that a submitter blocks until there is room. A write or fsync that
+//! fails poisons the store: nothing is written after it, the durable point never passes
+//! it, and `/healthz` reports the store unhealthy (docs/decisions/0008-store-failures.md).
 //! Backend: fjall (docs/decisions/0004-store.md), behind the narrow [`Backend`] trait.
 
 mod fjall_backend;
 pub mod records;
 pub mod recovery;
+mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use parking_lot::Mutex;
 use serde::Deserialize;
 use tokio::sync::watch;
-use tracing::{error, warn};
 
 pub use fjall_backend::FjallBackend;
 use records::{
-    encode, inbox_key, rel_key, retained_key, session_key, InboxRecord, MessageRecord,
-    SessionRecord,
+    encode, inbox_key, rel_key, retained_key, session_key, sub_key, InboxRecord, MessageRecord,
+    SessionRecord, SubRecord,
 };
+pub use writer::StoreStats;
 
 use crate::message::{Delivery, Message};
 
@@ -48,6 +53,9 @@ pub struct StoreConfig {
     pub sync: SyncMode,
     /// fsync interval in `batch` mode, in ms.
     pub batch_interval_ms: u64,
+    /// Bytes of operations waiting for the writer past which QoS 1/2 acknowledgements
+    /// wait for it; at twice this, submitters block.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for StoreConfig {
@@ -55,6 +63,7 @@ impl Default for StoreConfig {
         Self {
             sync: SyncMode::Batch,
             batch_interval_ms: 10,
+            max_queued_bytes: 64 << 20,
         }
     }
 }
@@ -87,6 +96,8 @@ pub enum StoreError {
 pub enum Space {
     /// Persistent sessions.
     Sessions,
+    /// Subscriptions of persistent sessions, one key each.
+    Subs,
     /// Inbox messages.
     Inbox,
     /// Incoming QoS 2 packet ids awaiting PUBREL.
@@ -95,17 +106,32 @@ pub enum Space {
     Retained,
     /// Plugins' private key-value data.
     Kv,
+    /// Plugins' kv data as releases before 0.1 keyed it (migrated at open).
+    LegacyKv,
 }
 
 impl Space {
+    /// Every space.
+    pub const ALL: [Space; 7] = [
+        Space::Sessions,
+        Space::Subs,
+        Space::Inbox,
+        Space::Rel,
+        Space::Retained,
+        Space::Kv,
+        Space::LegacyKv,
+    ];
+
     /// Name on disk.
     pub fn name(self) -> &'static str {
         match self {
             Space::Sessions => "sessions",
+            Space::Subs => "subs",
             Space::Inbox => "inbox",
             Space::Rel => "rel",
             Space::Retained => "retained",
-            Space::Kv => "kv",
+            Space::Kv => "plugin_kv",
+            Space::LegacyKv => "kv",
         }
     }
 }
@@ -119,6 +145,16 @@ pub enum Write {
     Delete(Space, Vec<u8>),
     /// Delete every key with this prefix.
     DeletePrefix(Space, Vec<u8>),
+}
+
+impl Write {
+    /// Bytes of keys and values it carries (for the written-bytes counter).
+    pub fn size(&self) -> usize {
+        match self {
+            Write::Put(_, k, v) => k.len() + v.len(),
+            Write::Delete(_, k) | Write::DeletePrefix(_, k) => k.len(),
+        }
+    }
 }
 
 /// Visitor of one key/value during a scan; an error stops the scan.
@@ -150,8 +186,12 @@ pub trait Backend: Send + Sync + 'static {
 pub enum Op {
     /// Create or replace a session record.
     PutSession(Arc<str>, Arc<str>, Box<SessionRecord>),
-    /// Remove a session with its inbox and QoS 2 state.
+    /// Remove a session with its subscriptions, inbox and QoS 2 state.
     DeleteSession(Arc<str>, Arc<str>),
+    /// Add or replace one subscription of a session.
+    PutSub(Arc<str>, Arc<str>, Box<SubRecord>),
+    /// Remove one subscription of a session.
+    DeleteSub(Arc<str>, Arc<str>, String),
     /// Store an inbox message with its delivery state.
     PutInbox {
         /// Tenant.
@@ -178,6 +218,20 @@ pub enum Op {
 }
 
 impl Op {
+    /// About how many bytes it holds while queued (payloads dominate).
+    pub fn queued_size(&self) -> usize {
+        const BASE: usize = 96;
+        BASE + match self {
+            Op::PutInbox { delivery, .. } => delivery.msg.payload.len() + delivery.msg.topic.len(),
+            Op::PutRetained(m) => m.payload.len() + m.topic.len(),
+            Op::PutSession(..) => 256,
+            Op::PutSub(_, _, r) => r.filter.len(),
+            Op::DeleteSub(_, _, f) => f.len(),
+            Op::DeleteRetained(_, t) => t.len(),
+            Op::DeleteSession(..) | Op::DeleteInbox(..) | Op::PutRel(..) | Op::DeleteRel(..) => 0,
+        }
+    }
+
     fn write_into(self, out: &mut Vec<Write>) {
         let w = match self {
             Op::PutSession(t, c, r) => {
@@ -185,10 +239,13 @@ impl Op {
             }
             Op::DeleteSession(t, c) => {
                 let k = session_key(&t, &c);
+                out.push(Write::DeletePrefix(Space::Subs, k.clone()));
                 out.push(Write::DeletePrefix(Space::Inbox, k.clone()));
                 out.push(Write::DeletePrefix(Space::Rel, k.clone()));
                 Write::Delete(Space::Sessions, k)
             }
+            Op::PutSub(t, c, r) => Write::Put(Space::Subs, sub_key(&t, &c, &r.filter), encode(&*r)),
+            Op::DeleteSub(t, c, f) => Write::Delete(Space::Subs, sub_key(&t, &c, &f)),
             Op::PutInbox {
                 tenant,
                 client_id,
@@ -226,22 +283,15 @@ impl Op {
     }
 }
 
-struct Submit {
-    tx: Option<std::sync::mpsc::Sender<(u64, Op)>>,
-    next: u64,
-}
-
 /// Handle to the store: submit operations, learn how far they are durable.
 pub struct Store {
-    submit: Mutex<Submit>,
+    queue: Arc<writer::Queue>,
     durable: watch::Receiver<u64>,
     /// The durability policy.
     pub sync: SyncMode,
     /// The data directory.
     pub path: PathBuf,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Write failures (batches lost).
-    pub errors: AtomicU64,
+    writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
     backend: Arc<dyn Backend>,
 }
 
@@ -258,34 +308,27 @@ impl Store {
     /// Opens (or creates) the store under `dir` and starts its writer thread.
     pub fn open(dir: &Path, cfg: &StoreConfig) -> Result<Arc<Self>, StoreError> {
         let backend: Arc<dyn Backend> = Arc::new(FjallBackend::open(dir)?);
-        Ok(Self::with_backend(backend, dir, cfg))
+        Self::with_backend(backend, dir, cfg)
     }
 
-    /// Starts a store over any backend.
-    pub fn with_backend(backend: Arc<dyn Backend>, dir: &Path, cfg: &StoreConfig) -> Arc<Self> {
-        let (tx, rx) = std::sync::mpsc::channel();
+    /// Starts a store over any backend (migrating data older releases wrote).
+    pub fn with_backend(
+        backend: Arc<dyn Backend>,
+        dir: &Path,
+        cfg: &StoreConfig,
+    ) -> Result<Arc<Self>, StoreError> {
+        migrate_kv(&*backend)?;
         let (durable_tx, durable) = watch::channel(0u64);
-        let store = Arc::new(Self {
-            submit: Mutex::new(Submit {
-                tx: Some(tx),
-                next: 0,
-            }),
+        let queue = Arc::new(writer::Queue::new(cfg.max_queued_bytes));
+        let handle = writer::spawn(backend.clone(), queue.clone(), durable_tx, cfg);
+        Ok(Arc::new(Self {
+            queue,
             durable,
             sync: cfg.sync,
             path: dir.to_path_buf(),
-            writer: Mutex::new(None),
-            errors: AtomicU64::new(0),
-            backend: backend.clone(),
-        });
-        let weak = Arc::downgrade(&store);
-        let interval = Duration::from_millis(cfg.batch_interval_ms.max(1));
-        let sync = cfg.sync;
-        let handle = std::thread::Builder::new()
-            .name("apiary-store".into())
-            .spawn(move || writer(backend, rx, durable_tx, sync, interval, weak))
-            .expect("spawning the store writer thread");
-        *store.writer.lock() = Some(handle);
-        store
+            writer: parking_lot::Mutex::new(Some(handle)),
+            backend,
+        }))
     }
 
     /// The backend, for recovery scans.
@@ -293,101 +336,77 @@ impl Store {
         &*self.backend
     }
 
+    /// The backend, shared (for reads off the async runtime).
+    pub fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
     /// Queues an operation; returns its ticket (the writer applies tickets in order).
+    /// Blocks while the queue is over twice `max_queued_bytes` (counted as a stall).
     pub fn submit(&self, op: Op) -> u64 {
-        let mut s = self.submit.lock();
-        s.next += 1;
-        let seq = s.next;
-        if let Some(tx) = &s.tx {
-            let _ = tx.send((seq, op));
-        }
-        seq
+        self.queue.push(op)
     }
 
     /// The ticket of the last operation submitted so far.
     pub fn last_ticket(&self) -> u64 {
-        self.submit.lock().next
+        self.queue.last_ticket()
     }
 
     /// A receiver of the highest ticket that is written (and, in `always` mode, on disk).
+    /// It never passes a failed write; receivers are woken when the store fails.
     pub fn durable(&self) -> watch::Receiver<u64> {
         self.durable.clone()
     }
 
+    /// Whether the writer is behind by more than `max_queued_bytes`: acknowledgements
+    /// of publishes that were stored wait for it.
+    pub fn congested(&self) -> bool {
+        self.queue.congested()
+    }
+
+    /// Why the store failed, once a write or fsync has (it stays failed).
+    pub fn failure(&self) -> Option<String> {
+        self.queue.failure()
+    }
+
+    /// Counters and gauges for `/metrics`.
+    pub fn stats(&self) -> &StoreStats {
+        self.queue.stats()
+    }
+
     /// Stops the writer after it drained everything submitted, with a final fsync.
     pub fn close(&self) {
-        self.submit.lock().tx = None;
+        self.queue.close();
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
     }
 }
 
-fn writer(
-    backend: Arc<dyn Backend>,
-    rx: std::sync::mpsc::Receiver<(u64, Op)>,
-    durable: watch::Sender<u64>,
-    sync: SyncMode,
-    interval: Duration,
-    store: std::sync::Weak<Store>,
-) {
-    use std::sync::mpsc::RecvTimeoutError;
-    let mut last_sync = Instant::now();
-    let mut dirty = false;
-    let mut batch = Vec::with_capacity(1024);
-    loop {
-        let first = match rx.recv_timeout(interval) {
-            Ok(x) => Some(x),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut last = None;
-        if let Some((seq, op)) = first {
-            op.write_into(&mut batch);
-            last = Some(seq);
-            while batch.len() < 4096 {
-                match rx.try_recv() {
-                    Ok((seq, op)) => {
-                        op.write_into(&mut batch);
-                        last = Some(seq);
-                    }
-                    Err(_) => break,
-                }
+/// Moves kv entries from the key layout of releases before 0.1 (plugin and key both
+/// length-prefixed, which made prefix listing a full scan) to the current one.
+fn migrate_kv(b: &dyn Backend) -> Result<(), StoreError> {
+    let mut batch = Vec::new();
+    b.scan(Space::LegacyKv, &mut |k, v| {
+        if let Ok((plugin, key, rest)) = records::split_key(k) {
+            if rest.is_empty() {
+                batch.push(Write::Put(
+                    Space::Kv,
+                    records::kv_key(plugin, key),
+                    v.to_vec(),
+                ));
             }
         }
-        if let Some(seq) = last {
-            let r = backend.write(std::mem::take(&mut batch)).and_then(|()| {
-                dirty = true;
-                match sync {
-                    SyncMode::Always => {
-                        last_sync = Instant::now();
-                        dirty = false;
-                        backend.flush(true)
-                    }
-                    SyncMode::Batch | SyncMode::Never => backend.flush(false),
-                }
-            });
-            match r {
-                Ok(()) => {
-                    durable.send_replace(seq);
-                }
-                Err(e) => {
-                    error!(error = %e, "store write failed; the batch is lost");
-                    if let Some(s) = store.upgrade() {
-                        s.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-        if sync == SyncMode::Batch && dirty && last_sync.elapsed() >= interval {
-            if let Err(e) = backend.flush(true) {
-                warn!(error = %e, "store fsync failed");
-            }
-            last_sync = Instant::now();
-            dirty = false;
-        }
+        batch.push(Write::Delete(Space::LegacyKv, k.to_vec()));
+        Ok(())
+    })?;
+    if batch.is_empty() {
+        return Ok(());
     }
-    if let Err(e) = backend.flush(true) {
-        error!(error = %e, "final store fsync failed");
-    }
+    tracing::info!(
+        entries = batch.len() / 2,
+        "migrating plugin kv data to the prefix-ordered layout"
+    );
+    b.write(batch)?;
+    b.flush(true)
 }

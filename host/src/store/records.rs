@@ -102,6 +102,30 @@ pub fn rel_key(tenant: &str, client_id: &str, pid: u16) -> Vec<u8> {
     k
 }
 
+/// Key of one subscription of a session: session key + the filter as subscribed (last,
+/// unprefixed, so a session's subscriptions are one prefix scan).
+pub fn sub_key(tenant: &str, client_id: &str, filter: &str) -> Vec<u8> {
+    let mut k = session_key(tenant, client_id);
+    k.extend_from_slice(filter.as_bytes());
+    k
+}
+
+/// Key of a plugin's kv entry: plugin name, then the key itself (unprefixed, so keys
+/// with a common prefix are one prefix scan, in key order).
+pub fn kv_key(plugin: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + plugin.len() + key.len());
+    push_str(&mut k, plugin);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Splits a kv key into (plugin, key).
+pub fn split_kv_key(mut k: &[u8]) -> Result<(&str, &str), RecordError> {
+    let p = take_str(&mut k)?;
+    let key = std::str::from_utf8(k).map_err(|_| RecordError::Key)?;
+    Ok((p, key))
+}
+
 /// Key of a retained message: tenant, topic.
 pub fn retained_key(tenant: &str, topic: &str) -> Vec<u8> {
     session_key(tenant, topic)
@@ -278,8 +302,9 @@ pub struct SessionRecord {
     /// Last disconnect, Unix ms; None while connected (a crash then counts as a disconnect).
     #[serde(default)]
     pub disconnected_ms: Option<i64>,
-    /// Subscriptions.
-    #[serde(default)]
+    /// Subscriptions, as releases before 0.1 stored them (inside the record, rewritten
+    /// whole at every change). Read for migration; now each is a key of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subscriptions: Vec<SubRecord>,
     /// The will (pending, or for the next abnormal disconnect).
     #[serde(default)]
@@ -313,6 +338,13 @@ mod tests {
         assert!(a.starts_with(&session_key("t", "c\0x")));
         assert!(!inbox_key("t", "c", 1).starts_with(&session_key("t", "c\0x")));
         assert!(split_key(&[0, 0, 0, 9, b'a']).is_err());
+        let s = sub_key("t", "c", "a/+");
+        assert_eq!(split_key(&s).unwrap(), ("t", "c", &b"a/+"[..]));
+        assert!(s.starts_with(&session_key("t", "c")));
+        let k = kv_key("hello", "colour");
+        assert_eq!(split_kv_key(&k).unwrap(), ("hello", "colour"));
+        assert!(k.starts_with(&kv_key("hello", "col")));
+        assert!(!kv_key("hell", "ocolour").starts_with(&kv_key("hello", "")));
     }
 
     #[test]

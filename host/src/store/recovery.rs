@@ -18,28 +18,29 @@ use super::{Op, Space, Store, StoreError};
 use crate::broker::Broker;
 use crate::message::Delivery;
 use crate::router::Subscriber;
-use crate::session::{ClientInfo, Inflight, InflightState, Session, SubOptions, Transport, Will};
+use crate::session::{
+    ClientInfo, Inflight, InflightState, Session, SessionState, SubOptions, Transport, Will,
+};
 use crate::topic;
 
-/// The stored record of a session as it is now.
-pub fn session_record(s: &Session) -> SessionRecord {
+/// The stored form of one subscription.
+pub fn sub_record(filter: &str, o: &SubOptions) -> SubRecord {
+    SubRecord {
+        filter: filter.to_string(),
+        qos: o.qos.value(),
+        nl: o.no_local,
+        rap: o.retain_as_published,
+        rh: o.retain_handling,
+        sub_id: o.sub_id.map(|i| i.get()),
+    }
+}
+
+/// The stored record of a session as it is now (its subscriptions are keys of their
+/// own). Built under the session's state lock, which the caller holds, so records are
+/// submitted in the order the session changed.
+pub fn session_record(s: &Session, st: &SessionState) -> SessionRecord {
     let i = s.info.read().clone();
-    let (subscriptions, last_pid) = {
-        let st = s.state.lock();
-        let subs = st
-            .subscriptions
-            .iter()
-            .map(|(f, o)| SubRecord {
-                filter: f.clone(),
-                qos: o.qos.value(),
-                nl: o.no_local,
-                rap: o.retain_as_published,
-                rh: o.retain_handling,
-                sub_id: o.sub_id.map(|i| i.get()),
-            })
-            .collect();
-        (subs, st.last_pid)
-    };
+    let last_pid = st.last_pid;
     let will = s.will.lock().as_ref().map(|w| WillRecord {
         msg: MessageRecord::from_message(&w.msg),
         delay_secs: w.delay_secs,
@@ -61,7 +62,7 @@ pub fn session_record(s: &Session) -> SessionRecord {
         } else {
             i.disconnected_at.map(to_ms)
         },
-        subscriptions,
+        subscriptions: Vec::new(),
         will,
         last_pid,
     }
@@ -76,6 +77,8 @@ pub struct StoredSession {
     pub client_id: String,
     /// The record.
     pub record: SessionRecord,
+    /// Its subscriptions.
+    pub subs: Vec<SubRecord>,
     /// Inbox entries in sequence order.
     pub inbox: Vec<(u64, InboxRecord)>,
     /// Incoming QoS 2 packet ids awaiting PUBREL.
@@ -106,6 +109,8 @@ pub struct RecoveryStats {
     pub subscriptions: usize,
     /// Orphaned entries removed.
     pub orphans: usize,
+    /// Sessions whose subscriptions were moved out of their record (older layout).
+    pub migrated: usize,
     /// Time taken.
     pub elapsed: Duration,
 }
@@ -135,12 +140,27 @@ pub fn load(store: &Store) -> Result<Recovered, StoreError> {
             tenant: t.to_string(),
             client_id: c.to_string(),
             record,
+            subs: Vec::new(),
             inbox: Vec::new(),
             rel: Vec::new(),
         });
         Ok(())
     })?;
     let mut orphans = Vec::new();
+    b.scan(Space::Subs, &mut |k, v| {
+        let (t, c, filter) = split_key(k).map_err(|e| corrupt(store, Space::Subs, e))?;
+        let filter = std::str::from_utf8(filter)
+            .map_err(|_| corrupt(store, Space::Subs, "filter not UTF-8"))?;
+        match index.get(&(t.to_string(), c.to_string())) {
+            Some(&i) => {
+                let r: SubRecord = decode(v)
+                    .map_err(|e| corrupt(store, Space::Subs, format!("{t}/{c} {filter}: {e}")))?;
+                rec.sessions[i].subs.push(r);
+            }
+            None => orphans.push(Op::DeleteSub(t.into(), c.into(), filter.to_string())),
+        }
+        Ok(())
+    })?;
     b.scan(Space::Inbox, &mut |k, v| {
         let (t, c, rest) = split_key(k).map_err(|e| corrupt(store, Space::Inbox, e))?;
         let seq = u64::from_be_bytes(
@@ -214,14 +234,24 @@ impl Broker {
         };
         for (tenant, m) in rec.retained {
             let msg = Arc::new(m.into_message(tenant.as_str().into()));
-            if !msg.expired(Instant::now()) {
-                self.retained.set(msg);
+            // What was stored is kept, whatever the limits say now.
+            if !msg.expired(Instant::now())
+                && self
+                    .retained
+                    .set(msg, crate::router::retained::Limits::default())
+                    .is_ok()
+            {
                 stats.retained += 1;
             }
         }
         let max_levels = self.config.mqtt.max_topic_levels;
-        for ss in rec.sessions {
+        for mut ss in rec.sessions {
+            // Releases before 0.1 kept subscriptions inside the record: move them out.
+            let legacy = std::mem::take(&mut ss.record.subscriptions);
+            let migrate = !legacy.is_empty();
+            ss.subs.extend(legacy);
             let r = ss.record;
+            let subs = ss.subs;
             let tenant: Arc<str> = ss.tenant.as_str().into();
             let disconnected_at = r.disconnected_ms.map(system_time).unwrap_or(now);
             let info = ClientInfo {
@@ -275,7 +305,7 @@ impl Broker {
                         }
                     }
                 }
-                for sub in &r.subscriptions {
+                for sub in &subs {
                     let opts = SubOptions {
                         qos: QoS::try_from(sub.qos.min(2)).unwrap_or(QoS::AtMostOnce),
                         no_local: sub.nl,
@@ -286,7 +316,7 @@ impl Broker {
                     st.subscriptions.insert(sub.filter.clone(), opts);
                 }
             }
-            for sub in &r.subscriptions {
+            for sub in &subs {
                 let Ok(parsed) = topic::parse_filter(&sub.filter, max_levels) else {
                     continue;
                 };
@@ -322,8 +352,21 @@ impl Broker {
                 let left = Duration::from_secs(u64::from(r.expiry_interval)).saturating_sub(since);
                 self.arm_expiry(&session, epoch, left);
             }
-            if r.disconnected_ms.is_none() {
-                // It was connected when the broker stopped: record the disconnect.
+            if migrate {
+                if let Some(store) = &self.store {
+                    for sub in subs {
+                        store.submit(Op::PutSub(
+                            tenant.clone(),
+                            session.client_id.clone(),
+                            Box::new(sub),
+                        ));
+                    }
+                }
+                stats.migrated += 1;
+            }
+            if r.disconnected_ms.is_none() || migrate {
+                // It was connected when the broker stopped (record the disconnect), or
+                // its record still holds its subscriptions (rewrite it without them).
                 self.persist_session(&session);
             }
         }

@@ -28,6 +28,8 @@ fn argon2id(pw: &str) -> String {
 fn auth_file_toml(extra_rule: &str) -> String {
     format!(
         r#"priority = -10
+roles = ["auth"]
+capabilities = ["passwords"]
 tenants = ["*"]
 [config]
 default = "deny"
@@ -84,7 +86,7 @@ async fn start(anonymous: bool, with_faulty: bool) -> (TestBroker, tempfile::Tem
             &pdir,
             "faulty",
             "gate",
-            Some("mount = \"/gate\"\ncapabilities = [\"apikeys\", \"registry.kick\"]\ntenants = [\"*\"]\n[config]\nversion = \"v1\"\n"),
+            Some("mount = \"/gate\"\nroles = [\"http\", \"auth\"]\ncapabilities = [\"apikeys\", \"registry.kick\"]\ntenants = [\"*\"]\n[config]\nversion = \"v1\"\n"),
         );
     }
     let keys = root.path().join("keys");
@@ -97,7 +99,11 @@ async fn start(anonymous: bool, with_faulty: bool) -> (TestBroker, tempfile::Tem
     let tb = TestBroker::start_with(move |c| {
         c.plugins_dir = dir;
         c.api_keys_file = Some(keys);
-        c.auth.allow_anonymous = anonymous;
+        c.auth.allow_anonymous = if anonymous {
+            apiary::config::Anonymous::Always
+        } else {
+            apiary::config::Anonymous::Never
+        };
     })
     .await;
     (tb, root)
@@ -154,11 +160,13 @@ async fn passwords_decide_connects_in_both_protocol_versions() {
             bad_pw,
             "no password"
         );
-        // Unknown to every plugin and anonymous access off: not authorized.
+        // A username no plugin knows gets what a wrong password gets: the answer never
+        // tells whether a username exists (and, below, neither does the cost).
         assert_eq!(
             connack(&tb, level, &c("m"), Some("mallory"), Some("x")).await,
-            not_auth
+            bad_pw
         );
+        // No username and anonymous access off: not authorized.
         assert_eq!(connack(&tb, level, &c("anon"), None, None).await, not_auth);
     }
     // carol's sessions live in her tenant.
@@ -171,12 +179,32 @@ async fn passwords_decide_connects_in_both_protocol_versions() {
     assert!(metric(&tb, "apiary_auth_allowed_total") >= 6);
     assert!(metric(&tb, "apiary_auth_denied_total") >= 10);
 
-    // With anonymous access on, unknown users and no username get in; a wrong password
-    // for a known user still does not.
+    // With anonymous access on, clients without a username get in; a username nobody
+    // accepts still does not (it could otherwise claim a user's ACL rules), nor does a
+    // wrong password for a known user.
     let (tb, _dir) = start(true, false).await;
-    assert_eq!(connack(&tb, 4, "m", Some("mallory"), Some("x")).await, 0);
     assert_eq!(connack(&tb, 5, "anon", None, None).await, 0);
+    assert_eq!(connack(&tb, 4, "m", Some("mallory"), Some("x")).await, 4);
     assert_eq!(connack(&tb, 4, "a", Some("alice"), Some("wrong")).await, 4);
+}
+
+/// An unknown username costs what a known one with a wrong password costs: one password
+/// check each (against a dummy hash for the unknown one), so timing does not tell them
+/// apart either. (The time itself is measured by `cargo bench --bench auth`.)
+#[tokio::test]
+async fn unknown_users_cost_one_password_check_as_known_ones_do() {
+    let (tb, _dir) = start(false, false).await;
+    let before = metric(&tb, "apiary_password_checks_total");
+    assert_eq!(
+        connack(&tb, 5, "u1", Some("alice"), Some("wrong")).await,
+        0x86
+    );
+    assert_eq!(metric(&tb, "apiary_password_checks_total"), before + 1);
+    assert_eq!(
+        connack(&tb, 5, "u2", Some("mallory"), Some("wrong")).await,
+        0x86
+    );
+    assert_eq!(metric(&tb, "apiary_password_checks_total"), before + 2);
 }
 
 fn v5_user(tb: &TestBroker, id: &str, user: &str, pw: &str) -> rumqttc::v5::MqttOptions {
@@ -397,9 +425,9 @@ async fn chained_plugins_ignore_trap_and_reload_clears_cached_decisions() {
     let (tb, dir) = start(false, true).await;
     // auth-file (priority -10) ignores "ok", the fixture (priority 0) allows it.
     assert_eq!(connack(&tb, 4, "k1", Some("ok"), Some("pw")).await, 0);
-    // A trapping plugin denies: auth never fails open.
+    // A trapping plugin refuses (server unavailable): auth never fails open.
     let failures = metric(&tb, "apiary_auth_plugin_failures_total");
-    assert_eq!(connack(&tb, 5, "t1", Some("trap"), Some("pw")).await, 0x87);
+    assert_eq!(connack(&tb, 5, "t1", Some("trap"), Some("pw")).await, 0x88);
     assert_eq!(
         metric(&tb, "apiary_auth_plugin_failures_total"),
         failures + 1
@@ -627,13 +655,12 @@ async fn auth_file_reads_a_users_file_from_a_granted_directory() {
         format!("# htpasswd -B style\nbob:{BOB_BCRYPT}\n"),
     )
     .unwrap();
-    let toml =
-        "[wasi.read_dirs]\n\"/cfg\" = \"../auth-data\"\n[config]\nusers_file = \"/cfg/users\"\n";
+    let toml = "roles = [\"auth\"]\ncapabilities = [\"passwords\"]\n[wasi.read_dirs]\n\"/cfg\" = \"../auth-data\"\n[config]\nusers_file = \"/cfg/users\"\n";
     install(&pdir, "auth-file", "auth-file", Some(toml));
     let dir = pdir.clone();
     let tb = TestBroker::start_with(move |c| {
         c.plugins_dir = dir;
-        c.auth.allow_anonymous = false;
+        c.auth.allow_anonymous = apiary::config::Anonymous::Never;
     })
     .await;
     assert_eq!(connack(&tb, 4, "f1", Some("bob"), Some("bobpw")).await, 0);
@@ -644,7 +671,7 @@ async fn auth_file_reads_a_users_file_from_a_granted_directory() {
         &pdir,
         "auth-file",
         "auth-file",
-        Some("[config]\nusers_file = \"/cfg/users\"\n"),
+        Some("roles = [\"auth\"]\ncapabilities = [\"passwords\"]\n[config]\nusers_file = \"/cfg/users\"\n"),
     );
     let mgr = tb.broker().plugins().unwrap();
     let err = match mgr.load("auth-file").await {

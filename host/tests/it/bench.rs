@@ -75,7 +75,8 @@ async fn every_scenario_delivers_its_messages() {
 
 #[tokio::test]
 async fn a_refused_connection_is_an_error_not_a_hang() {
-    let tb = TestBroker::start_with(|c| c.auth.allow_anonymous = false).await;
+    let tb =
+        TestBroker::start_with(|c| c.auth.allow_anonymous = apiary::config::Anonymous::Never).await;
     let err = run(Scenario::P2p, opts(&tb, Tr::Tcp)).await.unwrap_err();
     assert!(err.to_string().contains("refused"), "{err}");
 }

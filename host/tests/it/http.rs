@@ -1,5 +1,6 @@
-//! The native HTTP API over a real socket: /healthz open, /metrics behind an API key with
-//! the admin right (401 without, 403 with the wrong right).
+//! The native HTTP API over real sockets (HTTP and HTTPS): /healthz open, the
+//! broker-wide routes behind an API key spanning every tenant (401 without, 403 with the
+//! wrong right or a tenant-scoped key), failed logins throttled per address.
 
 use crate::common;
 
@@ -31,10 +32,12 @@ async fn get(tb: &TestBroker, path: &str, auth: Option<(&str, &str)>) -> (u16, S
     (status, body)
 }
 
+const KEYS: &str = "ops:s3cret:admin:tenant=*\nreader:r:connections:read:tenant=*\nscrape:m:metrics:read:tenant=*\nacme-admin:a:admin:tenant=acme\n";
+
 #[tokio::test]
-async fn healthz_is_open_and_metrics_need_an_admin_key() {
+async fn healthz_is_open_and_broker_wide_routes_need_a_key_for_every_tenant() {
     let keys = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(keys.path(), "ops:s3cret:admin\nreader:r:connections:read\n").unwrap();
+    std::fs::write(keys.path(), KEYS).unwrap();
     let path = keys.path().to_path_buf();
     let tb = TestBroker::start_with(|c| c.api_keys_file = Some(path)).await;
 
@@ -45,6 +48,24 @@ async fn healthz_is_open_and_metrics_need_an_admin_key() {
     assert_eq!(get(&tb, "/metrics", None).await.0, 401);
     assert_eq!(get(&tb, "/metrics", Some(("ops", "wrong"))).await.0, 401);
     assert_eq!(get(&tb, "/metrics", Some(("reader", "r"))).await.0, 403);
+    // An admin of one tenant is no admin of the broker: metrics and plugins span every
+    // tenant.
+    for path in ["/metrics", "/plugins"] {
+        let (st, body) = get(&tb, path, Some(("acme-admin", "a"))).await;
+        assert_eq!(st, 403, "{path}: {body}");
+        assert!(body.contains("tenant=*"), "{body}");
+    }
+    assert_eq!(
+        post(&tb, "/plugins/anything/reload", ("acme-admin", "a")).await,
+        403
+    );
+    // A scraping key reads metrics and nothing else.
+    assert_eq!(get(&tb, "/metrics", Some(("scrape", "m"))).await.0, 200);
+    assert_eq!(get(&tb, "/plugins", Some(("scrape", "m"))).await.0, 403);
+    assert_eq!(
+        post(&tb, "/plugins/anything/reload", ("scrape", "m")).await,
+        403
+    );
     let (status, body) = get(&tb, "/metrics", Some(("ops", "s3cret"))).await;
     assert_eq!(status, 200);
     for name in [
@@ -56,6 +77,84 @@ async fn healthz_is_open_and_metrics_need_an_admin_key() {
         assert!(body.contains(name), "missing {name} in\n{body}");
     }
     assert!(common::metric(&tb, "apiary_api_auth_failed_total") >= 2);
+}
+
+async fn post(tb: &TestBroker, path: &str, (k, sec): (&str, &str)) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(tb.http_addr())
+        .await
+        .unwrap();
+    let b = base64::engine::general_purpose::STANDARD.encode(format!("{k}:{sec}"));
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\nAuthorization: Basic {b}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    tokio::time::timeout(common::WAIT, s.read_to_string(&mut resp))
+        .await
+        .unwrap()
+        .unwrap();
+    resp[9..12].parse().unwrap()
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_address() {
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(keys.path(), KEYS).unwrap();
+    let path = keys.path().to_path_buf();
+    let tb = TestBroker::start_with(|c| {
+        c.api_keys_file = Some(path);
+        c.http.max_auth_failures = 3;
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get(&tb, "/metrics", Some(("ops", "guess"))).await.0, 401);
+    }
+    // Even the right secret waits now: guessing cannot go on at network speed.
+    let (st, body) = get(&tb, "/metrics", Some(("ops", "s3cret"))).await;
+    assert_eq!(st, 429, "{body}");
+    assert_eq!(get(&tb, "/metrics", Some(("nokey", "x"))).await.0, 429);
+    assert!(common::metric(&tb, "apiary_api_auth_throttled_total") >= 2);
+    // /healthz stays open.
+    assert_eq!(get(&tb, "/healthz", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn the_admin_api_is_served_over_https_with_the_brokers_certificate() {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(keys.path(), KEYS).unwrap();
+    let path = keys.path().to_path_buf();
+    let tb = TestBroker::start_with(|c| c.api_keys_file = Some(path)).await;
+    let addr = tb.server.addrs.https.expect("https listener");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tb.tls_client());
+    let mut s = tls
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the generated certificate");
+    let b = base64::engine::general_purpose::STANDARD.encode("scrape:m");
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Basic {b}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    tokio::time::timeout(common::WAIT, s.read_to_string(&mut resp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("apiary_sessions "), "{resp}");
+    // Plain HTTP on the HTTPS port is not served.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(common::WAIT, plain.read_to_end(&mut buf)).await;
+    assert!(!String::from_utf8_lossy(&buf).contains("\"ok\""));
 }
 
 #[tokio::test]

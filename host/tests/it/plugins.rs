@@ -26,22 +26,21 @@ pub(crate) fn built(name: &str) -> PathBuf {
 }
 
 /// Whether a plugin that needs another language's toolchain was built. Missing is a
-/// failure where the toolchain exists, and a skip (with a message) where it does not.
+/// failure, in CI (`CI=true`) always; elsewhere it may be skipped (with a message) only
+/// when `APIARY_SKIP_MISSING_TOOLCHAINS=1` says so, as `cargo xtask test` then did too.
 fn built_with(name: &str, tool: &str) -> bool {
     let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/plugins/{name}.wasm"));
     if wasm.exists() {
         return true;
     }
-    let have = std::process::Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok();
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    let skip = std::env::var("APIARY_SKIP_MISSING_TOOLCHAINS").is_ok_and(|v| v == "1");
     assert!(
-        !have,
-        "{tool} is installed but {} is missing: run `cargo xtask plugins`",
+        skip && !ci,
+        "{} is missing (it needs {tool}): run `cargo xtask plugins`, or set APIARY_SKIP_MISSING_TOOLCHAINS=1 outside CI to skip it",
         wasm.display()
     );
-    eprintln!("skipped: no {tool} on this machine, so {name} was not built");
+    eprintln!("skipped (APIARY_SKIP_MISSING_TOOLCHAINS=1): {name} was not built");
     false
 }
 
@@ -80,7 +79,7 @@ async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8])
 
 async fn broker_with(plugins: &Path) -> TestBroker {
     let keys = plugins.join("../keys");
-    std::fs::write(&keys, "ops:s3cret:admin\n").unwrap();
+    std::fs::write(&keys, "ops:s3cret:admin:tenant=*\n").unwrap();
     let dir = plugins.to_path_buf();
     TestBroker::start_with(move |c| {
         c.plugins_dir = dir;
@@ -89,9 +88,8 @@ async fn broker_with(plugins: &Path) -> TestBroker {
     .await
 }
 
-const HELLO: &str =
-    "mount = \"/hello\"\ncapabilities = [\"registry.read\", \"kv\"]\n[config]\ngreeting = \"Hi\"\n";
-const FAULTY: &str = "mount = \"/faulty\"\nmemory_limit_mb = 16\ncall_timeout_ms = 200\n[config]\nversion = \"v1\"\n";
+const HELLO: &str = "mount = \"/hello\"\nroles = [\"http\"]\ncapabilities = [\"registry.read\", \"kv\", \"apikeys\"]\n[config]\ngreeting = \"Hi\"\n";
+const FAULTY: &str = "mount = \"/faulty\"\nroles = [\"http\"]\nmemory_limit_mb = 16\ncall_timeout_ms = 200\n[config]\nversion = \"v1\"\n";
 
 #[tokio::test]
 async fn a_plugin_serves_http_with_registry_and_kv_access() {
@@ -331,7 +329,7 @@ async fn a_plugin_can_have_a_listener_of_its_own() {
         "hello",
         "hello",
         Some(&format!(
-            "listen = \"127.0.0.1:{port}\"\ncapabilities = [\"kv\"]\n"
+            "listen = \"127.0.0.1:{port}\"\nroles = [\"http\"]\ncapabilities = [\"kv\", \"apikeys\"]\n"
         )),
     );
     let tb = broker_with(&pdir).await;
@@ -345,7 +343,9 @@ async fn a_plugin_can_have_a_listener_of_its_own() {
     let port2 = free_port();
     std::fs::write(
         pdir.join("hello.toml"),
-        format!("listen = \"127.0.0.1:{port2}\"\n"),
+        format!(
+            "listen = \"127.0.0.1:{port2}\"\nroles = [\"http\"]\ncapabilities = [\"apikeys\"]\n"
+        ),
     )
     .unwrap();
     assert_eq!(
@@ -376,7 +376,7 @@ async fn events_plugins_receive_registry_events() {
         &pdir,
         "recorder",
         "recorder",
-        Some("mount = \"/rec\"\ncapabilities = [\"kv\"]\n"),
+        Some("mount = \"/rec\"\nroles = [\"http\", \"events\"]\ncapabilities = [\"kv\", \"events.messages\"]\n"),
     );
     let tb = broker_with(&pdir).await;
     let a = tb.http_addr();
@@ -428,7 +428,7 @@ async fn a_javascript_plugin_serves_http_and_calls_the_host() {
         &pdir,
         "js-hello",
         "js-hello",
-        Some("mount = \"/js\"\ncapabilities = [\"registry.read\"]\n[config]\ngreeting = \"Hey\"\n"),
+        Some("mount = \"/js\"\nroles = [\"http\"]\ncapabilities = [\"registry.read\"]\n[config]\ngreeting = \"Hey\"\n"),
     );
     let tb = broker_with(&pdir).await;
     let a = tb.http_addr();
@@ -461,7 +461,7 @@ async fn a_c_plugin_serves_http_and_calls_the_host() {
         &pdir,
         "c-hello",
         "c-hello",
-        Some("mount = \"/c\"\n[config]\ngreeting = \"Ahoy\"\n"),
+        Some("mount = \"/c\"\nroles = [\"http\"]\n[config]\ngreeting = \"Ahoy\"\n"),
     );
     let tb = broker_with(&pdir).await;
     let a = tb.http_addr();
@@ -518,15 +518,15 @@ async fn auth_plugins_decide_connects_and_a_failing_one_denies() {
         &pdir,
         "faulty",
         "gate",
-        Some("[config]\nversion = \"v1\"\n"),
+        Some("roles = [\"auth\"]\n[config]\nversion = \"v1\"\n"),
     );
     let keys = pdir.join("../keys");
-    std::fs::write(&keys, "ops:s3cret:admin\n").unwrap();
+    std::fs::write(&keys, "ops:s3cret:admin:tenant=*\n").unwrap();
     let dir = pdir.clone();
     let tb = TestBroker::start_with(move |c| {
         c.plugins_dir = dir;
         c.api_keys_file = Some(keys);
-        c.auth.allow_anonymous = false;
+        c.auth.allow_anonymous = apiary::config::Anonymous::Never;
     })
     .await;
     assert_eq!(connack_code(&tb, "ok").await, 0, "the plugin allows ok");
@@ -544,13 +544,16 @@ async fn auth_plugins_decide_connects_and_a_failing_one_denies() {
         .user_id
         .clone();
     assert_eq!(user_id.as_deref(), Some("ok"));
-    // Ignored by the plugin, anonymous access off: not authorized (3.1.1 code 5).
-    assert_eq!(connack_code(&tb, "nobody").await, 5);
-    // A panicking auth plugin denies: auth never fails open.
-    assert_eq!(connack_code(&tb, "trap").await, 5);
+    // A username no plugin accepts: refused as a wrong password would be (3.1.1 code 4),
+    // so a refusal does not tell which usernames exist.
+    assert_eq!(connack_code(&tb, "nobody").await, 4);
+    // A panicking auth plugin refuses: auth never fails open. The client did nothing
+    // wrong, so it is "server unavailable" (3.1.1 code 3), which clients retry.
+    assert_eq!(connack_code(&tb, "trap").await, 3);
     assert!(common::metric(&tb, "apiary_auth_plugin_failures_total") >= 1);
     assert!(common::metric(&tb, "apiary_auth_allowed_total") >= 1);
     assert!(common::metric(&tb, "apiary_auth_denied_total") >= 2);
-    // MQTT 5 gets 0x87.
-    assert_eq!(connack_code_at(&tb, 5, "nobody").await, 0x87);
+    // MQTT 5 gets 0x86 and 0x88.
+    assert_eq!(connack_code_at(&tb, 5, "nobody").await, 0x86);
+    assert_eq!(connack_code_at(&tb, 5, "trap").await, 0x88);
 }

@@ -3,9 +3,13 @@
 //! superusers, and first-match ACL rules whose topics may use `%u` and `%c`.
 //!
 //! CONNECT: a user it does not know, or no username, is left to the next auth plugin
-//! (`ignore`); a known user with a wrong or missing password is refused with 0x86 (3.1.1:
-//! 4). Publish and subscribe: the first matching rule decides; without a match,
-//! `default` does (allow when there are no rules, deny when there are, as in Mosquitto).
+//! (`ignore`) after a check against a dummy hash, so that an unknown username costs what
+//! a wrong password costs (and the broker answers both with 0x86); a known user with a
+//! wrong or missing password is refused with 0x86 (3.1.1: 4). Hashes are checked by the
+//! host (`passwords`); when its workers are saturated the CONNECT is refused with 0x88
+//! (server unavailable) and the client retries. Publish and subscribe: the first
+//! matching rule decides; without a match, `default` does (allow when there are no
+//! rules, deny when there are, as in Mosquitto).
 
 mod rules;
 mod users;
@@ -92,6 +96,15 @@ fn load(c: Config) -> Result<State, String> {
 
 struct AuthFile;
 
+/// The host's password workers are saturated: refuse as "server unavailable" (0x88),
+/// which clients retry, rather than as a wrong password.
+fn busy() -> auth::ConnectDecision {
+    auth::ConnectDecision::Deny(auth::Denial {
+        reason_code: 0x88,
+        message: "password checks are saturated; try again".into(),
+    })
+}
+
 impl Plugin for AuthFile {
     fn init(config: String) -> Result<(), InitError> {
         let c: Config = parse_config(&config)?;
@@ -110,13 +123,18 @@ impl auth::Guest for AuthFile {
         let Some(name) = req.username.as_deref() else {
             return auth::ConnectDecision::Ignore;
         };
+        let password = req.password.as_deref().unwrap_or_default();
         let Some(acct) = state().accounts.get(name) else {
-            return auth::ConnectDecision::Ignore;
+            // As costly as a known user's check, then left to the next plugin.
+            return match users::host_verify(users::DUMMY_HASH, password) {
+                Err(users::Busy) => busy(),
+                Ok(_) => auth::ConnectDecision::Ignore,
+            };
         };
-        let ok = req
-            .password
-            .as_deref()
-            .is_some_and(|p| acct.secret.verify(p));
+        let ok = match acct.secret.verify(password) {
+            Ok(ok) => ok && req.password.is_some(),
+            Err(users::Busy) => return busy(),
+        };
         if !ok {
             return auth::ConnectDecision::Deny(auth::Denial {
                 reason_code: 0x86,

@@ -1,5 +1,6 @@
 //! ACL rules: first match wins, topics are MQTT filters that may use `%u` and `%c`.
 
+use apiary_plugin_sdk::topic;
 use serde::Deserialize;
 
 /// allow | deny.
@@ -81,14 +82,14 @@ impl Rule {
             return false;
         };
         if r.publish {
-            filter_matches(&filter, r.topic)
+            topic::matches(&filter, r.topic)
         } else if self.permission == Permission::Deny {
             // A subscription that could receive anything a deny rule names is refused:
             // `deny secret/#` stops a subscription to `#` or `+/x` too (ACL is checked at
             // SUBSCRIBE, not per delivery).
-            filters_overlap(&filter, r.topic)
+            topic::overlap(&filter, r.topic)
         } else {
-            filter_covers(&filter, r.topic)
+            topic::covers(&filter, r.topic)
         }
     }
 }
@@ -109,63 +110,6 @@ pub fn substitute(topic: &str, username: Option<&str>, client_id: &str) -> Optio
         out = out.replace("%c", client_id);
     }
     Some(out)
-}
-
-/// Whether a topic name matches a filter (`+` one level, `#` the rest); filters starting
-/// with a wildcard do not match `$` topics.
-pub fn filter_matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// Whether every topic the subscription `wanted` can receive is matched by `rule`: a rule
-/// `a/#` covers a subscription to `a/+/b`, a rule `a/+` does not cover `a/#`.
-pub fn filter_covers(rule: &str, wanted: &str) -> bool {
-    if wanted.starts_with('$') != rule.starts_with('$') && rule.starts_with(['+', '#']) {
-        return false;
-    }
-    let mut r = rule.split('/');
-    let mut w = wanted.split('/');
-    loop {
-        match (r.next(), w.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(x)) if x != "#" => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// Whether some topic name matches both filters.
-pub fn filters_overlap(a: &str, b: &str) -> bool {
-    let wild = |f: &str| f.starts_with(['+', '#']);
-    if (a.starts_with('$') && wild(b)) || (b.starts_with('$') && wild(a)) {
-        return false;
-    }
-    let mut x = a.split('/');
-    let mut y = b.split('/');
-    loop {
-        match (x.next(), y.next()) {
-            (Some("#"), _) | (_, Some("#")) => return true,
-            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
-            (Some(p), Some(q)) if p == q => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
 }
 
 /// The first rule that matches, with its index.
@@ -194,44 +138,6 @@ mod tests {
             username: user,
             client_id: cid,
         }
-    }
-
-    #[test]
-    fn publish_matching() {
-        assert!(filter_matches("a/+/c", "a/b/c"));
-        assert!(filter_matches("a/#", "a"));
-        assert!(filter_matches("a/#", "a/b/c"));
-        assert!(filter_matches("#", "a/b"));
-        assert!(!filter_matches("#", "$SYS/x"));
-        assert!(filter_matches("$SYS/#", "$SYS/x"));
-        assert!(!filter_matches("a/+", "a/b/c"));
-        assert!(!filter_matches("a/b", "a/b/c"));
-        assert!(filter_matches("a//b", "a//b"));
-    }
-
-    #[test]
-    fn subscription_covering() {
-        assert!(filter_covers("a/#", "a/+/b"));
-        assert!(filter_covers("a/#", "a/#"));
-        assert!(filter_covers("a/+/b", "a/+/b"));
-        assert!(filter_covers("a/+", "a/x"));
-        assert!(!filter_covers("a/+", "a/#"), "+ does not cover #");
-        assert!(!filter_covers("a/x", "a/+"), "a literal does not cover +");
-        assert!(!filter_covers("#", "$SYS/#"));
-        assert!(!filter_covers("a/b", "a/b/c"));
-    }
-
-    #[test]
-    fn overlapping_filters() {
-        assert!(filters_overlap("secret/#", "#"));
-        assert!(filters_overlap("secret/#", "+/x"));
-        assert!(filters_overlap("a/+/c", "a/b/+"));
-        assert!(filters_overlap("a/#", "a"));
-        assert!(filters_overlap("a", "a/#"));
-        assert!(!filters_overlap("a/b", "a/c"));
-        assert!(!filters_overlap("a/b", "a/b/c"));
-        assert!(!filters_overlap("$SYS/#", "#"));
-        assert!(filters_overlap("$SYS/#", "$SYS/+"));
     }
 
     #[test]

@@ -15,8 +15,8 @@ use std::rc::Rc;
 use std::sync::OnceLock;
 
 use apiary_plugin_sdk::http::{Handler, HttpError, Request, Response, Router};
-use apiary_plugin_sdk::{apikeys, export, parse_config, types, InitError, Plugin};
-use base64::Engine as _;
+use apiary_plugin_sdk::keyauth::{self, KeyError};
+use apiary_plugin_sdk::{export, parse_config, types, InitError, Plugin};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -77,34 +77,14 @@ pub(crate) fn host_error(e: types::Error) -> HttpError {
         types::Error::PermissionDenied(m) => HttpError::new(403, "FORBIDDEN", m),
         types::Error::InvalidArgument(m) => HttpError::bad_request(m),
         types::Error::Unavailable(m) => HttpError::new(503, "SERVICE_UNAVAILABLE", m),
+        types::Error::QuotaExceeded(m) => HttpError::new(507, "QUOTA_EXCEEDED", m),
     }
 }
 
-fn unauthorized(m: &str) -> Response {
-    HttpError::new(401, "BAD_USERNAME_OR_PWD", m).into()
-}
-
-/// Basic auth against the host's API key store.
+/// Basic auth against the host's API key store, answered in EMQX's shapes.
 fn authenticate(req: &Request) -> Result<Caller, Response> {
-    let Some(h) = req.header("authorization") else {
-        return Err(unauthorized(
-            "Basic authentication with an API key is required",
-        ));
-    };
-    let creds = h
-        .strip_prefix("Basic ")
-        .or_else(|| h.strip_prefix("basic "))
-        .and_then(|b| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b.trim())
-                .ok()
-        })
-        .and_then(|b| String::from_utf8(b).ok());
-    let Some((key, secret)) = creds.as_deref().and_then(|c| c.split_once(':')) else {
-        return Err(unauthorized("malformed basic authentication header"));
-    };
-    match apikeys::verify(key, secret) {
-        Ok(Some(k)) => {
+    match keyauth::api_key(req) {
+        Ok(k) => {
             let tenant = if k.tenant == "*" {
                 CONFIG.get().map_or("default".into(), |c| c.tenant.clone())
             } else {
@@ -115,8 +95,8 @@ fn authenticate(req: &Request) -> Result<Caller, Response> {
                 rights: k.rights,
             })
         }
-        Ok(None) => Err(unauthorized("Bad API key or secret")),
-        Err(e) => Err(host_error(e).into()),
+        Err(KeyError::Host(e)) => Err(host_error(e).into()),
+        Err(e) => Err(HttpError::new(401, "BAD_USERNAME_OR_PWD", e.message()).into()),
     }
 }
 

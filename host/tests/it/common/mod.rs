@@ -25,10 +25,11 @@ impl TestBroker {
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = Config::ephemeral(dir.path().join("data"));
-        // Compiled plugins are keyed by content hash: every test may share them.
-        cfg.plugin_cache_dir = Some(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache"),
-        );
+        // Compiled plugins are keyed by content hash: every test may share them, with one
+        // key authenticating the entries.
+        let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+        cfg.plugin_cache_dir = Some(target.join("test-plugin-cache"));
+        cfg.plugin_cache_key_file = Some(target.join("test-plugin-cache.key"));
         f(&mut cfg);
         let server = apiary::start(cfg).await.expect("broker starts");
         Self { server, dir }
@@ -358,7 +359,7 @@ pub mod raw {
 
 /// Reads a counter from the broker's metrics text.
 pub fn metric(tb: &TestBroker, name: &str) -> u64 {
-    let text = tb.broker().metrics.render(&[]);
+    let text = apiary::http::metrics_text(tb.broker());
     text.lines()
         .find_map(|l| {
             l.strip_prefix(name)

@@ -86,7 +86,9 @@ impl apiary_plugin_sdk::auth::Guest for Faulty {
 impl Handler for Faulty {
     fn handle(req: Request) -> Response {
         Router::new()
-            .get("/ok", |_, _| Response::text(200, VERSION.get().cloned().unwrap_or_default()))
+            .get("/ok", |_, _| {
+                Response::text(200, VERSION.get().cloned().unwrap_or_default())
+            })
             .get("/trap", |_, _| panic!("boom"))
             .get("/loop", |_, _| {
                 let mut n = 0u64;
@@ -119,7 +121,12 @@ impl Handler for Faulty {
                             .filter_map(|i| u8::from_str_radix(&sig[2 * i..2 * i + 2], 16).ok())
                             .collect();
                         let msg = format!("{tenant}/{client}");
-                        apikeys::verify_mac(key, apikeys::MacAlgorithm::HmacSha256, msg.as_bytes(), &sig)
+                        apikeys::verify_mac(
+                            key,
+                            apikeys::MacAlgorithm::HmacSha256,
+                            msg.as_bytes(),
+                            &sig,
+                        )
                     }
                     None => apikeys::verify(key, req.header("x-secret").unwrap_or_default()),
                 };
@@ -133,9 +140,11 @@ impl Handler for Faulty {
                     Err(e) => HttpError::from(e).into(),
                 }
             })
-            .get("/forbidden", |_, _| match broker::publish("default", "t", b"x", 0, false) {
-                Ok(_) => Response::text(200, "published?!"),
-                Err(e) => HttpError::from(e).into(),
+            .get("/forbidden", |_, _| {
+                match broker::publish("default", "t", b"x", 0, false) {
+                    Ok(_) => Response::text(200, "published?!"),
+                    Err(e) => HttpError::from(e).into(),
+                }
             })
             .dispatch(req)
     }

@@ -19,7 +19,11 @@ fn summary(e: &Event) -> String {
         Event::Disconnected(s) => format!("disconnected:{}", s.client_id),
         Event::Subscribed(s) => format!("subscribed:{}:{}", s.client_id, s.topic),
         Event::Unsubscribed(s) => format!("unsubscribed:{}:{}", s.client_id, s.topic),
-        Event::MessagePublished(m) => format!("published:{}:{}", m.topic, String::from_utf8_lossy(&m.payload)),
+        Event::MessagePublished(m) => format!(
+            "published:{}:{}",
+            m.topic,
+            String::from_utf8_lossy(&m.payload)
+        ),
         Event::MessageDropped(d) => format!("dropped:{}:{}", d.client_id, d.reason),
         Event::SessionEnded(s) => format!("ended:{}", s.client_id),
     }

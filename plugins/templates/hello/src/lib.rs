@@ -1,9 +1,16 @@
-//! A complete Apiary plugin, as a template: the `http` role with a router, a typed
-//! `[config]`, registry queries and the private kv store.
+//! A complete Apiary plugin, as a template to copy: the `http` role with a router, a
+//! typed `[config]`, API-key authentication on every route (through the host, so the
+//! call then acts with the key's tenant and rights), registry queries and the private kv
+//! store (bounded by the quota in the plugin's toml).
+//!
+//! Not served by `cargo xtask run`: it is an example, built and tested by
+//! `cargo xtask test`. Serve it by copying `hello.wasm` and `hello.toml` into the plugins
+//! directory.
 
 use std::sync::OnceLock;
 
-use apiary_plugin_sdk::http::{Handler, HttpError, Request, Response, Router};
+use apiary_plugin_sdk::http::{Handler, HttpError, Params, Request, Response, Router};
+use apiary_plugin_sdk::keyauth::{self, has_right};
 use apiary_plugin_sdk::{export, kv, parse_config, registry, session_filter, InitError, Plugin};
 use serde::Deserialize;
 use serde_json::json;
@@ -30,15 +37,24 @@ impl Plugin for Hello {
     }
 }
 
-fn greet(_: &Request, p: &apiary_plugin_sdk::http::Params) -> Response {
+fn greet(_: &Request, p: &Params) -> Response {
     let greeting = CONFIG.get().map(|c| c.greeting.as_str()).unwrap_or("Hello");
     let name = p.get("name").unwrap_or("world");
     Response::json(200, &json!({ "message": format!("{greeting}, {name}!") }))
 }
 
-fn sessions(req: &Request, _: &apiary_plugin_sdk::http::Params) -> Response {
+/// The tenant a key acts on (a key spanning every tenant lists `default`).
+fn tenant_of(k: &apiary_plugin_sdk::apikeys::KeyInfo) -> String {
+    if k.tenant == "*" {
+        "default".into()
+    } else {
+        k.tenant.clone()
+    }
+}
+
+fn sessions(req: &Request, tenant: String) -> Response {
     let mut f = session_filter();
-    f.tenant = Some("default".into());
+    f.tenant = Some(tenant);
     f.connected = req.query_params().get("connected").map(|v| v == "true");
     match registry::query(&f, 1, 100) {
         Ok(page) => Response::json(
@@ -52,7 +68,7 @@ fn sessions(req: &Request, _: &apiary_plugin_sdk::http::Params) -> Response {
     }
 }
 
-fn kv_get(_: &Request, p: &apiary_plugin_sdk::http::Params) -> Response {
+fn kv_get(_: &Request, p: &Params) -> Response {
     match kv::get(p.get("key").unwrap_or_default()) {
         Ok(Some(v)) => Response {
             status: 200,
@@ -64,7 +80,7 @@ fn kv_get(_: &Request, p: &apiary_plugin_sdk::http::Params) -> Response {
     }
 }
 
-fn kv_put(req: &Request, p: &apiary_plugin_sdk::http::Params) -> Response {
+fn kv_put(req: &Request, p: &Params) -> Response {
     match kv::set(p.get("key").unwrap_or_default(), &req.body) {
         Ok(()) => Response::empty(204),
         Err(e) => HttpError::from(e).into(),
@@ -73,9 +89,18 @@ fn kv_put(req: &Request, p: &apiary_plugin_sdk::http::Params) -> Response {
 
 impl Handler for Hello {
     fn handle(req: Request) -> Response {
+        // Every route needs an API key; writes need `connections:write`.
+        let key = match keyauth::api_key(&req) {
+            Ok(k) => k,
+            Err(e) => return HttpError::from(e).into(),
+        };
+        if req.method != "GET" && !has_right(&key, "connections:write") {
+            return HttpError::new(403, "FORBIDDEN", "this key may only read").into();
+        }
+        let tenant = tenant_of(&key);
         Router::new()
             .get("/hello/{name}", greet)
-            .get("/sessions", sessions)
+            .get("/sessions", move |r, _| sessions(r, tenant.clone()))
             .get("/kv/{key}", kv_get)
             .put("/kv/{key}", kv_put)
             .dispatch(req)

@@ -1,0 +1,264 @@
+//! The queue between the broker and the store's writer thread, and the thread itself.
+//! The queue counts the bytes it holds: over the soft limit the store is congested
+//! (acknowledgements wait for the writer), over twice that `push` blocks until the
+//! writer makes room. The writer takes everything queued (up to a batch), writes it as
+//! one batch, makes it durable per the sync policy and publishes the last ticket it
+//! carried. After a failed write or fsync it writes nothing more: the durable ticket
+//! stays where it was, what is queued is discarded (and counted), and the store reports
+//! itself failed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
+use tracing::error;
+
+use super::{Backend, Op, StoreConfig, SyncMode};
+
+/// Operations per batch at most.
+const BATCH_OPS: usize = 4096;
+
+/// What the store exports on `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Bytes of keys and values written.
+    pub bytes_written: AtomicU64,
+    /// Operations written.
+    pub ops_written: AtomicU64,
+    /// Failed writes or fsyncs (the first one poisons the store).
+    pub write_errors: AtomicU64,
+    /// Operations discarded because the store had failed.
+    pub ops_discarded: AtomicU64,
+    /// Times a submitter blocked on a full queue.
+    pub stalls: AtomicU64,
+    /// Acknowledgements held back because the writer was behind.
+    pub acks_held: AtomicU64,
+    /// Milliseconds the oldest batch written last waited in the queue (the writer's lag).
+    pub lag_ms: AtomicU64,
+}
+
+struct Pending {
+    ops: VecDeque<(u64, Op, usize, Instant)>,
+    bytes: usize,
+    next: u64,
+    closed: bool,
+}
+
+/// The bounded queue shared by submitters and the writer.
+pub(super) struct Queue {
+    pending: Mutex<Pending>,
+    /// The writer waits here for work.
+    work: Condvar,
+    /// Blocked submitters wait here for room.
+    room: Condvar,
+    soft: usize,
+    failure: Mutex<Option<String>>,
+    stats: StoreStats,
+}
+
+impl Queue {
+    pub fn new(soft: usize) -> Self {
+        Self {
+            pending: Mutex::new(Pending {
+                ops: VecDeque::new(),
+                bytes: 0,
+                next: 0,
+                closed: false,
+            }),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            soft: soft.max(1),
+            failure: Mutex::new(None),
+            stats: StoreStats::default(),
+        }
+    }
+
+    pub fn push(&self, op: Op) -> u64 {
+        let size = op.queued_size();
+        let mut p = self.pending.lock();
+        if p.bytes > self.soft * 2 && !p.closed {
+            self.stats.stalls.fetch_add(1, Relaxed);
+            while p.bytes > self.soft * 2 && !p.closed {
+                self.room.wait(&mut p);
+            }
+        }
+        p.next += 1;
+        let seq = p.next;
+        if !p.closed {
+            p.bytes += size;
+            p.ops.push_back((seq, op, size, Instant::now()));
+            self.work.notify_one();
+        }
+        seq
+    }
+
+    pub fn last_ticket(&self) -> u64 {
+        self.pending.lock().next
+    }
+
+    pub fn congested(&self) -> bool {
+        self.pending.lock().bytes > self.soft
+    }
+
+    /// Queued operations and their bytes.
+    pub fn depth(&self) -> (usize, usize) {
+        let p = self.pending.lock();
+        (p.ops.len(), p.bytes)
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.stats
+    }
+
+    pub fn close(&self) {
+        self.pending.lock().closed = true;
+        self.work.notify_all();
+        self.room.notify_all();
+    }
+
+    /// Waits (up to `timeout`) for work and takes a batch of it. None when closed and
+    /// drained.
+    fn take(&self, timeout: Duration, out: &mut Vec<(u64, Op)>) -> Option<Instant> {
+        let mut p = self.pending.lock();
+        if p.ops.is_empty() {
+            if p.closed {
+                return None;
+            }
+            self.work.wait_for(&mut p, timeout);
+        }
+        let mut oldest = None;
+        while out.len() < BATCH_OPS {
+            let Some((seq, op, size, at)) = p.ops.pop_front() else {
+                break;
+            };
+            oldest.get_or_insert(at);
+            p.bytes -= size;
+            out.push((seq, op));
+        }
+        if !out.is_empty() {
+            self.room.notify_all();
+        }
+        Some(oldest.unwrap_or_else(Instant::now))
+    }
+}
+
+impl StoreStats {
+    /// Queue depth is read from the queue itself; see [`super::Store::queue_depth`].
+    fn count_written(&self, ops: usize, bytes: usize) {
+        self.ops_written.fetch_add(ops as u64, Relaxed);
+        self.bytes_written.fetch_add(bytes as u64, Relaxed);
+    }
+}
+
+impl super::Store {
+    /// Operations and bytes waiting for the writer.
+    pub fn queue_depth(&self) -> (usize, usize) {
+        self.queue.depth()
+    }
+
+    /// Counts an acknowledgement held back because the writer was behind.
+    pub fn ack_held(&self) {
+        self.queue.stats.acks_held.fetch_add(1, Relaxed);
+    }
+}
+
+/// Starts the writer thread.
+pub(super) fn spawn(
+    backend: Arc<dyn Backend>,
+    queue: Arc<Queue>,
+    durable: watch::Sender<u64>,
+    cfg: &StoreConfig,
+) -> std::thread::JoinHandle<()> {
+    let interval = Duration::from_millis(cfg.batch_interval_ms.max(1));
+    let sync = cfg.sync;
+    std::thread::Builder::new()
+        .name("apiary-store".into())
+        .spawn(move || run(&*backend, &queue, &durable, sync, interval))
+        .expect("spawning the store writer thread")
+}
+
+fn run(
+    backend: &dyn Backend,
+    q: &Queue,
+    durable: &watch::Sender<u64>,
+    sync: SyncMode,
+    interval: Duration,
+) {
+    let mut last_sync = Instant::now();
+    let mut dirty = false;
+    let mut ops = Vec::with_capacity(BATCH_OPS);
+    let mut writes = Vec::with_capacity(BATCH_OPS);
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        q.stats.write_errors.fetch_add(1, Relaxed);
+        let mut f = q.failure.lock();
+        if f.is_none() {
+            error!(error = %e, "store {what} failed: the store is failed from now on (nothing more is written, acknowledgements that wait for it are never sent); restart the broker once the disk is fixed");
+            *f = Some(format!("{what} failed: {e}"));
+        }
+        drop(f);
+        // Wake waiters so they notice the failure.
+        durable.send_modify(|_| {});
+    };
+    while let Some(oldest) = q.take(interval, &mut ops) {
+        let Some(&(last, _)) = ops.last() else {
+            if sync == SyncMode::Batch && dirty && last_sync.elapsed() >= interval {
+                if let Err(e) = backend.flush(true) {
+                    fail("fsync", &e);
+                }
+                last_sync = Instant::now();
+                dirty = false;
+            }
+            continue;
+        };
+        if q.failure.lock().is_some() {
+            q.stats.ops_discarded.fetch_add(ops.len() as u64, Relaxed);
+            ops.clear();
+            continue;
+        }
+        q.stats
+            .lag_ms
+            .store(oldest.elapsed().as_millis() as u64, Relaxed);
+        let n = ops.len();
+        for (_, op) in ops.drain(..) {
+            op.write_into(&mut writes);
+        }
+        let bytes: usize = writes.iter().map(|w| w.size()).sum();
+        let r = backend.write(std::mem::take(&mut writes));
+        let r = r.map_err(|e| ("write", e)).and_then(|()| {
+            dirty = true;
+            let durable_now = sync == SyncMode::Always;
+            let r = backend.flush(durable_now).map_err(|e| ("fsync", e));
+            if durable_now {
+                last_sync = Instant::now();
+                dirty = false;
+            }
+            r
+        });
+        match r {
+            Ok(()) => {
+                q.stats.count_written(n, bytes);
+                durable.send_replace(last);
+            }
+            Err((what, e)) => fail(what, &e),
+        }
+        if sync == SyncMode::Batch && dirty && last_sync.elapsed() >= interval {
+            if let Err(e) = backend.flush(true) {
+                fail("fsync", &e);
+            }
+            last_sync = Instant::now();
+            dirty = false;
+        }
+    }
+    if q.failure.lock().is_none() {
+        if let Err(e) = backend.flush(true) {
+            fail("final fsync", &e);
+        }
+    }
+}
