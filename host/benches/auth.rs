@@ -1,7 +1,9 @@
-//! What authentication and authorisation cost (issue 5), over real sockets against a
-//! running broker: CONNECT-to-CONNACK with no auth plugin (anonymous) versus the stock
-//! auth-file plugin (argon2id with its default cost, and a plain password to show the
-//! plugin call alone), and QoS 1 publish throughput with ACL checking on every publish
+//! What authentication and authorisation cost (issues 5 and 10), over real sockets against
+//! a running broker: CONNECT-to-CONNACK with no auth plugin (anonymous) versus the stock
+//! auth-file plugin (argon2id with its default cost, checked natively by the host, and a
+//! plain password to show the plugin call alone); a refused CONNECT for a known user with a
+//! wrong password versus an unknown user (which must cost the same); one native argon2id
+//! check on its own; and QoS 1 publish throughput with ACL checking on every publish
 //! (decision cache on, and off so every publish calls the plugin) versus no ACL.
 //! Run: `cargo bench -p apiary --bench auth` after `cargo xtask plugins`.
 
@@ -27,6 +29,8 @@ fn auth_file_toml() -> String {
         .unwrap();
     format!(
         r##"tenants = ["*"]
+roles = ["auth"]
+capabilities = ["passwords"]
 [config]
 [[config.users]]
 username = "alice"
@@ -56,8 +60,9 @@ async fn server(dir: &Path, with_auth: bool, cache: usize) -> Server {
     cfg.listeners.ws = None;
     cfg.listeners.tls = None;
     cfg.listeners.wss = None;
-    cfg.plugin_cache_dir =
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache"));
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    cfg.plugin_cache_dir = Some(target.join("test-plugin-cache"));
+    cfg.plugin_cache_key_file = Some(target.join("test-plugin-cache.key"));
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     if with_auth {
@@ -107,15 +112,25 @@ fn connect_packet(id: &str, creds: Option<(&str, &str)>) -> Vec<u8> {
     packet(0x10, &body)
 }
 
-/// Connects and waits for CONNACK; panics unless accepted.
-async fn connect(addr: SocketAddr, id: &str, creds: Option<(&str, &str)>) -> TcpStream {
+/// Connects and waits for CONNACK; panics unless its return code is `want`.
+async fn connect_as(
+    addr: SocketAddr,
+    id: &str,
+    creds: Option<(&str, &str)>,
+    want: u8,
+) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.set_nodelay(true).unwrap();
     s.write_all(&connect_packet(id, creds)).await.unwrap();
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).await.unwrap();
-    assert_eq!(ack[3], 0, "CONNACK refused");
+    assert_eq!(ack[3], want, "CONNACK return code");
     s
+}
+
+/// Connects and waits for CONNACK; panics unless accepted.
+async fn connect(addr: SocketAddr, id: &str, creds: Option<(&str, &str)>) -> TcpStream {
+    connect_as(addr, id, creds, 0).await
 }
 
 /// BATCH QoS 1 publishes over TOPICS topics the client may publish to, pids 1..=BATCH.
@@ -144,18 +159,51 @@ fn bench(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("connect");
     g.measurement_time(Duration::from_secs(5));
-    for (name, srv, creds) in [
-        ("no_plugin", &open, None),
-        ("auth_file_plain", &guarded, Some(("plain", "plainpw"))),
-        ("auth_file_argon2id", &guarded, Some(("alice", "alicepw"))),
+    for (name, srv, creds, want) in [
+        ("no_plugin", &open, None, 0),
+        ("auth_file_plain", &guarded, Some(("plain", "plainpw")), 0),
+        (
+            "auth_file_argon2id",
+            &guarded,
+            Some(("alice", "alicepw")),
+            0,
+        ),
+        (
+            "refused_wrong_password",
+            &guarded,
+            Some(("alice", "wrong")),
+            4,
+        ),
+        (
+            "refused_unknown_user",
+            &guarded,
+            Some(("mallory", "wrong")),
+            4,
+        ),
     ] {
         let a = addr(srv);
         g.bench_function(name, |b| {
             b.to_async(&rt).iter(|| async move {
-                drop(connect(a, "bench-connect", creds).await);
+                drop(connect_as(a, "bench-connect", creds, want).await);
             })
         });
     }
+    g.finish();
+
+    let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+    let hash = argon2::Argon2::default()
+        .hash_password(b"alicepw", &salt)
+        .unwrap()
+        .to_string();
+    c.bench_function("argon2id_check_native", |b| {
+        b.iter(|| apiary::passwords::verify_phc(&hash, b"alicepw").unwrap())
+    });
+    // An unknown API key id must cost what a wrong secret costs.
+    let keys = apiary::apikeys::ApiKeyStore::default();
+    keys.add("ops", "s3cret", vec![apiary::apikeys::Right::Admin], "*");
+    let mut g = c.benchmark_group("api_key_verify");
+    g.bench_function("wrong_secret", |b| b.iter(|| keys.verify("ops", "guess")));
+    g.bench_function("unknown_key", |b| b.iter(|| keys.verify("nobody", "guess")));
     g.finish();
 
     let mut g = c.benchmark_group("publish_qos1");

@@ -1,6 +1,8 @@
-//! Durable-state benchmark (issue 3): QoS 1 throughput into offline persistent inboxes for
-//! each sync mode, and recovery time of 100k persistent sessions with 10 queued messages
-//! each. Full run: `cargo bench -p apiary --bench store`. Under `cargo test` (no `--bench`
+//! Durable-state benchmark (issues 3 and 10): QoS 1 throughput into offline persistent
+//! inboxes for each sync mode, recovery time of 100k persistent sessions with 10 queued
+//! messages each, and the store bytes written for 10k, 50k and 100k subscriptions of one
+//! session added in packets of 1000 (they must grow linearly: each subscription is one
+//! record). Full run: `cargo bench -p apiary --bench store`. Under `cargo test` (no `--bench`
 //! argument) it runs a small smoke version of the same code.
 
 use std::sync::Arc;
@@ -95,6 +97,54 @@ fn throughput(sync: SyncMode, n: usize) -> f64 {
     rate
 }
 
+/// Store bytes written for `n` subscriptions of one persistent session added 1000 at a
+/// time; also the bytes of the first and the last packet of 1000.
+fn subscription_bytes(n: usize) -> (u64, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::embedded();
+    cfg.mqtt.max_subscriptions = n;
+    let store = Store::open(dir.path(), &StoreConfig::default()).expect("store");
+    let b = Broker::with_store(cfg, ApiKeyStore::default(), Some(store));
+    let s = Arc::new(Session::new(
+        b.next_id(),
+        "default".into(),
+        "many".into(),
+        info(),
+    ));
+    s.persistent
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    b.registry.insert(s.clone());
+    b.persist_session(&s);
+    wait_durable(&b);
+    let written = || {
+        b.store
+            .as_ref()
+            .unwrap()
+            .stats()
+            .bytes_written
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let start = written();
+    let (mut first, mut last) = (0, 0);
+    for packet in 0..n / 1000 {
+        let before = written();
+        for i in 0..1000 {
+            let f = format!("sensors/{}/+/temperature", packet * 1000 + i);
+            b.subscribe(&s, &f, SubOptions::qos(QoS::AtLeastOnce))
+                .expect("subscribe");
+        }
+        wait_durable(&b);
+        let d = written() - before;
+        if packet == 0 {
+            first = d;
+        }
+        last = d;
+    }
+    let total = written() - start;
+    b.store.as_ref().unwrap().close();
+    (total, first, last)
+}
+
 fn recovery_time(sessions: usize, per_session: usize) -> (Duration, recovery::RecoveryStats) {
     let dir = tempfile::tempdir().unwrap();
     {
@@ -147,6 +197,22 @@ fn main() {
     ] {
         let rate = throughput(mode, n);
         println!("store/qos1_into_offline_inboxes sync={name:6} {rate:>10.0} msg/s ({n} messages, 100 sessions, 64-byte payloads)");
+    }
+    let sizes: &[usize] = if full {
+        &[10_000, 50_000, 100_000]
+    } else {
+        &[1_000, 2_000]
+    };
+    for &n in sizes {
+        let (total, first, last) = subscription_bytes(n);
+        println!(
+            "store/subscriptions {n:>7} added 1000 per packet: {total:>10} bytes written, {:.0} per subscription; first packet {first} bytes, last {last}",
+            total as f64 / n as f64
+        );
+        assert!(
+            last <= first + first / 4,
+            "linear: the last 1000 cost what the first did"
+        );
     }
     let (sessions, per) = if full { (100_000, 10) } else { (1_000, 10) };
     let (elapsed, stats) = recovery_time(sessions, per);

@@ -196,6 +196,17 @@ impl Broker {
         self.shutdown.subscribe()
     }
 
+    /// Resolves once shutdown has begun, also when it began before the call (a task
+    /// that first runs after a quick shutdown must still end).
+    pub async fn stopped(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    #[doc(hidden)]
+    pub fn shutdown_receivers(&self) -> usize {
+        self.shutdown.receiver_count()
+    }
     /// Whether shutdown has begun.
     pub fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
@@ -229,24 +240,24 @@ impl Broker {
             let mut kept = (*msg).clone();
             kept.topic = ByteString::from(&*msg.topic);
             kept.payload = bytes::Bytes::copy_from_slice(&msg.payload);
-            let r = &self.config.retained;
-            let limits = crate::router::retained::Limits {
-                max_messages: r.max_messages,
-                max_bytes: r.max_bytes,
+            let stored = |m: &Arc<Message>| {
+                if let Some(store) = &self.store {
+                    store.submit(if m.payload.is_empty() {
+                        Op::DeleteRetained(m.tenant.clone(), m.topic.clone())
+                    } else {
+                        Op::PutRetained(m.clone())
+                    });
+                }
             };
-            if let Err(e) = self.retained.set(Arc::new(kept), limits) {
+            if let Err(e) = self
+                .retained
+                .set(Arc::new(kept), &self.config.retained, stored)
+            {
                 self.metrics
                     .retained_refused
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(tenant = %msg.tenant, topic = %&*msg.topic, error = %e, "retained publish refused");
                 return Err(PublishRefused::Retained(e));
-            }
-            if let Some(store) = &self.store {
-                store.submit(if msg.payload.is_empty() {
-                    Op::DeleteRetained(msg.tenant.clone(), msg.topic.clone())
-                } else {
-                    Op::PutRetained(msg.clone())
-                });
             }
         }
         self.registry.emit_message(&msg);
@@ -280,16 +291,17 @@ impl Broker {
 
     /// Removes expired retained messages (memory and store); returns how many.
     pub fn prune_retained(&self) -> usize {
-        let gone = self.retained.prune_expired(std::time::Instant::now());
-        if let Some(store) = &self.store {
-            for (tenant, topic) in &gone {
-                store.submit(Op::DeleteRetained(tenant.clone(), topic.clone()));
-            }
-        }
+        let n = self
+            .retained
+            .prune_expired(std::time::Instant::now(), |tenant, topic| {
+                if let Some(store) = &self.store {
+                    store.submit(Op::DeleteRetained(tenant.clone(), topic.clone()));
+                }
+            });
         self.metrics
             .retained_expired
-            .fetch_add(gone.len() as u64, Ordering::Relaxed);
-        gone.len()
+            .fetch_add(n as u64, Ordering::Relaxed);
+        n
     }
 
     /// Queues one delivery for a session and wakes its connection. False if dropped.

@@ -9,7 +9,6 @@
 pub mod acl;
 pub mod apikeys;
 pub mod auth;
-pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod http;
@@ -189,6 +188,7 @@ pub async fn start_with_backend(
         source,
     })?;
     let manager = plugins::PluginManager::new(&plugins_dir, &cache_dir, cache_key, broker.clone())?;
+    let watching = manager.watcher();
     manager.load_all().await;
     broker.set_plugins(&manager);
     let auth_plugins: Vec<String> = manager
@@ -238,7 +238,9 @@ pub async fn start_with_backend(
     if prune > 0 {
         tasks.spawn(prune_retained(broker.clone(), Duration::from_secs(prune)));
     }
-    tasks.spawn(manager.clone().watch());
+    if let Some(w) = watching {
+        tasks.spawn(manager.clone().watch(w));
+    }
     let initial_events = (!manager.events_plugins().is_empty()).then(|| {
         broker
             .registry
@@ -258,7 +260,6 @@ pub async fn start_with_backend(
 
 /// Removes expired retained messages every `every` until shutdown.
 async fn prune_retained(broker: Broker, every: Duration) {
-    let mut shutdown = broker.shutdown_signal();
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
@@ -269,7 +270,7 @@ async fn prune_retained(broker: Broker, every: Duration) {
                     tracing::debug!(removed = n, "expired retained messages pruned");
                 }
             }
-            _ = shutdown.changed() => return,
+            _ = broker.stopped() => return,
         }
     }
 }

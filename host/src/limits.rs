@@ -1,7 +1,8 @@
-//! Per-peer limits: a token bucket on CONNECTs per IP address, and a throttle on failed
-//! admin logins per IP address. Both keep bounded state: past `MAX_PEERS` addresses, the
-//! entries that hold no information any more are purged, and if that is not enough the
-//! table starts over (a flood of fresh addresses cannot grow it).
+//! Per-peer limits: a token bucket on CONNECTs per address, and a throttle on failed
+//! admin logins per address. An IPv6 peer counts by its /64 (one host can use a whole
+//! /64), an IPv4-mapped one as IPv4. Both keep bounded state: past `MAX_PEERS` peers, the
+//! entries that hold no information any more go first (a flood of fresh addresses cannot
+//! grow the table).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,8 +10,39 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-/// Addresses tracked at most, per limiter.
+/// Peers tracked at most, per limiter.
 const MAX_PEERS: usize = 65_536;
+
+/// The key a peer is counted under: IPv4 as is, IPv6 by its /64.
+fn peer(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::from(o)
+        }
+        v4 => v4,
+    }
+}
+
+/// Makes room for one more entry: drops the entries `stale` says hold nothing, then, if
+/// still full, those `keep` does not protect, then everything.
+fn make_room<V>(
+    map: &mut HashMap<IpAddr, V>,
+    stale: impl Fn(&V) -> bool,
+    keep: impl Fn(&V) -> bool,
+) {
+    if map.len() < MAX_PEERS {
+        return;
+    }
+    map.retain(|_, v| !stale(v));
+    if map.len() >= MAX_PEERS {
+        map.retain(|_, v| keep(v));
+    }
+    if map.len() >= MAX_PEERS {
+        map.clear();
+    }
+}
 
 /// CONNECTs per second per IP address, with a burst allowance.
 #[derive(Debug)]
@@ -35,17 +67,19 @@ impl ConnectRate {
 
     /// Takes a token for one CONNECT from `ip`; false when it is over its rate.
     pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+        let ip = peer(ip);
         if self.per_sec <= 0.0 || (ip.is_loopback() && !self.loopback) {
             return true;
         }
         let mut peers = self.peers.lock();
-        if peers.len() >= MAX_PEERS && !peers.contains_key(&ip) {
-            // A full bucket holds nothing worth keeping.
+        if !peers.contains_key(&ip) {
+            // A full bucket holds nothing worth keeping; an empty one does.
             let refill = Duration::from_secs_f64(self.burst / self.per_sec);
-            peers.retain(|_, (_, at)| now.duration_since(*at) < refill);
-            if peers.len() >= MAX_PEERS {
-                peers.clear();
-            }
+            make_room(
+                &mut peers,
+                |(_, at)| now.duration_since(*at) >= refill,
+                |(tokens, _)| *tokens < 1.0,
+            );
         }
         let (tokens, at) = peers.entry(ip).or_insert((self.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
@@ -84,36 +118,33 @@ impl LoginThrottle {
             return None;
         }
         let peers = self.peers.lock();
-        let (n, start) = peers.get(&ip)?;
+        let (n, start) = peers.get(&peer(ip))?;
         let end = *start + self.window;
         (*n >= self.max && now < end).then(|| end - now)
     }
 
-    /// Records a failed login from `ip`.
+    /// Records a failed login from `ip`. Failures only age out with their window: a
+    /// successful login (with any key) does not clear them, or one valid key would let
+    /// its holder guess at every other key without end.
     pub fn failed(&self, ip: IpAddr, now: Instant) {
         if self.max == 0 {
             return;
         }
+        let ip = peer(ip);
         let mut peers = self.peers.lock();
-        if peers.len() >= MAX_PEERS && !peers.contains_key(&ip) {
-            let window = self.window;
-            peers.retain(|_, (_, start)| now.duration_since(*start) < window);
-            if peers.len() >= MAX_PEERS {
-                peers.clear();
-            }
+        if !peers.contains_key(&ip) {
+            let (window, max) = (self.window, self.max);
+            make_room(
+                &mut peers,
+                |(_, start)| now.duration_since(*start) >= window,
+                |(n, _)| *n >= max,
+            );
         }
         let e = peers.entry(ip).or_insert((0, now));
         if now.duration_since(e.1) >= self.window {
             *e = (0, now);
         }
         e.0 = e.0.saturating_add(1);
-    }
-
-    /// A successful login from `ip` clears its failures.
-    pub fn succeeded(&self, ip: IpAddr) {
-        if self.max > 0 {
-            self.peers.lock().remove(&ip);
-        }
     }
 }
 
@@ -149,8 +180,21 @@ mod tests {
         assert!(l.blocked(ip(1), t).is_some());
         assert!(l.blocked(ip(2), t).is_none());
         assert!(l.blocked(ip(1), t + Duration::from_secs(61)).is_none());
-        l.succeeded(ip(1));
-        assert!(l.blocked(ip(1), t).is_none());
+    }
+
+    #[test]
+    fn ipv6_peers_count_by_their_64() {
+        let l = LoginThrottle::new(2, Duration::from_secs(60));
+        let t = Instant::now();
+        l.failed("2001:db8::1".parse().unwrap(), t);
+        l.failed("2001:db8::ffff:2".parse().unwrap(), t);
+        assert!(l.blocked("2001:db8::3".parse().unwrap(), t).is_some());
+        assert!(l.blocked("2001:db8:0:1::3".parse().unwrap(), t).is_none());
+        let r = ConnectRate::new(1, 1, false);
+        assert!(
+            (0..5).all(|_| r.allow("::ffff:127.0.0.1".parse().unwrap(), t)),
+            "mapped loopback"
+        );
     }
 
     #[test]

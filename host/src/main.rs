@@ -133,18 +133,18 @@ fn bench(cmd: Cmd) -> anyhow::Result<()> {
     else {
         unreachable!("called with Bench");
     };
-    let names: Vec<&str> = apiary::bench::Scenario::ALL
+    let names: Vec<&str> = apiary_bench::Scenario::ALL
         .iter()
         .map(|s| s.name())
         .collect();
-    let sc = apiary::bench::Scenario::parse(&scenario).with_context(|| {
+    let sc = apiary_bench::Scenario::parse(&scenario).with_context(|| {
         format!(
             "unknown scenario {scenario:?} (one of: {})",
             names.join(", ")
         )
     })?;
     anyhow::ensure!(duration > 0.0, "duration must be positive");
-    let opts = apiary::bench::Opts {
+    let opts = apiary_bench::Opts {
         host,
         port,
         ws,
@@ -164,7 +164,7 @@ fn bench(cmd: Cmd) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
-    let report = rt.block_on(apiary::bench::run(sc, opts))?;
+    let report = rt.block_on(apiary_bench::run(sc, opts))?;
     println!("{}", report.line());
     if let Some(p) = json {
         std::fs::write(&p, serde_json::to_vec_pretty(&report)?)

@@ -83,6 +83,8 @@ pub struct Metrics {
     pub retained_refused: AtomicU64,
     /// Retained messages removed because they expired.
     pub retained_expired: AtomicU64,
+    /// Bytes in every connection's write buffer now (a gauge).
+    pub write_buffer_bytes: AtomicU64,
 }
 
 /// Messages of one tenant's clients, for the tenant's own `$SYS` topics.
@@ -329,6 +331,7 @@ impl Metrics {
                 g(&self.open[i])
             );
         }
+        let _ = writeln!(s, "# HELP apiary_write_buffer_bytes Bytes waiting in connections' write buffers.\n# TYPE apiary_write_buffer_bytes gauge\napiary_write_buffer_bytes {}", g(&self.write_buffer_bytes));
         let _ = writeln!(s, "# HELP apiary_subscriptions Current subscriptions.\n# TYPE apiary_subscriptions gauge\napiary_subscriptions {}", g(&self.subscriptions));
         for (name, help, v) in gauges {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -14,12 +14,11 @@ use crate::broker::Broker;
 
 /// Publishes the `$SYS` topics every `interval` until shutdown.
 pub async fn run(broker: Broker, interval: Duration) {
-    let mut shutdown = broker.shutdown_signal();
     let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = tick.tick() => publish_once(&broker),
-            _ = shutdown.changed() => return,
+            _ = broker.stopped() => return,
         }
     }
 }

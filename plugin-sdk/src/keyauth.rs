@@ -2,8 +2,6 @@
 //! store. After a successful check the rest of the call acts as the key (its tenant and
 //! rights bound every registry and broker call), so a plugin cannot reach past it.
 
-use base64::Engine as _;
-
 use crate::apikeys::{self, KeyInfo};
 use crate::http::{HttpError, Request};
 use crate::types;
@@ -42,19 +40,11 @@ impl From<KeyError> for HttpError {
     }
 }
 
-/// The `key` and `secret` of an `Authorization: Basic ...` header.
+/// The `key` and `secret` of an `Authorization: Basic ...` header (read as the broker's
+/// own routes read it).
 pub fn basic_credentials(req: &Request) -> Result<(String, String), KeyError> {
     let h = req.header("authorization").ok_or(KeyError::Missing)?;
-    let (scheme, b64) = h.split_once(' ').ok_or(KeyError::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return Err(KeyError::Malformed);
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|_| KeyError::Malformed)?;
-    let text = String::from_utf8(raw).map_err(|_| KeyError::Malformed)?;
-    let (k, s) = text.split_once(':').ok_or(KeyError::Malformed)?;
-    Ok((k.to_string(), s.to_string()))
+    apiary_common::credentials::basic(h).ok_or(KeyError::Malformed)
 }
 
 /// Checks the request's basic-auth API key with the host (needs the `apikeys`
@@ -68,7 +58,37 @@ pub fn api_key(req: &Request) -> Result<KeyInfo, KeyError> {
     }
 }
 
+/// A right an API key can hold (the broker's names for them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    /// Every right.
+    Admin,
+    /// Read sessions and subscriptions.
+    ConnectionsRead,
+    /// Kick, subscribe on behalf, expire.
+    ConnectionsWrite,
+    /// Publish as the broker.
+    Publish,
+    /// Scrape metrics.
+    MetricsRead,
+}
+
+impl Right {
+    /// The name the host uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Right::Admin => "admin",
+            Right::ConnectionsRead => "connections:read",
+            Right::ConnectionsWrite => "connections:write",
+            Right::Publish => "publish",
+            Right::MetricsRead => "metrics:read",
+        }
+    }
+}
+
 /// Whether a key holds `right` (`admin` holds every right).
-pub fn has_right(k: &KeyInfo, right: &str) -> bool {
-    k.rights.iter().any(|r| r == right || r == "admin")
+pub fn has_right(k: &KeyInfo, right: Right) -> bool {
+    k.rights
+        .iter()
+        .any(|r| r == right.as_str() || r == Right::Admin.as_str())
 }

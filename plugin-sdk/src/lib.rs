@@ -39,7 +39,7 @@ pub mod keyauth;
 
 /// MQTT topic names and filters, read exactly as the broker reads them: validation,
 /// `$share/` parsing, matching, covering and overlap.
-pub use apiary_topic as topic;
+pub use apiary_common::topic;
 
 /// Bindings generated from the WIT package: host imports and the `lifecycle` export.
 #[allow(missing_docs, unsafe_code, clippy::all)]

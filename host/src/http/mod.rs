@@ -5,13 +5,13 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
 use serde_json::json;
 
 use tokio::net::TcpStream;
@@ -39,15 +39,13 @@ pub async fn serve_plugin(listener: tokio::net::TcpListener, broker: Broker, nam
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listener = "http", plugin = %name, %addr, "listening");
     }
-    let mut shutdown = broker.shutdown_signal();
+    let stop = broker.clone();
     let app = Router::new()
         .fallback(gateway::dedicated)
         .with_state((broker, name))
         .into_make_service_with_connect_info::<SocketAddr>();
     let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
+        .with_graceful_shutdown(async move { stop.stopped().await })
         .await;
 }
 
@@ -75,6 +73,9 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// HTTPS handshakes in progress at most.
+const MAX_TLS_HANDSHAKES: usize = 256;
+
 /// Serves the router over TLS (the MQTT listeners' certificate) until shutdown.
 pub async fn serve_tls(listener: tokio::net::TcpListener, tls: TlsAcceptor, broker: Broker) {
     let Ok(addr) = listener.local_addr() else {
@@ -82,9 +83,11 @@ pub async fn serve_tls(listener: tokio::net::TcpListener, tls: TlsAcceptor, brok
     };
     tracing::info!(listener = "https", %addr, "listening");
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    // Handshakes in progress at most: past it a new connection is closed at once (as the
+    // MQTT listeners bound theirs), so stalled handshakes cannot pile up.
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_TLS_HANDSHAKES));
     let timeout =
         std::time::Duration::from_secs(broker.config.listeners.connect_timeout_secs.max(1));
-    let mut shutdown = broker.shutdown_signal();
     let b = broker.clone();
     tokio::spawn(async move {
         loop {
@@ -97,10 +100,16 @@ pub async fn serve_tls(listener: tokio::net::TcpListener, tls: TlsAcceptor, brok
                         continue;
                     }
                 },
-                _ = shutdown.changed() => return,
+                _ = b.stopped() => return,
+            };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                b.metrics.handshake_failed.fetch_add(1, Ordering::Relaxed);
+                drop(sock);
+                continue;
             };
             let (tls, tx, b) = (tls.clone(), tx.clone(), b.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(timeout, tls.accept(sock)).await {
                     Ok(Ok(s)) => {
                         let _ = tx.send((s, peer)).await;
@@ -112,13 +121,11 @@ pub async fn serve_tls(listener: tokio::net::TcpListener, tls: TlsAcceptor, brok
             });
         }
     });
-    let mut shutdown = broker.shutdown_signal();
+    let stop = broker.clone();
     let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();
     let listener = axum::serve::ListenerExt::tap_io(TlsListener { rx, addr }, |_| {});
     let r = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
+        .with_graceful_shutdown(async move { stop.stopped().await })
         .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "HTTPS server failed");
@@ -130,12 +137,10 @@ pub async fn serve(listener: tokio::net::TcpListener, broker: Broker) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(listener = "http", %addr, "listening");
     }
-    let mut shutdown = broker.shutdown_signal();
+    let stop = broker.clone();
     let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();
     let r = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
+        .with_graceful_shutdown(async move { stop.stopped().await })
         .await;
     if let Err(e) = r {
         tracing::error!(error = %e, "HTTP server failed");
@@ -190,19 +195,9 @@ impl IntoResponse for ApiAuthError {
     }
 }
 
-/// Parses HTTP basic auth `key:secret`.
+/// Parses HTTP basic auth `key:secret` (the rule plugins use too, `apiary-common`).
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, b64) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    let (k, s) = text.split_once(':')?;
-    Some((k.to_string(), s.to_string()))
+    apiary_common::credentials::basic(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
 }
 
 /// Checks HTTP basic auth against the API key store for a broker-wide route: the key
@@ -232,7 +227,6 @@ pub fn authorize_global(
             .fetch_add(1, Ordering::Relaxed);
         return Err(ApiAuthError::Unauthorized);
     };
-    throttle.succeeded(peer.ip());
     if !key.is_global() {
         return Err(ApiAuthError::Forbidden(format!(
             "this route spans every tenant: it needs a key with tenant=* (this key's tenant is {})",

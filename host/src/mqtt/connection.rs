@@ -78,6 +78,8 @@ pub(crate) struct Connection<T: Transport> {
     pub outgoing: Vec<Outgoing>,
     /// The last pump stopped at its byte budget: pump again once the buffer is written.
     pub more_out: bool,
+    /// `wbuf` bytes counted in the broker's write-buffer gauge.
+    pub wbuf_counted: usize,
     /// The store's durable ticket, and acks waiting for it (sync = "always", or while
     /// the store's writer is behind).
     pub durable: Option<watch::Receiver<u64>>,
@@ -213,6 +215,7 @@ impl<T: Transport> Connection<T> {
                 return Err(Exit::WriteTimeout);
             }
         }
+        self.count_wbuf();
         let c = &self.session.counters;
         Counters::add(&c.send_oct, n);
         Counters::add(&c.send_cnt, 1);
@@ -349,6 +352,12 @@ impl<T: Transport> Connection<T> {
     async fn on_publish(&mut self, mut p: Publish) -> Result<(), Exit> {
         Counters::add(&self.session.counters.recv_msg, 1);
         Counters::add(&self.tenant_counters.received, 1);
+        if let Some(store) = self.broker.store.as_ref().filter(|s| s.is_full()) {
+            // Over the store's hard limit: wait here, holding no lock, rather than block
+            // a runtime thread inside a submit.
+            let store = store.clone();
+            store.room().await;
+        }
         let cfg = &self.broker.config;
         if self.wire.v5 {
             if let Some(alias) = p.properties.as_mut().and_then(|pr| pr.topic_alias.take()) {
@@ -627,6 +636,8 @@ impl<T: Transport> Connection<T> {
             self.io.close().await;
         })
         .await;
+        self.wbuf.clear();
+        self.count_wbuf();
         self.broker.detach(
             &self.session,
             self.generation,

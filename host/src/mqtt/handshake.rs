@@ -227,3 +227,37 @@ fn from_v5(c: v5::Connect) -> ConnectReq {
         user_properties: c.user_properties,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::transport::StreamTransport;
+    use tokio::io::AsyncWriteExt;
+
+    /// A client announcing a CONNECT of ~1 MiB and sending 12 bytes of it: before the
+    /// CONNECT is whole (let alone authenticated) the broker holds what arrived, not room
+    /// for what was announced.
+    #[tokio::test]
+    async fn an_announced_connect_reserves_only_what_arrived() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(&[0x10, 0xFF, 0xFF, 0x3F, 0, 4, b'M', b'Q', b'T', b'T', 4, 2])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        });
+        let (sock, _) = l.accept().await.unwrap();
+        let mut io = StreamTransport(sock);
+        let mut buf = BytesMut::new();
+        let r = read_connect(&mut io, &mut buf, 1 << 20, Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(HandshakeError::Timeout(_))), "{r:?}");
+        assert!(
+            buf.capacity() < 64 << 10,
+            "reserved {} bytes",
+            buf.capacity()
+        );
+        client.abort();
+    }
+}

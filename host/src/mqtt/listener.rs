@@ -113,7 +113,6 @@ pub fn ensure_self_signed(
 
 /// Accepts connections until shutdown.
 pub async fn run(bound: Bound, broker: Broker, tls: Option<TlsAcceptor>, permits: Arc<Semaphore>) {
-    let mut shutdown = broker.shutdown_signal();
     info!(listener = bound.kind.as_str(), addr = %bound.addr, "listening");
     loop {
         let (sock, peer) = tokio::select! {
@@ -126,7 +125,7 @@ pub async fn run(bound: Bound, broker: Broker, tls: Option<TlsAcceptor>, permits
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = broker.stopped() => break,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             broker

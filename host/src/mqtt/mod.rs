@@ -408,6 +408,7 @@ async fn establish<T: Transport>(
         session_expiry,
         outgoing: Vec::new(),
         more_out: false,
+        wbuf_counted: 0,
         durable: broker.store.as_ref().map(|s| s.durable()),
         pending_acks: VecDeque::new(),
         write_timeout: Duration::from_secs(cfg.listeners.write_timeout_secs.max(1)),

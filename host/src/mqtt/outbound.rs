@@ -51,7 +51,11 @@ impl<T: Transport> Connection<T> {
     /// order their publishes came.
     pub(crate) fn ack(&mut self, a: PendingAck, stored: Option<u64>) {
         if let (Some(d), Some(store), Some(ticket)) = (&self.durable, &self.broker.store, stored) {
-            let wait = store.sync == crate::store::SyncMode::Always || store.congested();
+            // A failed store holds them too: what it was given is not on disk, in any
+            // sync mode, and `release_acks` ends the connection instead.
+            let wait = store.sync == crate::store::SyncMode::Always
+                || store.congested()
+                || store.is_failed();
             if wait && ticket > *d.borrow() {
                 if store.sync != crate::store::SyncMode::Always {
                     store.ack_held();
@@ -103,13 +107,13 @@ impl<T: Transport> Connection<T> {
                 self.write_ack(a);
             }
         }
-        if !self.pending_acks.is_empty() {
-            if let Some(why) = self.broker.store.as_ref().and_then(|s| s.failure()) {
-                return Err(Exit::Protocol(
-                    0x80,
-                    format!("the store failed ({why}); unacknowledged publishes are not accepted"),
-                ));
-            }
+        let failed = self.broker.store.as_ref().filter(|s| s.is_failed());
+        if let (false, Some(store)) = (self.pending_acks.is_empty(), failed) {
+            let why = store.failure().unwrap_or_default();
+            return Err(Exit::Protocol(
+                0x80,
+                format!("the store failed ({why}); unacknowledged publishes are not accepted"),
+            ));
         }
         Ok(())
     }
@@ -157,13 +161,13 @@ impl<T: Transport> Connection<T> {
     /// Moves deliverable messages from the session queue into the write buffer, up to
     /// [`WRITE_BUDGET`] bytes of it; `more_out` says whether the budget stopped it.
     pub fn pump(&mut self) {
-        let now = Instant::now();
-        let mut out = std::mem::take(&mut self.outgoing);
         let budget = WRITE_BUDGET.saturating_sub(self.wbuf.len());
         if budget == 0 {
             self.more_out = true;
             return;
         }
+        let now = Instant::now();
+        let mut out = std::mem::take(&mut self.outgoing);
         let dels = {
             let mut st = self.session.state.lock();
             let expired_before = st.expired;
@@ -195,6 +199,19 @@ impl<T: Transport> Connection<T> {
             }
         }
         self.outgoing = out;
+        self.count_wbuf();
+    }
+
+    /// Brings the broker's write-buffer gauge up to date with this connection's buffer.
+    pub(crate) fn count_wbuf(&mut self) {
+        let now = self.wbuf.len();
+        let gauge = &self.broker.metrics.write_buffer_bytes;
+        if now > self.wbuf_counted {
+            gauge.fetch_add((now - self.wbuf_counted) as u64, Ordering::Relaxed);
+        } else if now < self.wbuf_counted {
+            gauge.fetch_sub((self.wbuf_counted - now) as u64, Ordering::Relaxed);
+        }
+        self.wbuf_counted = now;
     }
 
     /// Encodes one delivery for this client (aliases, properties, limits).

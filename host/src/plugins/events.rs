@@ -122,12 +122,11 @@ impl PluginManager {
     /// `initial` is a subscription taken before the listeners opened, so plugins loaded at
     /// startup see the very first events.
     pub async fn pump_events(self: Arc<Self>, mut initial: Option<crate::registry::EventStream>) {
-        let mut shutdown = self.broker().shutdown_signal();
         loop {
             while initial.is_none() && self.events_plugins().is_empty() {
                 tokio::select! {
                     _ = self.changed.notified() => {}
-                    _ = shutdown.changed() => return,
+                    _ = self.broker().stopped() => return,
                 }
             }
             let with_messages = self.events_want_messages();
@@ -148,7 +147,7 @@ impl PluginManager {
                         }
                         continue;
                     }
-                    _ = shutdown.changed() => return,
+                    _ = self.broker().stopped() => return,
                 };
                 let mut batch = Vec::new();
                 match first {

@@ -400,3 +400,16 @@ impl clock::Host for PluginState {
         Ok(to_ms(SystemTime::now()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_are_bounded() {
+        assert!(paging(1, 10_000).is_ok());
+        assert!(matches!(paging(1, 10_001), Err(Error::InvalidArgument(_))));
+        assert!(matches!(paging(0, 10), Err(Error::InvalidArgument(_))));
+        assert!(matches!(paging(1, 0), Err(Error::InvalidArgument(_))));
+    }
+}

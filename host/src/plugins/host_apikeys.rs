@@ -45,10 +45,8 @@ impl PluginState {
     fn act_as(&mut self, k: Option<ApiKey>) -> Option<apikeys::KeyInfo> {
         let i = k.as_ref().map(info);
         let b = &self.ctx.broker;
-        match (&k, self.peer) {
-            (Some(_), Some(ip)) => b.login_throttle.succeeded(ip),
-            (None, Some(ip)) => b.login_throttle.failed(ip, Instant::now()),
-            _ => {}
+        if let (None, Some(ip)) = (&k, self.peer) {
+            b.login_throttle.failed(ip, Instant::now());
         }
         if k.is_some() {
             self.acting = k;

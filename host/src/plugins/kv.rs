@@ -180,26 +180,34 @@ impl PluginState {
     }
 }
 
-/// Runs a kv job on the blocking pool.
-async fn blocking<R: Send + 'static>(
-    job: Result<Job, Error>,
-    f: impl FnOnce(Job) -> Result<R, Error> + Send + 'static,
-) -> Result<R, Error> {
-    let job = job?;
-    tokio::task::spawn_blocking(move || f(job))
-        .await
-        .unwrap_or_else(|e| Err(Error::Unavailable(format!("kv call failed: {e}"))))
+impl PluginState {
+    /// Runs a kv job on the blocking pool (time spent there is the host's, not the
+    /// plugin's: see `PluginState::waiting`).
+    async fn blocking<R: Send + 'static>(
+        &mut self,
+        job: Result<Job, Error>,
+        f: impl FnOnce(Job) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        let job = job?;
+        self.waiting = true;
+        let r = tokio::task::spawn_blocking(move || f(job))
+            .await
+            .unwrap_or_else(|e| Err(Error::Unavailable(format!("kv call failed: {e}"))));
+        self.waiting = false;
+        r
+    }
 }
 
 impl kv::Host for PluginState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let job = check_key(&key).and_then(|()| self.kv_job());
-        Ok(blocking(job, move |j| {
-            j.backend
-                .get(Space::Kv, &kv_key(&j.plugin, &key))
-                .map_err(unavailable)
-        })
-        .await)
+        Ok(self
+            .blocking(job, move |j| {
+                j.backend
+                    .get(Space::Kv, &kv_key(&j.plugin, &key))
+                    .map_err(unavailable)
+            })
+            .await)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
@@ -211,12 +219,12 @@ impl kv::Host for PluginState {
             }
             self.kv_job()
         });
-        Ok(blocking(job, move |j| j.set(&key, value)).await)
+        Ok(self.blocking(job, move |j| j.set(&key, value)).await)
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
         let job = check_key(&key).and_then(|()| self.kv_job());
-        Ok(blocking(job, move |j| j.delete(&key)).await)
+        Ok(self.blocking(job, move |j| j.delete(&key)).await)
     }
 
     async fn list_keys(
@@ -232,7 +240,9 @@ impl kv::Host for PluginState {
             }
             self.kv_job()
         });
-        Ok(blocking(job, move |j| j.list(&prefix, limit as usize)).await)
+        Ok(self
+            .blocking(job, move |j| j.list(&prefix, limit as usize))
+            .await)
     }
 }
 

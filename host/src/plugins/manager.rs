@@ -369,37 +369,47 @@ impl PluginManager {
         out.into_values().collect()
     }
 
-    /// Watches the directory until shutdown: `.wasm`/`.toml` writes, renames and removals
-    /// settle for 250 ms, then each affected plugin is loaded, reloaded (if its files
-    /// changed) or unloaded.
-    pub async fn watch(self: Arc<Self>) {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-        let mut watcher =
-            match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-                // Only what can change a file's content: the broker's own reads of a
-                // plugin (and anyone's `cat`) raise open/close events too.
-                if let Some(ev) = ev.ok().filter(|ev| changes_content(&ev.kind)) {
-                    for p in ev.paths {
-                        let _ = tx.send(p);
-                    }
+    /// Starts watching the directory (before the first load, so no change between the
+    /// two is missed); [`PluginManager::watch`] then acts on what it sees. None when the
+    /// directory cannot be watched (logged: hot loading is off).
+    pub fn watcher(&self) -> Option<Watching> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
+        let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            // Only what can change a file's content: the broker's own reads of a plugin
+            // (and anyone's `cat`) raise open/close events too.
+            if let Some(ev) = ev.ok().filter(|ev| changes_content(&ev.kind)) {
+                for p in ev.paths {
+                    let _ = tx.send(p);
                 }
-            }) {
-                Ok(w) => w,
-                Err(e) => {
-                    warn!(error = %e, "cannot watch the plugins directory; hot loading is off");
-                    return;
-                }
-            };
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the plugins directory; hot loading is off");
+                return None;
+            }
+        };
         let _ = std::fs::create_dir_all(&self.dir);
         if let Err(e) = watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
             warn!(dir = %self.dir.display(), error = %e, "cannot watch the plugins directory; hot loading is off");
-            return;
+            return None;
         }
-        let mut shutdown = self.broker.shutdown_signal();
+        Some(Watching { watcher, rx })
+    }
+
+    /// Watches the directory until shutdown: `.wasm`/`.toml` writes, renames and removals
+    /// settle for 250 ms, then each affected plugin is loaded, reloaded (if its files
+    /// changed) or unloaded.
+    pub async fn watch(self: Arc<Self>, watching: Watching) {
+        let Watching {
+            watcher: _watcher,
+            mut rx,
+        } = watching;
         loop {
             let first = tokio::select! {
                 p = rx.recv() => match p { Some(p) => p, None => return },
-                _ = shutdown.changed() => return,
+                _ = self.broker.stopped() => return,
             };
             let mut changed = std::collections::BTreeSet::new();
             let mut note = |p: PathBuf| {
@@ -428,6 +438,12 @@ impl PluginManager {
             }
         }
     }
+}
+
+/// A watch on the plugins directory and the paths it reports.
+pub struct Watching {
+    watcher: notify::RecommendedWatcher,
+    rx: tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
 }
 
 /// Whether a watcher event can mean new content: created, written, renamed or removed.
@@ -473,5 +489,32 @@ impl Sources {
             toml,
             digest: h.finalize().into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, MetadataKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn only_content_changes_count() {
+        for k in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+            EventKind::Any,
+        ] {
+            assert!(!changes_content(&k), "{k:?}");
+        }
+        for k in [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+        ] {
+            assert!(changes_content(&k), "{k:?}");
+        }
     }
 }

@@ -44,9 +44,9 @@ pub enum PluginError {
     /// The plugin does not serve this role.
     #[error("plugin does not serve the {0} role")]
     NoRole(&'static str),
-    /// The call did not finish in wall-clock time although it did not run out of CPU
-    /// time: it waited (in a host call, or for a loaded machine). Not a fault of the
-    /// plugin's, so it does not count towards backing off.
+    /// The call ran out of wall-clock time while waiting in one of the host's bounded
+    /// queues (password checks, kv I/O): load, not a fault of the plugin's, so it does
+    /// not count towards backing off.
     #[error("plugin call did not finish in time (the host was busy)")]
     Overloaded,
     /// Too many calls are in progress.
@@ -80,6 +80,9 @@ pub struct PluginState {
     pub(crate) acting: Option<crate::apikeys::ApiKey>,
     /// The address of the HTTP client this call serves, for the login throttle.
     pub(crate) peer: Option<std::net::IpAddr>,
+    /// The guest is waiting in one of the host's bounded queues (password checks, kv I/O):
+    /// running out of wall-clock time there is load, not the plugin's fault.
+    pub(crate) waiting: bool,
 }
 
 impl WasiView for PluginState {
@@ -194,23 +197,28 @@ impl Runtime {
         })
     }
 
-    fn tag(&self, name: &str, code: &[u8]) -> [u8; TAG] {
-        use hmac::{Hmac, Mac};
-        let mut m = Hmac::<Sha256>::new_from_slice(&self.cache_key).expect("HMAC takes any key");
+    /// The MAC of a cache entry: its file name, then its compiled code.
+    fn mac(&self, name: &str, code: &[u8]) -> hmac::Hmac<Sha256> {
+        use hmac::Mac;
+        let mut m =
+            hmac::Hmac::<Sha256>::new_from_slice(&self.cache_key).expect("HMAC takes any key");
         m.update(name.as_bytes());
         m.update(&[0]);
         m.update(code);
-        m.finalize().into_bytes().into()
+        m
     }
 
-    /// The component in a cache entry, if its MAC verifies.
+    fn tag(&self, name: &str, code: &[u8]) -> [u8; TAG] {
+        use hmac::Mac;
+        self.mac(name, code).finalize().into_bytes().into()
+    }
+
+    /// The component in a cache entry, if its MAC verifies (compared in constant time).
     fn open_entry(&self, name: &str, entry: &[u8]) -> Option<Component> {
+        use hmac::Mac;
         let split = entry.len().checked_sub(TAG)?;
         let (code, tag) = entry.split_at(split);
-        let want = self.tag(name, code);
-        if want.iter().zip(tag).fold(0u8, |a, (x, y)| a | (x ^ y)) != 0 {
-            return None;
-        }
+        self.mac(name, code).verify_slice(tag).ok()?;
         // SAFETY: the bytes carry a MAC under our key, so this process (or one holding
         // the same key) serialised them with this engine configuration (the name holds
         // its compatibility hash) and they were not changed since.
@@ -394,6 +402,7 @@ impl LoadedPlugin {
         store.data_mut().ticks_left = self.deadline_ticks();
         store.data_mut().acting = None;
         store.data_mut().peer = None;
+        store.data_mut().waiting = false;
         store.set_epoch_deadline(1);
     }
 
@@ -434,6 +443,7 @@ impl LoadedPlugin {
                 ticks_left: 0,
                 acting: None,
                 peer: None,
+                waiting: false,
                 ctx: self.ctx.clone(),
             },
         );
@@ -527,16 +537,17 @@ impl LoadedPlugin {
             {
                 Ok(Ok(i)) => i,
                 Ok(Err(e)) => return Err(self.failed(e)),
-                Err(_) => return Err(self.overloaded()),
+                Err(_) => return Err(self.failed(PluginError::Timeout)),
             },
         };
         self.arm(&mut inst.store);
         let r = match tokio::time::timeout(self.wall_timeout(), f(&mut inst)).await {
             Ok(r) => r,
-            // Out of wall-clock time with CPU time left (an overrun of CPU time is an
-            // epoch interrupt, a Timeout): it waited. Dropping the instance with the
-            // future abandons the call.
-            Err(_) => return Err(self.overloaded()),
+            // Out of wall-clock time. Waiting in one of the host's own bounded queues is
+            // load; anything else (a guest sleeping, or stuck in WASI) is the plugin's
+            // fault. Dropping the instance abandons the call.
+            Err(_) if inst.store.data().waiting => return Err(self.overloaded()),
+            Err(_) => return Err(self.failed(PluginError::Timeout)),
         };
         match r {
             Ok(r) => {
@@ -551,9 +562,9 @@ impl LoadedPlugin {
         }
     }
 
-    /// A call that ran out of wall-clock time while waiting: counted and logged, but no
-    /// step towards backing off (under load every plugin would otherwise be locked out,
-    /// and with an auth plugin, every client).
+    /// A call that ran out of wall-clock time while waiting in the host's own queues:
+    /// counted and logged, but no step towards backing off (under load every plugin would
+    /// otherwise be locked out, and with an auth plugin, every client).
     fn overloaded(&self) -> PluginError {
         let e = PluginError::Overloaded;
         self.errors.fetch_add(1, Ordering::Relaxed);

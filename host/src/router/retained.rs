@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytestring::ByteString;
 use parking_lot::RwLock;
 
+use crate::config::RetainedConfig as Limits;
 use crate::message::Message;
 
 #[derive(Debug, Default)]
@@ -112,15 +113,6 @@ struct Tenant {
     bytes: usize,
 }
 
-/// How much one tenant may retain (0 = unlimited).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Limits {
-    /// Messages.
-    pub max_messages: usize,
-    /// Payload bytes.
-    pub max_bytes: usize,
-}
-
 /// Why a retained message was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RetainedRefused {
@@ -146,9 +138,16 @@ fn levels(topic: &str) -> Vec<&str> {
 
 impl RetainedStore {
     /// Stores `msg` as the retained message of its topic; an empty payload clears it.
-    /// Refused when it would take its tenant over `limits` (replacing a topic's message
-    /// counts only the change in bytes; clearing is always allowed).
-    pub fn set(&self, msg: Arc<Message>, limits: Limits) -> Result<(), RetainedRefused> {
+    /// Refused when it would take its tenant over `limits` (0 = unlimited; replacing a
+    /// topic's message counts only the change in bytes; clearing is always allowed).
+    /// `stored` runs under the tree's lock once the change is made, so changes reach the
+    /// store in the order they were made here.
+    pub fn set(
+        &self,
+        msg: Arc<Message>,
+        limits: &Limits,
+        stored: impl FnOnce(&Arc<Message>),
+    ) -> Result<(), RetainedRefused> {
         let mut tenants = self.tenants.write();
         let lv = levels(&msg.topic);
         if msg.payload.is_empty() {
@@ -160,29 +159,33 @@ impl RetainedStore {
                     tenants.remove(&msg.tenant);
                 }
             }
+            stored(&msg);
             return Ok(());
         }
-        let t = tenants.entry(msg.tenant.clone()).or_default();
-        let old = t.root.get(&lv).map(|m| m.payload.len());
-        let new_count = t.count + usize::from(old.is_none());
-        let new_bytes = t.bytes - old.unwrap_or(0) + msg.payload.len();
-        if limits.max_messages > 0 && old.is_none() && new_count > limits.max_messages {
+        let (count, bytes, old) = match tenants.get(&msg.tenant) {
+            Some(t) => (t.count, t.bytes, t.root.get(&lv).map(|m| m.payload.len())),
+            None => (0, 0, None),
+        };
+        let new_bytes = bytes - old.unwrap_or(0) + msg.payload.len();
+        if limits.max_messages > 0 && old.is_none() && count + 1 > limits.max_messages {
             return Err(RetainedRefused::Count(limits.max_messages));
         }
-        if limits.max_bytes > 0 && new_bytes > limits.max_bytes && new_bytes > t.bytes {
+        if limits.max_bytes > 0 && new_bytes > limits.max_bytes && new_bytes > bytes {
             return Err(RetainedRefused::Bytes(limits.max_bytes));
         }
+        let t = tenants.entry(msg.tenant.clone()).or_default();
         let len = msg.payload.len() as isize;
         let mut node = &mut t.root;
         for level in &lv {
             node = node.children.entry((*level).into()).or_default();
         }
-        let replaced = node.msg.replace(msg);
+        let replaced = node.msg.replace(msg.clone());
         let (dc, db) = match replaced {
             Some(o) => (0, len - o.payload.len() as isize),
             None => (1, len),
         };
         self.account(t, dc, db);
+        stored(&msg);
         Ok(())
     }
 
@@ -212,19 +215,28 @@ impl RetainedStore {
         out
     }
 
-    /// Removes every expired message; returns (tenant, topic) of each, for the store.
-    pub fn prune_expired(&self, now: Instant) -> Vec<(Arc<str>, ByteString)> {
-        let mut gone = Vec::new();
+    /// Removes every expired message, calling `removed` for each under the tree's lock
+    /// (so a new message set on the same topic right after reaches the store after the
+    /// removal); returns how many.
+    pub fn prune_expired(
+        &self,
+        now: Instant,
+        mut removed: impl FnMut(&Arc<str>, &ByteString),
+    ) -> usize {
+        let mut n = 0;
         let mut tenants = self.tenants.write();
         for t in tenants.values_mut() {
             let mut out = Vec::new();
             t.root.prune(now, &mut out);
             let bytes: usize = out.iter().map(|m| m.payload.len()).sum();
             self.account(t, -(out.len() as isize), -(bytes as isize));
-            gone.extend(out.into_iter().map(|m| (m.tenant.clone(), m.topic.clone())));
+            for m in &out {
+                removed(&m.tenant, &m.topic);
+            }
+            n += out.len();
         }
         tenants.retain(|_, t| !t.root.is_empty());
-        gone
+        n
     }
 
     /// Number of retained messages.
@@ -280,25 +292,27 @@ mod tests {
     const NONE: Limits = Limits {
         max_messages: 0,
         max_bytes: 0,
+        prune_interval_secs: 0,
     };
 
     #[test]
     fn set_match_clear() {
         let s = RetainedStore::default();
-        s.set(msg("default", "a", "1"), NONE).unwrap();
-        s.set(msg("default", "a/b", "2"), NONE).unwrap();
-        s.set(msg("default", "a/c/d", "3"), NONE).unwrap();
-        s.set(msg("default", "$SYS/x", "4"), NONE).unwrap();
+        s.set(msg("default", "a", "1"), &NONE, |_| {}).unwrap();
+        s.set(msg("default", "a/b", "2"), &NONE, |_| {}).unwrap();
+        s.set(msg("default", "a/c/d", "3"), &NONE, |_| {}).unwrap();
+        s.set(msg("default", "$SYS/x", "4"), &NONE, |_| {}).unwrap();
         assert_eq!(s.len(), 4);
         assert_eq!(topics(&s, "a/#"), vec!["a", "a/b", "a/c/d"]);
         assert_eq!(topics(&s, "#"), vec!["a", "a/b", "a/c/d"]);
         assert_eq!(topics(&s, "+"), vec!["a"]);
         assert_eq!(topics(&s, "a/+"), vec!["a/b"]);
         assert_eq!(topics(&s, "$SYS/#"), vec!["$SYS/x"]);
-        s.set(msg("default", "a/b", ""), NONE).unwrap();
+        s.set(msg("default", "a/b", ""), &NONE, |_| {}).unwrap();
         assert_eq!(topics(&s, "a/#"), vec!["a", "a/c/d"]);
         assert_eq!(s.len(), 3);
-        s.set(msg("default", "a", "replaced"), NONE).unwrap();
+        s.set(msg("default", "a", "replaced"), &NONE, |_| {})
+            .unwrap();
         assert_eq!(s.len(), 3);
         assert_eq!(s.bytes(), "replaced".len() + 2);
     }
@@ -306,28 +320,35 @@ mod tests {
     #[test]
     fn limits_are_per_tenant_and_replacements_fit() {
         let s = RetainedStore::default();
-        let l = Limits {
+        let l = &Limits {
             max_messages: 2,
             max_bytes: 10,
+            prune_interval_secs: 0,
         };
-        s.set(msg("t1", "a", "12345"), l).unwrap();
-        s.set(msg("t1", "b", "1"), l).unwrap();
+        s.set(msg("t1", "a", "12345"), l, |_| {}).unwrap();
+        s.set(msg("t1", "b", "1"), l, |_| {}).unwrap();
         assert_eq!(
-            s.set(msg("t1", "c", "1"), l),
+            s.set(msg("t1", "c", "1"), l, |_| {}),
             Err(RetainedRefused::Count(2))
         );
-        s.set(msg("t2", "c", "1"), l)
+        s.set(msg("t2", "c", "1"), l, |_| {})
             .expect("another tenant has its own limit");
-        s.set(msg("t1", "a", "123456789"), l)
+        s.set(msg("t1", "a", "123456789"), l, |_| {})
             .expect("a replacement that fits");
         assert_eq!(
-            s.set(msg("t1", "b", "12"), l),
+            s.set(msg("t1", "b", "12"), l, |_| {}),
             Err(RetainedRefused::Bytes(10))
         );
-        s.set(msg("t1", "a", ""), l).unwrap();
-        s.set(msg("t1", "c", "1"), l)
+        s.set(msg("t1", "a", ""), l, |_| {}).unwrap();
+        s.set(msg("t1", "c", "1"), l, |_| {})
             .expect("room again after a clear");
         assert_eq!(s.tenant_usage("t1"), (2, 2));
+        let big = Limits { max_bytes: 1, ..*l };
+        assert!(s.set(msg("t3", "a", "too big"), &big, |_| {}).is_err());
+        assert!(
+            !s.tenants.read().contains_key("t3"),
+            "a refusal leaves nothing behind"
+        );
         assert!(s
             .tenants
             .read()
@@ -349,11 +370,14 @@ mod tests {
             true,
         );
         m.expires_at = Some(Instant::now());
-        s.set(Arc::new(m), NONE).unwrap();
-        s.set(msg("default", "x/keep", "k"), NONE).unwrap();
-        let gone = s.prune_expired(Instant::now() + std::time::Duration::from_millis(1));
-        assert_eq!(gone.len(), 1);
-        assert_eq!(&*gone[0].1, "x/y/z");
+        s.set(Arc::new(m), &NONE, |_| {}).unwrap();
+        s.set(msg("default", "x/keep", "k"), &NONE, |_| {}).unwrap();
+        let mut gone = Vec::new();
+        let n = s.prune_expired(
+            Instant::now() + std::time::Duration::from_millis(1),
+            |_, t| gone.push(t.to_string()),
+        );
+        assert_eq!((n, gone), (1, vec!["x/y/z".to_string()]));
         assert_eq!((s.len(), s.bytes()), (1, 1));
         assert!(!s.tenants.read()["default"].root.children["x"]
             .children

@@ -232,15 +232,15 @@ impl Broker {
             orphans: rec.orphans,
             ..Default::default()
         };
+        let unlimited = crate::config::RetainedConfig {
+            max_messages: 0,
+            max_bytes: 0,
+            ..Default::default()
+        };
         for (tenant, m) in rec.retained {
             let msg = Arc::new(m.into_message(tenant.as_str().into()));
             // What was stored is kept, whatever the limits say now.
-            if !msg.expired(Instant::now())
-                && self
-                    .retained
-                    .set(msg, crate::router::retained::Limits::default())
-                    .is_ok()
-            {
+            if !msg.expired(Instant::now()) && self.retained.set(msg, &unlimited, |_| {}).is_ok() {
                 stats.retained += 1;
             }
         }

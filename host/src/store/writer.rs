@@ -8,7 +8,7 @@
 //! itself failed.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,7 +55,15 @@ pub(super) struct Queue {
     /// Blocked submitters wait here for room.
     room: Condvar,
     soft: usize,
+    /// Mirrors of `Pending::bytes` and `Pending::next`, so the publish path reads them
+    /// without taking the queue's lock.
+    bytes: AtomicUsize,
+    next: AtomicU64,
+    /// Set with `failure`, read lock-free on the publish path.
+    failed: AtomicBool,
     failure: Mutex<Option<String>>,
+    /// Wakes async waiters for room (below the hard limit).
+    room_async: tokio::sync::Notify,
     stats: StoreStats,
 }
 
@@ -71,7 +79,11 @@ impl Queue {
             work: Condvar::new(),
             room: Condvar::new(),
             soft: soft.max(1),
+            bytes: AtomicUsize::new(0),
+            next: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
             failure: Mutex::new(None),
+            room_async: tokio::sync::Notify::new(),
             stats: StoreStats::default(),
         }
     }
@@ -87,20 +99,56 @@ impl Queue {
         }
         p.next += 1;
         let seq = p.next;
+        self.next.store(seq, Relaxed);
         if !p.closed {
             p.bytes += size;
+            self.bytes.store(p.bytes, Relaxed);
             p.ops.push_back((seq, op, size, Instant::now()));
             self.work.notify_one();
         }
         seq
     }
 
+    /// The last ticket handed out. A thread sees at least the tickets of its own
+    /// submissions (the mirror is stored before `push` returns).
     pub fn last_ticket(&self) -> u64 {
-        self.pending.lock().next
+        self.next.load(Relaxed)
     }
 
     pub fn congested(&self) -> bool {
-        self.pending.lock().bytes > self.soft
+        self.bytes.load(Relaxed) > self.soft
+    }
+
+    fn full(&self) -> bool {
+        self.bytes.load(Relaxed) > self.soft * 2
+    }
+
+    /// Waits, without blocking a thread, until the queue is under its hard limit (or the
+    /// store is closed or failed): producers that can wait call this before taking any
+    /// lock, so `push` rarely has to block.
+    pub async fn room(&self) {
+        while self.full() && !self.failed.load(Relaxed) {
+            let n = self.room_async.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if !self.full() || self.pending.lock().closed {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Relaxed)
+    }
+
+    /// Marks the store failed (the first failure's reason is kept).
+    fn fail(&self, why: String) {
+        let mut f = self.failure.lock();
+        if f.is_none() {
+            *f = Some(why);
+        }
+        self.failed.store(true, Relaxed);
     }
 
     /// Queued operations and their bytes.
@@ -121,6 +169,7 @@ impl Queue {
         self.pending.lock().closed = true;
         self.work.notify_all();
         self.room.notify_all();
+        self.room_async.notify_waiters();
     }
 
     /// Waits (up to `timeout`) for work and takes a batch of it. None when closed and
@@ -142,8 +191,10 @@ impl Queue {
             p.bytes -= size;
             out.push((seq, op));
         }
+        self.bytes.store(p.bytes, Relaxed);
         if !out.is_empty() {
             self.room.notify_all();
+            self.room_async.notify_waiters();
         }
         Some(oldest.unwrap_or_else(Instant::now))
     }
@@ -167,6 +218,22 @@ impl super::Store {
     pub fn ack_held(&self) {
         self.queue.stats.acks_held.fetch_add(1, Relaxed);
     }
+
+    /// Waits (asynchronously) until the queue is under its hard limit: call before
+    /// taking locks and submitting, so submitting does not block a thread.
+    pub async fn room(&self) {
+        self.queue.room().await
+    }
+
+    /// Whether the queue is over its hard limit (a submit would block).
+    pub fn is_full(&self) -> bool {
+        self.queue.full()
+    }
+
+    /// Whether a write or fsync has failed (lock-free; [`super::Store::failure`] says why).
+    pub fn is_failed(&self) -> bool {
+        self.queue.is_failed()
+    }
 }
 
 /// Starts the writer thread.
@@ -180,7 +247,18 @@ pub(super) fn spawn(
     let sync = cfg.sync;
     std::thread::Builder::new()
         .name("apiary-store".into())
-        .spawn(move || run(&*backend, &queue, &durable, sync, interval))
+        .spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(&*backend, &queue, &durable, sync, interval)
+            }));
+            if r.is_err() {
+                // Nothing more will be written: say so, and let every waiter go.
+                error!("the store writer thread panicked: the store is failed from now on");
+                queue.fail("the writer thread panicked".into());
+                queue.close();
+                durable.send_modify(|_| {});
+            }
+        })
         .expect("spawning the store writer thread")
 }
 
@@ -197,14 +275,13 @@ fn run(
     let mut writes = Vec::with_capacity(BATCH_OPS);
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         q.stats.write_errors.fetch_add(1, Relaxed);
-        let mut f = q.failure.lock();
-        if f.is_none() {
+        if !q.is_failed() {
             error!(error = %e, "store {what} failed: the store is failed from now on (nothing more is written, acknowledgements that wait for it are never sent); restart the broker once the disk is fixed");
-            *f = Some(format!("{what} failed: {e}"));
         }
-        drop(f);
+        q.fail(format!("{what} failed: {e}"));
         // Wake waiters so they notice the failure.
         durable.send_modify(|_| {});
+        q.room_async.notify_waiters();
     };
     while let Some(oldest) = q.take(interval, &mut ops) {
         let Some(&(last, _)) = ops.last() else {
@@ -217,7 +294,7 @@ fn run(
             }
             continue;
         };
-        if q.failure.lock().is_some() {
+        if q.is_failed() {
             q.stats.ops_discarded.fetch_add(ops.len() as u64, Relaxed);
             ops.clear();
             continue;
@@ -256,7 +333,7 @@ fn run(
             dirty = false;
         }
     }
-    if q.failure.lock().is_none() {
+    if !q.is_failed() {
         if let Err(e) = backend.flush(true) {
             fail("final fsync", &e);
         }

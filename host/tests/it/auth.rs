@@ -682,3 +682,59 @@ async fn auth_file_reads_a_users_file_from_a_granted_directory() {
     mgr.unload("auth-file").await;
     assert_eq!(connack(&tb, 4, "f3", Some("bob"), Some("bobpw")).await, 5);
 }
+
+/// A raw 3.1.1 CONNECT to `addr`; the CONNACK return code.
+async fn connack_at(addr: std::net::SocketAddr, id: String, user: &str, pw: &str) -> u8 {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 30];
+    for s in [id.as_str(), user, pw] {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s.as_bytes());
+    }
+    let mut r = Raw::connect(addr).await;
+    r.send(&raw::packet(0x10, &body)).await;
+    r.read_n(4).await[3]
+}
+
+/// A flood of CONNECTs for a known username with wrong passwords (argon2id, the costly
+/// kind) must not lock anyone out: the flood gets "bad password" or "server busy, retry",
+/// and the real user, retrying on "busy" as clients do, gets in. The plugin's calls time
+/// out while the machine is saturated; that is load, not a plugin fault, so it does not
+/// put the auth plugin into backoff (which refused every CONNECT for up to 30 s).
+#[tokio::test]
+async fn a_connect_flood_with_a_known_username_locks_nobody_out() {
+    let root = tempfile::tempdir().unwrap();
+    let pdir = root.path().join("plugins");
+    std::fs::create_dir_all(&pdir).unwrap();
+    let toml =
+        auth_file_toml("").replace("priority = -10", "priority = -10\ncall_timeout_ms = 100");
+    install(&pdir, "auth-file", "auth-file", Some(&toml));
+    let dir = pdir.clone();
+    let tb = TestBroker::start_with(move |c| {
+        c.plugins_dir = dir;
+        c.auth.allow_anonymous = apiary::config::Anonymous::Never;
+    })
+    .await;
+    let addr = tb.tcp_addr();
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        flood.spawn(connack_at(addr, format!("flood-{i}"), "alice", "wrong"));
+    }
+    let mut codes = Vec::new();
+    while let Some(c) = flood.join_next().await {
+        codes.push(c.unwrap());
+    }
+    assert!(
+        codes.iter().all(|c| *c == 4 || *c == 3),
+        "bad password (4) or server unavailable (3), never not-authorized: {codes:?}"
+    );
+    let mut got = Vec::new();
+    for i in 0..40 {
+        let c = connack_at(addr, format!("alice-{i}"), "alice", "alicepw").await;
+        got.push(c);
+        if c != 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got.last(), Some(&0), "the real user gets in: {got:?}");
+}

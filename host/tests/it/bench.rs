@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use apiary::bench::{run, Opts, Scenario};
+use apiary_bench::{run, Opts, Scenario};
 
 use crate::common::{TestBroker, Tr};
 

@@ -298,3 +298,15 @@ async fn a_corrupt_store_stops_startup_naming_the_path() {
     let err = apiary::start(cfg).await.err().expect("refused").to_string();
     assert!(err.contains("store"), "{err}");
 }
+
+/// A broker stopped the moment it started (before its tasks first ran) still ends them
+/// all and lets go of its store: a new one opens the same data dir at once.
+#[tokio::test]
+async fn a_broker_stopped_right_after_starting_lets_go_of_everything() {
+    let tb = TestBroker::start().await;
+    let data = tb.dir.path().join("data");
+    let TestBroker { server, dir } = tb;
+    server.shutdown().await;
+    FjallBackend::open(&data.join("store")).expect("the store was released");
+    drop(dir);
+}

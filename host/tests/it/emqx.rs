@@ -170,7 +170,7 @@ fn conforms(doc: &Value, path: &str, method: &str, status: u16, body: &Value) {
 #[tokio::test]
 async fn clients_listing_filters_paging_and_errors() {
     let (tb, _dir) = start().await;
-    let (doc_status, doc) = call(&tb, "GET", "/api/v5/openapi.json", None, None).await;
+    let (doc_status, doc) = call(&tb, "GET", "/api/v5/openapi.json", Some(READER), None).await;
     assert_eq!(doc_status, 200);
     assert_eq!(doc["openapi"], "3.0.3");
 
@@ -353,7 +353,9 @@ async fn clients_listing_filters_paging_and_errors() {
 #[tokio::test]
 async fn kicks_subscriptions_and_publish_as_the_clients_see_them() {
     let (tb, _dir) = start().await;
-    let doc = call(&tb, "GET", "/api/v5/openapi.json", None, None).await.1;
+    let doc = call(&tb, "GET", "/api/v5/openapi.json", Some(READER), None)
+        .await
+        .1;
     let (mut on, _) = v5::connect(v5::opts(&tb, "online", Tr::Tcp)).await;
     let (mut v3c, _) = v3::connect(v3::opts(&tb, "old", Tr::Ws)).await;
 

@@ -505,7 +505,7 @@ async fn connack_code_at(tb: &TestBroker, level: u8, user: &str) -> u8 {
     r.read_n(4).await[3]
 }
 
-async fn connack_code(tb: &TestBroker, user: &str) -> u8 {
+pub(crate) async fn connack_code(tb: &TestBroker, user: &str) -> u8 {
     connack_code_at(tb, 4, user).await
 }
 

@@ -128,3 +128,154 @@ fn unknown_config_keys_are_an_error_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("allow_anonymus"), "{err}");
 }
+
+/// Starts the binary with `cfg`; returns it, the addresses it logged per listener, and
+/// every log line seen until they were all there.
+fn spawn(
+    cfg: &std::path::Path,
+    want: &[&str],
+) -> (
+    std::process::Child,
+    std::collections::HashMap<String, String>,
+    Vec<String>,
+) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .arg("--config")
+        .arg(cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut addrs = std::collections::HashMap::new();
+    let mut lines = Vec::new();
+    while want.iter().any(|w| !addrs.contains_key(*w)) {
+        let line = rx.recv_timeout(common::WAIT).expect("log lines");
+        if line.contains("listening") {
+            let field = |name: &str| {
+                line.split(&format!("{name}=")).nth(1).map(|r| {
+                    r.trim_start_matches('"')
+                        .split(['"', ' '])
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
+            };
+            if let (Some(l), Some(a)) = (field("listener"), field("addr")) {
+                addrs.insert(l, a);
+            }
+        }
+        lines.push(line);
+    }
+    (child, addrs, lines)
+}
+
+fn stop(mut child: std::process::Child) {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a new user gets from the defaults: anonymous clients accepted from this machine,
+/// an admin API key made once (mode 0600, secret logged once) that opens the EMQX API.
+#[tokio::test]
+async fn a_first_start_serves_local_clients_and_makes_an_admin_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let stock = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/emqx/emqx.toml");
+    std::fs::copy(stock, plugins.join("emqx.toml")).unwrap();
+    std::fs::copy(crate::plugins::built("emqx"), plugins.join("emqx.wasm")).unwrap();
+    let cfg = dir.path().join("apiary.toml");
+    // The shipped defaults but for the addresses: no [auth] table, no api_keys_file.
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\nplugins_dir = {:?}\nsys_interval_secs = 0\n[listeners]\ntcp = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path().join("data"),
+            plugins
+        ),
+    )
+    .unwrap();
+    let (child, addrs, lines) = spawn(&cfg, &["tcp", "http"]);
+    let created = lines
+        .iter()
+        .find(|l| l.contains("created an admin API key"))
+        .expect("the first start says it made a key");
+    let field = |name: &str| {
+        created
+            .split(&format!(" {name}="))
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let (key, secret) = (field("key"), field("secret"));
+    let file = dir.path().join("data/api-keys.txt");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains(&format!("{key}:{secret}:admin:tenant=*")));
+
+    let tcp: std::net::SocketAddr = addrs["tcp"].parse().unwrap();
+    let mut o = rumqttc::MqttOptions::new("local-anon", "127.0.0.1", tcp.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (_c, mut el) = rumqttc::AsyncClient::new(o, 10);
+    let ack = tokio::time::timeout(common::WAIT, el.poll())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&ack, rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)) if a.code == rumqttc::ConnectReturnCode::Success),
+        "anonymous from loopback is accepted: {ack:?}"
+    );
+    let poller = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let http: std::net::SocketAddr = addrs["http"].parse().unwrap();
+    let (st, body) = common::http(http, "GET", "/api/v5/clients", Some((&key, &secret)), b"").await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("local-anon"), "{body}");
+    assert_eq!(
+        common::http(http, "GET", "/api/v5/clients", None, b"")
+            .await
+            .0,
+        401
+    );
+    poller.abort();
+    stop(child);
+
+    // The next start reads the key and never logs the secret again.
+    let (child, _, lines) = spawn(&cfg, &["tcp", "http"]);
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains(&secret) && !l.contains("created an admin")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("loaded API keys")),
+        "{lines:?}"
+    );
+    stop(child);
+}

@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 
 use crate::params::{client_filter, paging};
 use crate::time::rfc3339;
+use crate::Right;
 use crate::{client_not_found, host_error, node, Caller};
 
 /// A session as EMQX shows a client: the EMQX 5 field names, plus the older names the
@@ -88,7 +89,7 @@ pub fn paged(page: u32, limit: u32, count: u64, hasnext: bool, data: Vec<Value>)
 
 /// `GET /clients`.
 pub fn list(c: &Caller, r: &Request) -> Result<Response, HttpError> {
-    c.need("connections:read")?;
+    c.need(Right::ConnectionsRead)?;
     let q = r.query_params();
     let (page, limit) = paging(&q)?;
     let Some(f) = client_filter(&q, &c.tenant)? else {
@@ -110,7 +111,7 @@ fn clientid(p: &Params) -> &str {
 
 /// `GET /clients/{clientid}`.
 pub fn get(c: &Caller, p: &Params) -> Result<Response, HttpError> {
-    c.need("connections:read")?;
+    c.need(Right::ConnectionsRead)?;
     match registry::get(&c.tenant, clientid(p)).map_err(host_error)? {
         Some(s) => Ok(Response::json(200, &client_json(&s))),
         None => Err(client_not_found()),
@@ -119,7 +120,7 @@ pub fn get(c: &Caller, p: &Params) -> Result<Response, HttpError> {
 
 /// `DELETE /clients/{clientid}`: the connection and the session end.
 pub fn kick(c: &Caller, p: &Params) -> Result<Response, HttpError> {
-    c.need("connections:write")?;
+    c.need(Right::ConnectionsWrite)?;
     match registry::kick(&c.tenant, clientid(p), true).map_err(host_error)? {
         0 => Err(client_not_found()),
         _ => Ok(Response::empty(204)),
@@ -128,7 +129,7 @@ pub fn kick(c: &Caller, p: &Params) -> Result<Response, HttpError> {
 
 /// `POST /clients/kickout/bulk` with a JSON array of client ids; unknown ids are skipped.
 pub fn kick_bulk(c: &Caller, r: &Request) -> Result<Response, HttpError> {
-    c.need("connections:write")?;
+    c.need(Right::ConnectionsWrite)?;
     let ids: Vec<String> = r.json()?;
     if ids.is_empty() {
         return Err(HttpError::bad_request("an array of client ids is required"));

@@ -15,7 +15,8 @@ use std::rc::Rc;
 use std::sync::OnceLock;
 
 use apiary_plugin_sdk::http::{Handler, HttpError, Request, Response, Router};
-use apiary_plugin_sdk::keyauth::{self, KeyError};
+pub(crate) use apiary_plugin_sdk::keyauth::Right;
+use apiary_plugin_sdk::keyauth::{self, has_right, KeyError};
 use apiary_plugin_sdk::{export, parse_config, types, InitError, Plugin};
 use serde::Deserialize;
 
@@ -43,23 +44,23 @@ pub(crate) fn node() -> &'static str {
     CONFIG.get().map_or("apiary@127.0.0.1", |c| c.node.as_str())
 }
 
-/// An authenticated caller: its tenant and rights.
+/// An authenticated caller: its tenant and its key.
 pub(crate) struct Caller {
     /// Tenant every call acts on.
     pub tenant: String,
-    rights: Vec<String>,
+    key: apiary_plugin_sdk::apikeys::KeyInfo,
 }
 
 impl Caller {
     /// 403 unless the key holds `right` (or admin).
-    pub fn need(&self, right: &str) -> Result<(), HttpError> {
-        if self.rights.iter().any(|r| r == right || r == "admin") {
+    pub fn need(&self, right: Right) -> Result<(), HttpError> {
+        if has_right(&self.key, right) {
             Ok(())
         } else {
             Err(HttpError::new(
                 403,
                 "FORBIDDEN",
-                format!("the API key does not hold {right}"),
+                format!("the API key does not hold {}", right.as_str()),
             ))
         }
     }
@@ -88,12 +89,9 @@ fn authenticate(req: &Request) -> Result<Caller, Response> {
             let tenant = if k.tenant == "*" {
                 CONFIG.get().map_or("default".into(), |c| c.tenant.clone())
             } else {
-                k.tenant
+                k.tenant.clone()
             };
-            Ok(Caller {
-                tenant,
-                rights: k.rights,
-            })
+            Ok(Caller { tenant, key: k })
         }
         Err(KeyError::Host(e)) => Err(host_error(e).into()),
         Err(e) => Err(HttpError::new(401, "BAD_USERNAME_OR_PWD", e.message()).into()),
@@ -117,13 +115,15 @@ impl Plugin for Emqx {
 
 impl Handler for Emqx {
     fn handle(req: Request) -> Response {
-        if req.method == "GET" && req.path == "/openapi.json" {
-            return Response::json(200, &openapi::document());
-        }
+        // Every route needs a key, the API's own description included: nothing the
+        // broker serves by default answers without credentials but /healthz.
         let caller = match authenticate(&req) {
             Ok(c) => Rc::new(c),
             Err(r) => return r,
         };
+        if req.method == "GET" && req.path == "/openapi.json" {
+            return Response::json(200, &openapi::document());
+        }
         let c = || caller.clone();
         let (c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12) =
             (c(), c(), c(), c(), c(), c(), c(), c(), c(), c(), c(), c());

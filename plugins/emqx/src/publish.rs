@@ -6,6 +6,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::Right;
 use crate::{host_error, Caller};
 
 #[derive(Deserialize)]
@@ -77,7 +78,7 @@ fn message_id() -> String {
 
 /// `POST /publish`: 200 with the message id, or 202 when no subscriber matched.
 pub fn one(c: &Caller, r: &Request) -> Result<Response, HttpError> {
-    c.need("publish")?;
+    c.need(Right::Publish)?;
     let p: PubReq = r.json()?;
     let (delivered, v) = publish(c, p)?;
     Ok(Response::json(if delivered { 200 } else { 202 }, &v))
@@ -85,7 +86,7 @@ pub fn one(c: &Caller, r: &Request) -> Result<Response, HttpError> {
 
 /// `POST /publish/bulk`: one result per message, in order.
 pub fn bulk(c: &Caller, r: &Request) -> Result<Response, HttpError> {
-    c.need("publish")?;
+    c.need(Right::Publish)?;
     let ps: Vec<PubReq> = r.json()?;
     if ps.is_empty() {
         return Err(HttpError::bad_request("an array of messages is required"));

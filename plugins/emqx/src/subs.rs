@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::clients::paged;
 use crate::params::paging;
+use crate::Right;
 use crate::{client_not_found, host_error, node, Caller};
 
 /// A subscribe request body.
@@ -72,14 +73,14 @@ fn do_subscribe(c: &Caller, id: &str, s: SubReq) -> Result<Value, HttpError> {
 
 /// `POST /clients/{clientid}/subscribe`.
 pub fn subscribe(c: &Caller, r: &Request, p: &Params) -> Result<Response, HttpError> {
-    c.need("connections:write")?;
+    c.need(Right::ConnectionsWrite)?;
     let s: SubReq = r.json()?;
     Ok(Response::json(200, &do_subscribe(c, clientid(p), s)?))
 }
 
 /// `POST /clients/{clientid}/subscribe/bulk`: `{"data": [...]}`, as the seed shows.
 pub fn subscribe_bulk(c: &Caller, r: &Request, p: &Params) -> Result<Response, HttpError> {
-    c.need("connections:write")?;
+    c.need(Right::ConnectionsWrite)?;
     let subs: Vec<SubReq> = r.json()?;
     if subs.is_empty() {
         return Err(HttpError::bad_request(
@@ -104,7 +105,7 @@ fn do_unsubscribe(c: &Caller, id: &str, topic: &str) -> Result<(), HttpError> {
 
 /// `POST /clients/{clientid}/unsubscribe` (204 whether or not it was subscribed).
 pub fn unsubscribe(c: &Caller, r: &Request, p: &Params) -> Result<Response, HttpError> {
-    c.need("connections:write")?;
+    c.need(Right::ConnectionsWrite)?;
     let u: UnsubReq = r.json()?;
     do_unsubscribe(c, clientid(p), &u.topic)?;
     Ok(Response::empty(204))
@@ -112,7 +113,7 @@ pub fn unsubscribe(c: &Caller, r: &Request, p: &Params) -> Result<Response, Http
 
 /// `POST /clients/{clientid}/unsubscribe/bulk`.
 pub fn unsubscribe_bulk(c: &Caller, r: &Request, p: &Params) -> Result<Response, HttpError> {
-    c.need("connections:write")?;
+    c.need(Right::ConnectionsWrite)?;
     let us: Vec<UnsubReq> = r.json()?;
     for u in us {
         do_unsubscribe(c, clientid(p), &u.topic)?;
@@ -122,7 +123,7 @@ pub fn unsubscribe_bulk(c: &Caller, r: &Request, p: &Params) -> Result<Response,
 
 /// `GET /clients/{clientid}/subscriptions`: a bare array, as EMQX 5.
 pub fn of_client(c: &Caller, p: &Params) -> Result<Response, HttpError> {
-    c.need("connections:read")?;
+    c.need(Right::ConnectionsRead)?;
     let id = clientid(p);
     let s = registry::get(&c.tenant, id)
         .map_err(host_error)?
@@ -133,7 +134,7 @@ pub fn of_client(c: &Caller, p: &Params) -> Result<Response, HttpError> {
 
 /// `GET /subscriptions` with clientid, topic, qos, share_group, match_topic and paging.
 pub fn list(c: &Caller, r: &Request) -> Result<Response, HttpError> {
-    c.need("connections:read")?;
+    c.need(Right::ConnectionsRead)?;
     let q = r.query_params();
     let (page, limit) = paging(&q)?;
     let qos = match q.get("qos") {

@@ -23,7 +23,24 @@ impl TestBroker {
     }
 
     pub async fn start_with(f: impl FnOnce(&mut Config)) -> Self {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), f, None).await
+    }
+
+    /// A broker over a store backend the test controls (faults, slowness).
+    pub async fn start_with_backend(
+        f: impl FnOnce(&mut Config),
+        backend: impl FnOnce(&std::path::Path) -> Arc<dyn apiary::store::Backend>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let b = backend(&dir.path().join("data/store"));
+        Self::start_in(dir, f, Some(b)).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        f: impl FnOnce(&mut Config),
+        backend: Option<Arc<dyn apiary::store::Backend>>,
+    ) -> Self {
         let mut cfg = Config::ephemeral(dir.path().join("data"));
         // Compiled plugins are keyed by content hash: every test may share them, with one
         // key authenticating the entries.
@@ -31,8 +48,18 @@ impl TestBroker {
         cfg.plugin_cache_dir = Some(target.join("test-plugin-cache"));
         cfg.plugin_cache_key_file = Some(target.join("test-plugin-cache.key"));
         f(&mut cfg);
-        let server = apiary::start(cfg).await.expect("broker starts");
+        let server = apiary::start_with_backend(cfg, backend)
+            .await
+            .expect("broker starts");
         Self { server, dir }
+    }
+
+    /// Stops the broker gracefully and starts a new one over the same data dir (new
+    /// ports), configured by `f` again.
+    pub async fn restart(self, f: impl FnOnce(&mut Config)) -> Self {
+        let TestBroker { server, dir } = self;
+        server.shutdown().await;
+        Self::start_in(dir, f, None).await
     }
 
     pub fn broker(&self) -> &apiary::Broker {
@@ -355,6 +382,107 @@ pub mod raw {
             }
         }
     }
+}
+
+/// A store backend over fjall that a test can slow down or make fail.
+pub struct FaultyBackend {
+    inner: apiary::store::FjallBackend,
+    /// Writes still to fail (each failing one decrements it).
+    pub fail_writes: std::sync::atomic::AtomicU32,
+    /// Milliseconds every write sleeps first.
+    pub delay_ms: std::sync::atomic::AtomicU64,
+}
+
+impl FaultyBackend {
+    pub fn open(dir: &std::path::Path) -> Arc<Self> {
+        Arc::new(Self {
+            inner: apiary::store::FjallBackend::open(dir).expect("fjall"),
+            fail_writes: Default::default(),
+            delay_ms: Default::default(),
+        })
+    }
+}
+
+impl apiary::store::Backend for FaultyBackend {
+    fn write(&self, batch: Vec<apiary::store::Write>) -> Result<(), apiary::store::StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let d = self.delay_ms.load(SeqCst);
+        if d > 0 {
+            std::thread::sleep(Duration::from_millis(d));
+        }
+        if self
+            .fail_writes
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(apiary::store::StoreError::Backend {
+                path: "test".into(),
+                detail: "injected write failure (EIO)".into(),
+            });
+        }
+        self.inner.write(batch)
+    }
+    fn flush(&self, durable: bool) -> Result<(), apiary::store::StoreError> {
+        self.inner.flush(durable)
+    }
+    fn get(
+        &self,
+        space: apiary::store::Space,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, apiary::store::StoreError> {
+        self.inner.get(space, key)
+    }
+    fn scan_prefix(
+        &self,
+        space: apiary::store::Space,
+        prefix: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), apiary::store::StoreError> {
+        self.inner.scan_prefix(space, prefix, f)
+    }
+    fn scan(
+        &self,
+        space: apiary::store::Space,
+        f: apiary::store::ScanFn<'_>,
+    ) -> Result<(), apiary::store::StoreError> {
+        self.inner.scan(space, f)
+    }
+}
+
+/// One HTTP request over a fresh connection (basic auth if given); (status, body).
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: &[u8],
+) -> (u16, String) {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some((k, sec)) = auth {
+        let b = base64::engine::general_purpose::STANDARD.encode(format!("{k}:{sec}"));
+        head.push_str(&format!("Authorization: Basic {b}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write");
+    let mut resp = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut resp))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// Reads a counter from the broker's metrics text.

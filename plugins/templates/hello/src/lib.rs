@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use apiary_plugin_sdk::http::{Handler, HttpError, Params, Request, Response, Router};
-use apiary_plugin_sdk::keyauth::{self, has_right};
+use apiary_plugin_sdk::keyauth::{self, has_right, Right};
 use apiary_plugin_sdk::{export, kv, parse_config, registry, session_filter, InitError, Plugin};
 use serde::Deserialize;
 use serde_json::json;
@@ -94,7 +94,7 @@ impl Handler for Hello {
             Ok(k) => k,
             Err(e) => return HttpError::from(e).into(),
         };
-        if req.method != "GET" && !has_right(&key, "connections:write") {
+        if req.method != "GET" && !has_right(&key, Right::ConnectionsWrite) {
             return HttpError::new(403, "FORBIDDEN", "this key may only read").into();
         }
         let tenant = tenant_of(&key);
