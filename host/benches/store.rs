@@ -59,6 +59,8 @@ fn broker(dir: &std::path::Path, sync: SyncMode, sessions: usize) -> Broker {
         s.persistent
             .store(true, std::sync::atomic::Ordering::Relaxed);
         b.registry.insert(s.clone());
+        // As a CONNECT does: the session's record first, then its subscriptions.
+        b.persist_session(&s);
         b.subscribe(&s, &format!("t/{i}"), SubOptions::qos(QoS::AtLeastOnce))
             .expect("subscribe");
     }
