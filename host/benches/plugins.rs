@@ -45,7 +45,10 @@ async fn manager(dir: &Path, pooled: bool) -> Arc<PluginManager> {
     std::fs::copy(&built, p.join("faulty.wasm")).unwrap();
     std::fs::write(
         p.join("faulty.toml"),
-        format!("max_instances = {}\n", if pooled { 4 } else { 0 }),
+        format!(
+            "roles = [\"http\", \"auth\"]\nmax_instances = {}\n",
+            if pooled { 4 } else { 0 }
+        ),
     )
     .unwrap();
     let b = Broker::new(Config::embedded(), ApiKeyStore::default());

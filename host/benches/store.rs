@@ -10,27 +10,20 @@ use std::time::{Duration, Instant};
 
 use apiary::apikeys::ApiKeyStore;
 use apiary::message::Message;
-use apiary::session::{ClientInfo, Session, SubOptions, Transport};
+use apiary::session::{ClientInfo, Session, SubOptions};
 use apiary::store::{recovery, Store, StoreConfig, SyncMode};
 use apiary::{Broker, Config};
 use bytes::Bytes;
 use rmqtt_codec::types::QoS;
 
+/// An offline 3.1.1 persistent session's client.
 fn info() -> ClientInfo {
     ClientInfo {
-        username: None,
-        user_id: None,
-        proto_name: "MQTT",
         proto_ver: 4,
-        transport: Transport::Tcp,
-        peer: None,
-        connected: false,
-        connected_at: None,
         disconnected_at: Some(std::time::SystemTime::now()),
-        keepalive: 60,
         clean_start: false,
         expiry_interval: u32::MAX,
-        inflight_max: 32,
+        ..ClientInfo::default()
     }
 }
 

@@ -58,37 +58,22 @@ pub fn api_key(req: &Request) -> Result<KeyInfo, KeyError> {
     }
 }
 
-/// A right an API key can hold (the broker's names for them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Right {
-    /// Every right.
-    Admin,
-    /// Read sessions and subscriptions.
-    ConnectionsRead,
-    /// Kick, subscribe on behalf, expire.
-    ConnectionsWrite,
-    /// Publish as the broker.
-    Publish,
-    /// Scrape metrics.
-    MetricsRead,
-}
-
-impl Right {
-    /// The name the host uses.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Right::Admin => "admin",
-            Right::ConnectionsRead => "connections:read",
-            Right::ConnectionsWrite => "connections:write",
-            Right::Publish => "publish",
-            Right::MetricsRead => "metrics:read",
-        }
-    }
-}
+pub use apiary_common::rights::Right;
 
 /// Whether a key holds `right` (`admin` holds every right).
 pub fn has_right(k: &KeyInfo, right: Right) -> bool {
     k.rights
         .iter()
-        .any(|r| r == right.as_str() || r == Right::Admin.as_str())
+        .filter_map(|r| Right::parse(r))
+        .any(|r| r == right || r == Right::Admin)
+}
+
+/// The tenant a verified key acts on: its own, or `default_tenant` for a key that spans
+/// every tenant (`*`), for APIs whose calls name no tenant.
+pub fn acting_tenant(k: &KeyInfo, default_tenant: &str) -> String {
+    if k.tenant == "*" {
+        default_tenant.to_string()
+    } else {
+        k.tenant.clone()
+    }
 }

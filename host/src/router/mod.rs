@@ -218,7 +218,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::{ClientInfo, Transport};
+    use crate::session::ClientInfo;
     use crate::topic::parse_filter;
     use rmqtt_codec::types::QoS;
 
@@ -227,21 +227,7 @@ mod tests {
             id,
             "default".into(),
             format!("c{id}").into(),
-            ClientInfo {
-                username: None,
-                user_id: None,
-                proto_name: "MQTT",
-                proto_ver: 5,
-                transport: Transport::Tcp,
-                peer: None,
-                connected: false,
-                connected_at: None,
-                disconnected_at: None,
-                keepalive: 60,
-                clean_start: true,
-                expiry_interval: 0,
-                inflight_max: 32,
-            },
+            ClientInfo::default(),
         ))
     }
 

@@ -97,6 +97,28 @@ pub struct ClientInfo {
     pub inflight_max: u16,
 }
 
+impl Default for ClientInfo {
+    /// An MQTT 5 client over TCP that never connected: what sessions made by hand
+    /// (admin tools, benchmarks, tests) start from.
+    fn default() -> Self {
+        Self {
+            username: None,
+            user_id: None,
+            proto_name: "MQTT",
+            proto_ver: 5,
+            transport: Transport::Tcp,
+            peer: None,
+            connected: false,
+            connected_at: None,
+            disconnected_at: None,
+            keepalive: 60,
+            clean_start: true,
+            expiry_interval: 0,
+            inflight_max: 32,
+        }
+    }
+}
+
 /// Per-session traffic counters, updated by its connection task only (uncontended).
 #[derive(Debug, Default)]
 pub struct Counters {

@@ -76,37 +76,27 @@ topic = "bob-only/#"
     )
 }
 
+/// The faulty fixture as a second auth plugin (and an HTTP route that acts as API keys).
+const GATE: &str = "mount = \"/gate\"\nroles = [\"http\", \"auth\"]\ncapabilities = [\"apikeys\", \"registry.kick\"]\ntenants = [\"*\"]\n[config]\nversion = \"v1\"\n";
+
 async fn start(anonymous: bool, with_faulty: bool) -> (TestBroker, tempfile::TempDir) {
-    let root = tempfile::tempdir().unwrap();
-    let pdir = root.path().join("plugins");
-    std::fs::create_dir_all(&pdir).unwrap();
-    install(&pdir, "auth-file", "auth-file", Some(&auth_file_toml("")));
+    let users = auth_file_toml("");
+    let mut plugins = vec![("auth-file", "auth-file", users.as_str())];
     if with_faulty {
-        install(
-            &pdir,
-            "faulty",
-            "gate",
-            Some("mount = \"/gate\"\nroles = [\"http\", \"auth\"]\ncapabilities = [\"apikeys\", \"registry.kick\"]\ntenants = [\"*\"]\n[config]\nversion = \"v1\"\n"),
-        );
+        plugins.push(("faulty", "gate", GATE));
     }
-    let keys = root.path().join("keys");
-    std::fs::write(
-        &keys,
+    common::with_plugins(
+        &plugins,
         "ops:s3cret:admin\nacme-rw:acmepw:connections:write:tenant=acme\nacme-ro:ropw:connections:read:tenant=acme\n",
+        |c| {
+            c.auth.allow_anonymous = if anonymous {
+                apiary::config::Anonymous::Always
+            } else {
+                apiary::config::Anonymous::Never
+            }
+        },
     )
-    .unwrap();
-    let dir = pdir.clone();
-    let tb = TestBroker::start_with(move |c| {
-        c.plugins_dir = dir;
-        c.api_keys_file = Some(keys);
-        c.auth.allow_anonymous = if anonymous {
-            apiary::config::Anonymous::Always
-        } else {
-            apiary::config::Anonymous::Never
-        };
-    })
-    .await;
-    (tb, root)
+    .await
 }
 
 /// Raw CONNECT at `level` (4 or 5), optional username/password; the CONNACK code.

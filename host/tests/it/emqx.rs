@@ -10,35 +10,18 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{self, v3, v5, TestBroker, Tr};
-use crate::plugins::install;
 
 const ADMIN: (&str, &str) = ("ops", "s3cret");
 const READER: (&str, &str) = ("ro", "ropw");
 
 async fn start() -> (TestBroker, tempfile::TempDir) {
-    let root = tempfile::tempdir().unwrap();
-    let pdir = root.path().join("plugins");
-    std::fs::create_dir_all(&pdir).unwrap();
-    let stock = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/emqx/emqx.toml");
-    install(
-        &pdir,
-        "emqx",
-        "emqx",
-        Some(&std::fs::read_to_string(stock).unwrap()),
-    );
-    let keys = root.path().join("keys");
-    std::fs::write(
-        &keys,
+    let emqx = common::stock_toml("emqx");
+    common::with_plugins(
+        &[("emqx", "emqx", &emqx)],
         "ops:s3cret:admin\nro:ropw:connections:read\nacme:acmepw:admin:tenant=acme\n",
+        |_| {},
     )
-    .unwrap();
-    let dir = pdir.clone();
-    let tb = TestBroker::start_with(move |c| {
-        c.plugins_dir = dir;
-        c.api_keys_file = Some(keys);
-    })
-    .await;
-    (tb, root)
+    .await
 }
 
 /// One HTTP request; returns the status and the body as JSON (Null when empty).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apiary::apikeys::ApiKeyStore;
-use apiary::session::{ClientInfo, Session, SubOptions, Transport};
+use apiary::session::{ClientInfo, Session, SubOptions};
 use apiary::{Broker, Config};
 use rmqtt_codec::types::QoS;
 
@@ -111,24 +111,6 @@ async fn retained_messages_are_bounded_per_tenant_and_expired_ones_pruned() {
     s.no_publish(Duration::from_millis(300)).await;
 }
 
-fn info() -> ClientInfo {
-    ClientInfo {
-        username: None,
-        user_id: None,
-        proto_name: "MQTT",
-        proto_ver: 5,
-        transport: Transport::Tcp,
-        peer: None,
-        connected: false,
-        connected_at: None,
-        disconnected_at: None,
-        keepalive: 60,
-        clean_start: true,
-        expiry_interval: 0,
-        inflight_max: 32,
-    }
-}
-
 /// An admin subscribe racing the end of the session it targets: the session's
 /// subscriptions, the router and the store change in one critical section, so either the
 /// subscription is refused or the discard removes it. Never a dead session left routed.
@@ -147,7 +129,7 @@ fn a_subscription_racing_a_discard_never_outlives_the_session() {
             b.next_id(),
             "default".into(),
             format!("c{i}").into(),
-            info(),
+            ClientInfo::default(),
         ));
         s.persistent
             .store(true, std::sync::atomic::Ordering::Relaxed);

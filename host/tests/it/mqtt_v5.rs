@@ -10,8 +10,8 @@ use common::raw::{self, Raw};
 use common::v5::{self, Packet, QoS};
 use common::{eventually, metric, TestBroker, Tr};
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, DisconnectReasonCode, Filter, LastWill, LastWillProperties, PubAckReason,
-    PublishProperties, RetainForwardRule, SubscribeProperties, SubscribeReasonCode, UnsubAckReason,
+    ConnectReturnCode, DisconnectReasonCode, Filter, PubAckReason, PublishProperties,
+    RetainForwardRule, SubscribeProperties, SubscribeReasonCode, UnsubAckReason,
 };
 
 fn connack(p: &Packet) -> &rumqttc::v5::mqttbytes::v5::ConnAck {
@@ -364,23 +364,7 @@ async fn will_delay_is_cancelled_by_a_reconnect_and_honoured_otherwise() {
     let tb = TestBroker::start().await;
     let (mut w, _) = v5::connect(v5::opts(&tb, "watch", Tr::Tcp)).await;
     sub_qos(&mut w, "will/#", QoS::AtLeastOnce).await;
-    let will = |topic: &str| {
-        LastWill::new(
-            topic,
-            "bye",
-            QoS::AtLeastOnce,
-            false,
-            Some(LastWillProperties {
-                delay_interval: Some(1),
-                payload_format_indicator: None,
-                message_expiry_interval: None,
-                content_type: None,
-                response_topic: None,
-                correlation_data: None,
-                user_properties: vec![],
-            }),
-        )
-    };
+    let will = |topic: &str| crate::common::will_v5(topic, "bye", 1);
     let mut o = v5::opts(&tb, "back", Tr::Tcp);
     o.set_clean_start(false);
     o.set_session_expiry_interval(Some(60));

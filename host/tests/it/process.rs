@@ -24,49 +24,8 @@ fn write_config(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
 async fn binary_serves_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_apiary"))
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut listening = std::collections::HashMap::new();
-    while listening.len() < 5 {
-        let line = rx
-            .recv_timeout(common::WAIT)
-            .expect("a log line per listener");
-        if line.contains("listening") {
-            let l = line
-                .split("listener=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap()
-                .to_string();
-            let addr = line
-                .split("addr=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
-            listening.insert(l, addr);
-        }
-    }
+    let (child, listening, _) = spawn(&cfg, &["tcp", "ws", "tls", "wss", "http"]);
     let tcp: std::net::SocketAddr = listening["tcp"].parse().unwrap();
-    for l in ["tcp", "ws", "tls", "wss", "http"] {
-        assert!(listening.contains_key(l), "{listening:?}");
-    }
 
     let mut o = rumqttc::MqttOptions::new("proc", "127.0.0.1", tcp.port());
     o.set_keep_alive(Duration::from_secs(30));
@@ -86,23 +45,8 @@ async fn binary_serves_and_stops_on_sigterm() {
     .expect("$SYS publication within the interval");
     assert_eq!(got_sys, "$SYS/broker/uptime");
 
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + common::WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "{status:?}");
+    // Stops with success on SIGTERM.
+    stop(child);
     // The client was told (v3: the socket closed); its next poll fails.
     let r = tokio::time::timeout(common::WAIT, async {
         loop {

@@ -291,26 +291,9 @@ async fn qos2_awaiting_pubrel_and_held_pubacks_count_together_against_receive_ma
 
 #[tokio::test]
 async fn a_graceful_restart_keeps_wills_as_a_crash_does() {
-    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
     let tb = TestBroker::start().await;
     offline_subscriber(&tb, "watcher", "wills/#").await;
-    let will = |topic: &str, delay: u32| {
-        LastWill::new(
-            topic,
-            "gone",
-            v5::QoS::AtLeastOnce,
-            false,
-            Some(LastWillProperties {
-                delay_interval: Some(delay),
-                payload_format_indicator: None,
-                message_expiry_interval: None,
-                content_type: None,
-                response_topic: None,
-                correlation_data: None,
-                user_properties: vec![],
-            }),
-        )
-    };
+    let will = |topic: &str, delay: u32| common::will_v5(topic, "gone", delay);
     // A session that ends with its connection: its will goes out as the server stops.
     let mut o = v5::opts(&tb, "w-now", Tr::Tcp);
     o.set_last_will(will("wills/now", 0));

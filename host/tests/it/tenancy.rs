@@ -8,16 +8,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::{self, metric, v3, TestBroker, Tr};
-use crate::plugins::install;
 
 const ACME: (&str, &str) = ("acme-admin", "a");
 const GLOBEX: (&str, &str) = ("globex-admin", "g");
 
-async fn start() -> (TestBroker, tempfile::TempDir) {
-    let root = tempfile::tempdir().unwrap();
-    let pdir = root.path().join("plugins");
-    std::fs::create_dir_all(&pdir).unwrap();
-    let users = r#"roles = ["auth"]
+const USERS: &str = r#"roles = ["auth"]
 capabilities = ["passwords"]
 tenants = ["*"]
 [config]
@@ -35,28 +30,15 @@ username = "gus"
 password = "pw"
 tenant = "globex"
 "#;
-    install(&pdir, "auth-file", "auth-file", Some(users));
-    let stock = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/emqx/emqx.toml");
-    install(
-        &pdir,
-        "emqx",
-        "emqx",
-        Some(&std::fs::read_to_string(stock).unwrap()),
-    );
-    let keys = root.path().join("keys");
-    std::fs::write(
-        &keys,
+
+async fn start() -> (TestBroker, tempfile::TempDir) {
+    let emqx = common::stock_toml("emqx");
+    common::with_plugins(
+        &[("auth-file", "auth-file", USERS), ("emqx", "emqx", &emqx)],
         "acme-admin:a:admin:tenant=acme\nglobex-admin:g:admin:tenant=globex\nops:s3cret:admin:tenant=*\n",
+        |c| c.auth.allow_anonymous = apiary::config::Anonymous::Never,
     )
-    .unwrap();
-    let dir = pdir.clone();
-    let tb = TestBroker::start_with(move |c| {
-        c.plugins_dir = dir;
-        c.api_keys_file = Some(keys);
-        c.auth.allow_anonymous = apiary::config::Anonymous::Never;
-    })
-    .await;
-    (tb, root)
+    .await
 }
 
 async fn user(tb: &TestBroker, id: &str, name: &str) -> v3::Client {

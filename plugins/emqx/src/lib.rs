@@ -86,11 +86,8 @@ pub(crate) fn host_error(e: types::Error) -> HttpError {
 fn authenticate(req: &Request) -> Result<Caller, Response> {
     match keyauth::api_key(req) {
         Ok(k) => {
-            let tenant = if k.tenant == "*" {
-                CONFIG.get().map_or("default".into(), |c| c.tenant.clone())
-            } else {
-                k.tenant.clone()
-            };
+            let default = CONFIG.get().map_or("default", |c| c.tenant.as_str());
+            let tenant = keyauth::acting_tenant(&k, default);
             Ok(Caller { tenant, key: k })
         }
         Err(KeyError::Host(e)) => Err(host_error(e).into()),

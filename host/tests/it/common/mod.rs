@@ -129,6 +129,58 @@ impl TestBroker {
     }
 }
 
+/// The toml a stock plugin ships with (`plugins/NAME/NAME.toml`).
+pub fn stock_toml(name: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../plugins/{name}/{name}.toml"));
+    std::fs::read_to_string(p).expect("stock toml")
+}
+
+/// A broker serving built plugins from a fresh plugins directory: each entry is (built
+/// plugin, name installed as, its toml); `keys` becomes its API keys file. The directory
+/// lives as long as the returned `TempDir`.
+pub async fn with_plugins(
+    plugins: &[(&str, &str, &str)],
+    keys: &str,
+    f: impl FnOnce(&mut Config),
+) -> (TestBroker, tempfile::TempDir) {
+    let root = tempfile::tempdir().expect("tempdir");
+    let pdir = root.path().join("plugins");
+    std::fs::create_dir_all(&pdir).expect("plugins dir");
+    for (built, name, toml) in plugins {
+        crate::plugins::install(&pdir, built, name, Some(toml));
+    }
+    let keys_file = root.path().join("keys");
+    std::fs::write(&keys_file, keys).expect("keys file");
+    let tb = TestBroker::start_with(move |c| {
+        c.plugins_dir = pdir;
+        c.api_keys_file = Some(keys_file);
+        f(c);
+    })
+    .await;
+    (tb, root)
+}
+
+/// A v5 will on `topic` (QoS 1, payload `payload`) with a will delay.
+pub fn will_v5(topic: &str, payload: &str, delay: u32) -> rumqttc::v5::mqttbytes::v5::LastWill {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    LastWill::new(
+        topic,
+        payload.to_string(),
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        Some(LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: vec![],
+        }),
+    )
+}
+
 /// A listener kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tr {

@@ -43,15 +43,6 @@ fn greet(_: &Request, p: &Params) -> Response {
     Response::json(200, &json!({ "message": format!("{greeting}, {name}!") }))
 }
 
-/// The tenant a key acts on (a key spanning every tenant lists `default`).
-fn tenant_of(k: &apiary_plugin_sdk::apikeys::KeyInfo) -> String {
-    if k.tenant == "*" {
-        "default".into()
-    } else {
-        k.tenant.clone()
-    }
-}
-
 fn sessions(req: &Request, tenant: String) -> Response {
     let mut f = session_filter();
     f.tenant = Some(tenant);
@@ -97,7 +88,8 @@ impl Handler for Hello {
         if req.method != "GET" && !has_right(&key, Right::ConnectionsWrite) {
             return HttpError::new(403, "FORBIDDEN", "this key may only read").into();
         }
-        let tenant = tenant_of(&key);
+        // A key spanning every tenant lists `default`.
+        let tenant = keyauth::acting_tenant(&key, "default");
         Router::new()
             .get("/hello/{name}", greet)
             .get("/sessions", move |r, _| sessions(r, tenant.clone()))
