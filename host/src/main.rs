@@ -200,7 +200,10 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            // The store engine's own info lines (one per keyspace at every start) are noise
+            // to an operator; RUST_LOG shows them when asked.
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn")),
         )
         .init();
     let args = Args::parse();
