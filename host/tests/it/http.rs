@@ -34,12 +34,22 @@ async fn get(tb: &TestBroker, path: &str, auth: Option<(&str, &str)>) -> (u16, S
 
 const KEYS: &str = "ops:s3cret:admin:tenant=*\nreader:r:connections:read:tenant=*\nscrape:m:metrics:read:tenant=*\nacme-admin:a:admin:tenant=acme\n";
 
-#[tokio::test]
-async fn healthz_is_open_and_broker_wide_routes_need_a_key_for_every_tenant() {
+/// A broker whose API keys are [`KEYS`] (the file lives as long as the second value).
+async fn with_keys(f: impl FnOnce(&mut apiary::Config)) -> (TestBroker, tempfile::NamedTempFile) {
     let keys = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(keys.path(), KEYS).unwrap();
     let path = keys.path().to_path_buf();
-    let tb = TestBroker::start_with(|c| c.api_keys_file = Some(path)).await;
+    let tb = TestBroker::start_with(|c| {
+        c.api_keys_file = Some(path);
+        f(c);
+    })
+    .await;
+    (tb, keys)
+}
+
+#[tokio::test]
+async fn healthz_is_open_and_broker_wide_routes_need_a_key_for_every_tenant() {
+    let (tb, _keys) = with_keys(|_| {}).await;
 
     let (status, body) = get(&tb, "/healthz", None).await;
     assert_eq!(status, 200);
@@ -98,14 +108,7 @@ async fn post(tb: &TestBroker, path: &str, (k, sec): (&str, &str)) -> u16 {
 
 #[tokio::test]
 async fn failed_logins_are_throttled_per_address() {
-    let keys = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(keys.path(), KEYS).unwrap();
-    let path = keys.path().to_path_buf();
-    let tb = TestBroker::start_with(|c| {
-        c.api_keys_file = Some(path);
-        c.http.max_auth_failures = 3;
-    })
-    .await;
+    let (tb, _keys) = with_keys(|c| c.http.max_auth_failures = 3).await;
     for _ in 0..3 {
         assert_eq!(get(&tb, "/metrics", Some(("ops", "guess"))).await.0, 401);
     }
@@ -121,10 +124,7 @@ async fn failed_logins_are_throttled_per_address() {
 #[tokio::test]
 async fn the_admin_api_is_served_over_https_with_the_brokers_certificate() {
     use tokio_rustls::rustls::pki_types::ServerName;
-    let keys = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(keys.path(), KEYS).unwrap();
-    let path = keys.path().to_path_buf();
-    let tb = TestBroker::start_with(|c| c.api_keys_file = Some(path)).await;
+    let (tb, _keys) = with_keys(|_| {}).await;
     let addr = tb.server.addrs.https.expect("https listener");
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(tb.tls_client());
