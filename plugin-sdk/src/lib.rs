@@ -112,6 +112,24 @@ pub fn warn(message: &str) {
     log::log(log::Level::Warn, message);
 }
 
+/// Whether the broker writes lines at `level`: asked of the host once per level and
+/// instance (its filter is fixed at start), so a plugin can skip formatting a line per
+/// request that nobody reads.
+pub fn log_enabled(level: log::Level) -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static CACHE: [AtomicU8; 5] = [const { AtomicU8::new(0) }; 5];
+    let slot = &CACHE[level as usize];
+    match slot.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            let on = log::enabled(level);
+            slot.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+    }
+}
+
 /// A registry filter with nothing set (every session of every tenant the plugin may see);
 /// set the fields you need.
 pub fn session_filter() -> registry::SessionFilter {
@@ -143,6 +161,7 @@ impl From<types::Error> for http::HttpError {
             types::Error::InvalidArgument(m) => http::HttpError::bad_request(m),
             types::Error::Unavailable(m) => http::HttpError::new(503, "UNAVAILABLE", m),
             types::Error::QuotaExceeded(m) => http::HttpError::new(507, "QUOTA_EXCEEDED", m),
+            types::Error::Refused(m) => http::HttpError::new(403, "REFUSED", m),
         }
     }
 }

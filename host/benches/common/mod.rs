@@ -27,6 +27,7 @@ pub fn populate(b: &apiary::Broker, n: usize) {
             clean_start: i % 5 == 0,
             expiry_interval: 3600,
             inflight_max: 32,
+            superuser: false,
         };
         let s = Session::new(
             b.next_id(),

@@ -336,6 +336,7 @@ async fn establish<T: Transport>(
         clean_start: req.clean_start,
         expiry_interval: session_expiry,
         inflight_max: window as u16,
+        superuser: identity.superuser,
     };
     let will = req.will.clone().map(|w| {
         let mut msg = Message::new(tenant.clone(), w.topic, w.payload, w.qos, w.retain);

@@ -75,10 +75,15 @@ impl PluginState {
 }
 
 fn op_error(e: OpError) -> Error {
+    use crate::broker::SubscribeError;
     match e {
         OpError::NotFound(m) => Error::NotFound(m),
-        OpError::Refused(r) => Error::QuotaExceeded(r.to_string()),
-        other => Error::InvalidArgument(other.to_string()),
+        OpError::Topic(_) | OpError::Subscribe(SubscribeError::InvalidFilter(_)) => {
+            Error::InvalidArgument(e.to_string())
+        }
+        OpError::Subscribe(_) | OpError::Publish(_) | OpError::Acl(_) => {
+            Error::Refused(e.to_string())
+        }
     }
 }
 
@@ -309,24 +314,30 @@ impl registry::Host for PluginState {
         rap: bool,
         rh: u8,
     ) -> wasmtime::Result<Result<bool, Error>> {
-        let run = || -> Result<bool, Error> {
-            self.check(Capability::RegistrySubscribe, Some(&tenant))?;
-            if rh > 2 {
-                return Err(Error::InvalidArgument("rh must be 0, 1 or 2".into()));
-            }
-            let opts = SubOptions {
-                qos: qos(q)?,
-                no_local: nl,
-                retain_as_published: rap,
-                retain_handling: rh,
-                sub_id: None::<NonZeroU32>,
-            };
-            self.ctx
-                .broker
-                .subscribe_for(&tenant, &client_id, &topic, opts)
-                .map_err(op_error)
+        let opts = self
+            .check(Capability::RegistrySubscribe, Some(&tenant))
+            .and_then(|()| {
+                if rh > 2 {
+                    return Err(Error::InvalidArgument("rh must be 0, 1 or 2".into()));
+                }
+                Ok(SubOptions {
+                    qos: qos(q)?,
+                    no_local: nl,
+                    retain_as_published: rap,
+                    retain_handling: rh,
+                    sub_id: None::<NonZeroU32>,
+                })
+            });
+        let opts = match opts {
+            Ok(o) => o,
+            Err(e) => return Ok(Err(e)),
         };
-        Ok(run())
+        // The call awaits the ACL chain: hold the broker, not the (non-Sync) instance state.
+        let broker = self.ctx.broker.clone();
+        Ok(broker
+            .subscribe_for(&tenant, &client_id, &topic, opts)
+            .await
+            .map_err(op_error))
     }
 
     async fn unsubscribe(
@@ -393,6 +404,22 @@ impl log::Host for PluginState {
         }
         Ok(())
     }
+
+    async fn enabled(&mut self, level: log::Level) -> wasmtime::Result<bool> {
+        Ok(level_enabled(level))
+    }
+}
+
+/// Whether `log` would write a line at `level`: asked of this module's target, the one
+/// `log` writes under.
+fn level_enabled(level: log::Level) -> bool {
+    match level {
+        log::Level::Trace => tracing::enabled!(tracing::Level::TRACE),
+        log::Level::Debug => tracing::enabled!(tracing::Level::DEBUG),
+        log::Level::Info => tracing::enabled!(tracing::Level::INFO),
+        log::Level::Warn => tracing::enabled!(tracing::Level::WARN),
+        log::Level::Error => tracing::enabled!(tracing::Level::ERROR),
+    }
 }
 
 impl clock::Host for PluginState {
@@ -411,5 +438,24 @@ mod tests {
         assert!(matches!(paging(1, 10_001), Err(Error::InvalidArgument(_))));
         assert!(matches!(paging(0, 10), Err(Error::InvalidArgument(_))));
         assert!(matches!(paging(1, 0), Err(Error::InvalidArgument(_))));
+    }
+
+    /// `log.enabled` follows the broker's filter, including a directive for the plugin
+    /// host's own target (where `log` writes).
+    #[test]
+    fn log_enabled_follows_the_filter() {
+        use tracing_subscriber::EnvFilter;
+        let with = |filter: &str, level| {
+            let sub = tracing_subscriber::fmt()
+                .with_env_filter(EnvFilter::new(filter))
+                .finish();
+            tracing::subscriber::with_default(sub, || level_enabled(level))
+        };
+        assert!(with("info", log::Level::Info));
+        assert!(with("info", log::Level::Error));
+        assert!(!with("info", log::Level::Debug));
+        assert!(with("info,apiary::plugins=debug", log::Level::Debug));
+        assert!(!with("info,apiary::plugins=debug", log::Level::Trace));
+        assert!(!with("info,apiary::mqtt=trace", log::Level::Debug));
     }
 }

@@ -28,7 +28,11 @@ pub enum OpError {
     Topic(#[from] TopicError),
     /// The broker refused the publish (e.g. retained limits).
     #[error(transparent)]
-    Refused(#[from] PublishRefused),
+    Publish(#[from] PublishRefused),
+    /// The session's ACL refuses the subscription: an administrator may not make one the
+    /// client could not make itself.
+    #[error("refused by ACL: {0}")]
+    Acl(String),
 }
 
 /// Which connections a kick targets.
@@ -63,17 +67,24 @@ impl Broker {
                 })
                 .collect(),
         };
+        // Affected: an online session told to go, or an offline one ended; an offline
+        // session kept as it is does not count.
+        let mut affected = 0;
         for s in &sessions {
-            if !s.control(Control::Kick { end_session }) && end_session {
+            if s.control(Control::Kick { end_session }) {
+                affected += 1;
+            } else if end_session {
                 self.discard(s, "kicked");
+                affected += 1;
             }
         }
-        sessions.len()
+        affected
     }
 
-    /// Subscribes a session on its behalf. Online: it starts receiving at once, and
+    /// Subscribes a session on its behalf, if its ACL allows the client that filter (as
+    /// the session's user; superusers skip it). Online: it starts receiving at once, and
     /// retained messages follow the retain handling. Offline persistent: only recorded.
-    pub fn subscribe_for(
+    pub async fn subscribe_for(
         &self,
         tenant: &str,
         client_id: &str,
@@ -84,6 +95,29 @@ impl Broker {
             .registry
             .get(tenant, client_id)
             .ok_or_else(|| OpError::NotFound(client_id.to_string()))?;
+        let parsed = topic::parse_filter(filter, self.config.mqtt.max_topic_levels)
+            .map_err(SubscribeError::from)?;
+        let who = {
+            let i = s.info.read();
+            crate::auth::Identity {
+                tenant: s.tenant.clone(),
+                username: i.username.clone(),
+                user_id: i.user_id.clone(),
+                superuser: i.superuser,
+            }
+        };
+        if !who.superuser {
+            let ask = crate::acl::Ask {
+                action: crate::acl::Action::Subscribe,
+                topic: parsed.filter,
+                qos: opts.qos.value(),
+                retain: false,
+            };
+            let d = crate::acl::decide(self, &who, client_id, ask).await;
+            if !d.allowed {
+                return Err(OpError::Acl(d.why));
+            }
+        }
         let new = match self.subscribe(&s, filter, opts) {
             Err(SubscribeError::SessionEnded) => {
                 return Err(OpError::NotFound(client_id.to_string()))
@@ -130,15 +164,19 @@ impl Broker {
         Ok(self.publish(msg)?)
     }
 
-    /// Ends the tenant's sessions inactive for more than `secs` seconds (disconnected
-    /// that long ago). `secs == 0` ends all of them, online ones included, whose
-    /// connections are closed. Returns how many were ended.
+    /// Ends the tenant's persistent sessions inactive for more than `secs` seconds
+    /// (disconnected that long ago), with their queues and subscriptions. `secs == 0`
+    /// ends every persistent session of the tenant, online ones included, whose
+    /// connections are closed. Clean sessions are never touched. Returns how many ended.
     pub fn expire_inactive(&self, tenant: &str, secs: u64) -> usize {
         let cutoff = SystemTime::now()
             .checked_sub(Duration::from_secs(secs))
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut n = 0;
         for s in self.registry.sessions_of(Some(tenant)) {
+            if !s.is_persistent() {
+                continue;
+            }
             if secs == 0 {
                 if !s.control(Control::Kick { end_session: true }) {
                     self.discard(&s, "expired");

@@ -95,6 +95,9 @@ pub struct ClientInfo {
     pub expiry_interval: u32,
     /// Receive maximum the client advertised (v5), capping our inflight window.
     pub inflight_max: u16,
+    /// Authentication made the client a superuser: ACL never applies to it, nor to what
+    /// administrators do on its behalf.
+    pub superuser: bool,
 }
 
 impl Default for ClientInfo {
@@ -115,6 +118,7 @@ impl Default for ClientInfo {
             clean_start: true,
             expiry_interval: 0,
             inflight_max: 32,
+            superuser: false,
         }
     }
 }

@@ -294,6 +294,9 @@ pub struct SessionRecord {
     /// Clean start of the last CONNECT.
     #[serde(default)]
     pub clean_start: bool,
+    /// Authentication made the client a superuser.
+    #[serde(default)]
+    pub superuser: bool,
     /// Session expiry interval (u32::MAX = never).
     pub expiry_interval: u32,
     /// Last connect, Unix ms.

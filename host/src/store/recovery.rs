@@ -55,6 +55,7 @@ pub fn session_record(s: &Session, st: &SessionState) -> SessionRecord {
         peer: i.peer.map(|p| p.to_string()),
         keepalive: i.keepalive,
         clean_start: i.clean_start,
+        superuser: i.superuser,
         expiry_interval: i.expiry_interval,
         connected_ms: i.connected_at.map(to_ms),
         disconnected_ms: if i.connected {
@@ -268,6 +269,7 @@ impl Broker {
                 clean_start: r.clean_start,
                 expiry_interval: r.expiry_interval,
                 inflight_max: self.config.session.max_inflight,
+                superuser: r.superuser,
             };
             let mut session = Session::new(
                 self.next_id(),

@@ -223,6 +223,30 @@ async fn kick_by_user_id_with_transport_filter() {
     })
     .await;
     assert!(b.registry.get("default", "u-tcp").unwrap().is_online());
+    // An offline persistent session of the user is not affected by a kick that keeps it.
+    let mut o = v3::opts(&tb, "u-kept", Tr::Tcp);
+    o.set_credentials("dana", "pw");
+    o.set_clean_session(false);
+    let (c, _) = v3::connect(o).await;
+    c.c.disconnect().await.unwrap();
+    eventually("u-kept offline", || {
+        b.registry
+            .get("default", "u-kept")
+            .is_some_and(|s| !s.is_online())
+    })
+    .await;
+    let offline_only = KickTarget::UserId {
+        user_id: "dana".into(),
+        transport: Some(Transport::Tcp),
+    };
+    keep[0].c.disconnect().await.unwrap();
+    eventually("u-tcp gone", || {
+        b.registry.get("default", "u-tcp").is_none()
+    })
+    .await;
+    assert_eq!(b.kick("default", &offline_only, false), 0);
+    assert_eq!(b.kick("default", &offline_only, true), 1, "ended");
+    assert!(b.registry.get("default", "u-kept").is_none());
     assert_eq!(
         b.kick(
             "other-tenant",
@@ -258,6 +282,7 @@ async fn subscribe_on_behalf_online_and_offline() {
             "news/#",
             SubOptions::qos(CQoS::AtLeastOnce)
         )
+        .await
         .unwrap());
     let m = on.publish().await;
     assert!(m.retain && &m.payload[..] == b"retained");
@@ -288,6 +313,7 @@ async fn subscribe_on_behalf_online_and_offline() {
         "news/#",
         SubOptions::qos(CQoS::AtLeastOnce),
     )
+    .await
     .unwrap();
     assert_eq!(
         b.registry
@@ -329,6 +355,7 @@ async fn subscribe_on_behalf_online_and_offline() {
     on.no_publish(Duration::from_millis(200)).await;
     assert!(b
         .subscribe_for("default", "nobody", "a", SubOptions::qos(CQoS::AtMostOnce))
+        .await
         .is_err());
     assert!(b
         .subscribe_for(
@@ -337,12 +364,14 @@ async fn subscribe_on_behalf_online_and_offline() {
             "a/#/b",
             SubOptions::qos(CQoS::AtMostOnce)
         )
+        .await
         .is_err());
     assert!(b
         .publish_as_broker("default", "a/+", Bytes::new(), CQoS::AtMostOnce, false)
         .is_err());
     assert!(
         b.subscribe_for("tenant-b", "online", "a", SubOptions::qos(CQoS::AtMostOnce))
+            .await
             .is_err(),
         "other tenant"
     );
@@ -362,7 +391,10 @@ async fn expire_inactive_and_expire_all() {
             .is_some_and(|s| !s.is_online())
     })
     .await;
-    let (mut active, _) = v3::connect(v3::opts(&tb, "active", Tr::Tcp)).await;
+    let mut o = v3::opts(&tb, "active", Tr::Tcp);
+    o.set_clean_session(false);
+    let (mut active, _) = v3::connect(o).await;
+    let (mut clean, _) = v3::connect(v3::opts(&tb, "clean", Tr::Tcp)).await;
 
     assert_eq!(
         b.expire_inactive("default", 3600),
@@ -377,10 +409,18 @@ async fn expire_inactive_and_expire_all() {
     assert_eq!(
         b.expire_inactive("default", 0),
         1,
-        "0 = all, online included"
+        "0 = every persistent session, online included"
     );
     active.closed().await;
-    eventually("all gone", || b.registry.is_empty()).await;
+    eventually("persistent ones gone", || {
+        b.registry.get("default", "active").is_none()
+    })
+    .await;
+    clean.no_publish(Duration::from_millis(100)).await;
+    assert!(
+        b.registry.get("default", "clean").unwrap().is_online(),
+        "clean sessions are never expired"
+    );
 }
 
 #[tokio::test]

@@ -79,6 +79,8 @@ pub(crate) fn host_error(e: types::Error) -> HttpError {
         types::Error::InvalidArgument(m) => HttpError::bad_request(m),
         types::Error::Unavailable(m) => HttpError::new(503, "SERVICE_UNAVAILABLE", m),
         types::Error::QuotaExceeded(m) => HttpError::new(507, "QUOTA_EXCEEDED", m),
+        // The broker's own rules (the client's ACL, subscription or retained limits).
+        types::Error::Refused(m) => HttpError::new(403, "FORBIDDEN", m),
     }
 }
 
