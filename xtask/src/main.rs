@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 
 mod bench;
 mod bench_report;
+mod schemathesis;
 mod toolchain;
 
 fn main() -> Result<()> {
@@ -22,12 +23,18 @@ fn main() -> Result<()> {
         Some("test") => test(&root),
         Some("plugins") => plugins(&root, Scope::All).map(|_| ()),
         Some("bench") => bench::bench(&root, &args[1..]),
+        Some("schemathesis") => {
+            step(&root, "broker build", "cargo", &["build", "-p", "apiary"])?;
+            plugins(&root, Scope::Stock)?;
+            schemathesis::bifromq(&root)
+        }
         _ => {
             eprintln!(
                 "usage:\n  cargo xtask run [-- apiary flags]   build and start the broker (embedded defaults)\n  \
                  cargo xtask test                    format check, clippy, all tests (what CI runs)\n  \
                  cargo xtask plugins                 build every plugin under plugins/ into target/plugins/\n  \
-                 cargo xtask bench [--quick]         Apiary vs Mosquitto vs rumqttd; writes target/bench/report.md"
+                 cargo xtask bench [--quick]         Apiary vs Mosquitto vs rumqttd; writes target/bench/report.md\n  \
+                 cargo xtask schemathesis            only the schemathesis checks of the bifromq plugin (part of test)"
             );
             bail!("unknown or missing xtask command")
         }
@@ -423,7 +430,8 @@ fn test(root: &Path) -> Result<()> {
         &mut tally,
     )
     .and_then(|()| cargo_test(root, "doc tests", &["--workspace", "--doc"], &mut tally))
-    .and_then(|()| plugin_unit_tests(root, &mut tally));
+    .and_then(|()| plugin_unit_tests(root, &mut tally))
+    .and_then(|()| schemathesis::bifromq(root));
     // One closing line over every test binary, for people and for CI.
     println!("xtask: {} passed, {} failed", tally.passed, tally.failed);
     r?;

@@ -124,6 +124,11 @@ impl Runtime {
     pub fn new(cache_dir: &Path, cache_key: [u8; 32]) -> Result<Arc<Self>, PluginError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        // A profiling aid: `APIARY_PERFMAP=1` names JIT-compiled plugin functions for
+        // `perf report` (docs/plugins.md, "Profiling a plugin").
+        if std::env::var_os("APIARY_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| PluginError::Load(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)

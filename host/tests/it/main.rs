@@ -7,6 +7,7 @@ mod common;
 
 mod auth;
 mod bench;
+mod bifromq;
 mod durability;
 mod emqx;
 mod http;
