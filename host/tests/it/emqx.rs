@@ -514,3 +514,50 @@ async fn kicks_subscriptions_and_publish_as_the_clients_see_them() {
     v3c.closed().await;
     assert_eq!(get(&tb, "/clients").await.1["meta"]["count"], 0);
 }
+
+/// A subscription made through the API goes through the client's own ACL: what the
+/// client could not subscribe to itself is 403 FORBIDDEN, and is not recorded.
+#[tokio::test]
+async fn admin_subscriptions_go_through_the_clients_acl() {
+    let users = r#"roles = ["auth"]
+capabilities = ["passwords"]
+tenants = ["*"]
+[config]
+default = "allow"
+[[config.users]]
+username = "dan"
+password = "pw"
+[[config.rules]]
+permission = "deny"
+topic = "secret/#"
+"#;
+    let (tb, _root) = common::with_plugins(
+        &[
+            ("auth-file", "auth-file", users),
+            ("emqx", "emqx", &common::stock_toml("emqx")),
+        ],
+        "ops:s3cret:admin\n",
+        |_| {},
+    )
+    .await;
+    let mut o = v3::opts(&tb, "dan-c", Tr::Tcp);
+    o.set_credentials("dan", "pw");
+    let (_c, _) = v3::connect(o).await;
+    let (st, body) = post(
+        &tb,
+        "/clients/dan-c/subscribe",
+        json!({"topic": "secret/x", "qos": 1}),
+    )
+    .await;
+    assert_eq!((st, &body["code"]), (403, &json!("FORBIDDEN")), "{body}");
+    let (st, _) = post(&tb, "/clients/dan-c/subscribe", json!({"topic": "open/x"})).await;
+    assert_eq!(st, 200);
+    let (_, subs) = get(&tb, "/clients/dan-c/subscriptions").await;
+    let topics: Vec<&str> = subs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["topic"].as_str())
+        .collect();
+    assert_eq!(topics, ["open/x"], "{subs}");
+}
