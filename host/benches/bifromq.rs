@@ -13,13 +13,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use apiary::apikeys::Right;
 use apiary::Broker;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use rmqtt_codec::types::QoS;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 const TOPIC: &str = "bench/pub";
@@ -131,26 +133,7 @@ async fn subscriber(tcp: SocketAddr) -> Arc<AtomicUsize> {
 /// One `POST /pub` on a keep-alive connection; returns the status.
 async fn post(conn: &mut BufReader<TcpStream>, req: &[u8]) -> u16 {
     conn.get_mut().write_all(req).await.unwrap();
-    let mut line = String::new();
-    conn.read_line(&mut line).await.unwrap();
-    let status = line[9..12].parse().unwrap();
-    let mut len = 0usize;
-    loop {
-        line.clear();
-        conn.read_line(&mut line).await.unwrap();
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-    }
-    let mut body = vec![0u8; len];
-    conn.read_exact(&mut body).await.unwrap();
-    status
+    common::read_answer(conn).await
 }
 
 /// `n` requests on one connection: (requests per second, sorted latencies).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use apiary::Config;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 async fn server(dir: &Path) -> apiary::Server {
@@ -44,26 +44,7 @@ async fn get(conn: &mut BufReader<TcpStream>, path: &str) -> u16 {
     let req =
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic b3BzOnMzY3JldA==\r\n\r\n");
     conn.get_mut().write_all(req.as_bytes()).await.unwrap();
-    let mut line = String::new();
-    conn.read_line(&mut line).await.unwrap();
-    let status = line[9..12].parse().unwrap();
-    let mut len = 0usize;
-    loop {
-        line.clear();
-        conn.read_line(&mut line).await.unwrap();
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-    }
-    let mut body = vec![0u8; len];
-    conn.read_exact(&mut body).await.unwrap();
-    status
+    common::read_answer(conn).await
 }
 
 async fn measure(addr: SocketAddr, path: &str, n: usize) -> Vec<Duration> {

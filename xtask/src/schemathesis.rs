@@ -83,13 +83,21 @@ pub fn bifromq(root: &Path) -> Result<()> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting target/debug/apiary (cargo test builds it)")?;
-    let r = wait_and_run(&mut broker, &st, root, port);
+    let r = wait_and_run(&mut broker, &st, root, &dir, port);
     let _ = broker.kill();
     let _ = broker.wait();
     r
 }
 
-fn wait_and_run(broker: &mut std::process::Child, st: &Path, root: &Path, port: u16) -> Result<()> {
+/// Waits for the plugin's listener, then runs both passes from `dir` (schemathesis keeps
+/// its cache of failures in its working directory: under target/, not in the checkout).
+fn wait_and_run(
+    broker: &mut std::process::Child,
+    st: &Path,
+    root: &Path,
+    dir: &Path,
+    port: u16,
+) -> Result<()> {
     let out = broker.stdout.take().context("broker stdout")?;
     let mut lines = BufReader::new(out).lines();
     loop {
@@ -107,15 +115,16 @@ fn wait_and_run(broker: &mut std::process::Child, st: &Path, root: &Path, port: 
         ("openapi.yaml", "schemathesis.toml"),
         ("bifromq-api-1.0.2.yaml", "schemathesis-1.0.2.toml"),
     ] {
+        let spec = root.join("plugins/bifromq");
         crate::step(
-            root,
+            dir,
             &format!("schemathesis against the bifromq plugin with {doc}"),
             &st.display().to_string(),
             &[
                 "--config-file",
-                &format!("plugins/bifromq/{config}"),
+                &spec.join(config).display().to_string(),
                 "run",
-                &format!("plugins/bifromq/{doc}"),
+                &spec.join(doc).display().to_string(),
                 "--url",
                 &url,
                 "--auth",
@@ -126,7 +135,7 @@ fn wait_and_run(broker: &mut std::process::Child, st: &Path, root: &Path, port: 
                 "1",
                 "--no-color",
                 "--report-dir",
-                "target/schemathesis-run/report",
+                "report",
             ],
         )?;
     }

@@ -1,4 +1,5 @@
-//! Shared by the registry and emqx benchmarks: a registry filled with varied sessions.
+//! Shared by the benchmarks: a registry filled with varied sessions, and the reading of
+//! an HTTP answer on a keep-alive connection.
 
 use std::sync::Arc;
 
@@ -6,6 +7,7 @@ use apiary::session::{ClientInfo, Session, Transport};
 
 /// Inserts `n` sessions into the default tenant: 1000 usernames, half 3.1.1 and half 5,
 /// two thirds connected, one in five clean start, 250 peers per /24.
+#[allow(dead_code)] // not every benchmark needs sessions
 pub fn populate(b: &apiary::Broker, n: usize) {
     for i in 0..n {
         let user: Arc<str> = format!("user{}", i % 1000).into();
@@ -37,4 +39,31 @@ pub fn populate(b: &apiary::Broker, n: usize) {
         );
         b.registry.insert(Arc::new(s));
     }
+}
+
+/// Reads one HTTP answer (status line, headers, a `content-length` body) from a
+/// keep-alive connection; returns the status.
+#[allow(dead_code)] // not every benchmark speaks HTTP
+pub async fn read_answer(conn: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut line = String::new();
+    conn.read_line(&mut line).await.unwrap();
+    let status = line[9..12].parse().unwrap();
+    let mut len = 0usize;
+    loop {
+        line.clear();
+        conn.read_line(&mut line).await.unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body).await.unwrap();
+    status
 }

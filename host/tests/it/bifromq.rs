@@ -2,36 +2,12 @@
 //! every parameter a header, against real MQTT clients (3.1.1 and 5, clean and persistent
 //! inboxes), with the stock auth-file for users, tenants and ACL, and two tenants.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use crate::common::{self, v3, v5, TestBroker, Tr};
+use crate::common::{self, v3, v5, Answer, TestBroker, Tr};
 
 const OPS: (&str, &str) = ("ops", "s3cret");
 const KEYS: &str = "ops:s3cret:admin:tenant=*\nacme:ak:connections:write,publish,connections:read:tenant=acme\nreader:rk:connections:read:tenant=*\npublisher:pk:publish:tenant=*\n";
-
-/// Users: dan and dora (tenant default), ann (tenant acme); a rule refuses `secret/#`.
-const USERS: &str = r#"roles = ["auth"]
-capabilities = ["passwords"]
-tenants = ["*"]
-[config]
-default = "allow"
-[[config.users]]
-username = "dan"
-password = "pw"
-[[config.users]]
-username = "dora"
-password = "pw"
-[[config.users]]
-username = "ann"
-password = "pw"
-tenant = "acme"
-[[config.rules]]
-permission = "deny"
-topic = "secret/#"
-"#;
 
 struct Api {
     tb: TestBroker,
@@ -51,7 +27,7 @@ async fn start(f: impl FnOnce(&mut apiary::Config)) -> Api {
     );
     let (tb, root) = common::with_plugins(
         &[
-            ("auth-file", "auth-file", USERS),
+            ("auth-file", "auth-file", common::USERS_DENY_SECRET),
             ("bifromq", "bifromq", &toml),
         ],
         KEYS,
@@ -65,17 +41,8 @@ async fn start(f: impl FnOnce(&mut apiary::Config)) -> Api {
     }
 }
 
-/// An answer: status, headers (names lower case), body.
-struct Answer {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl Answer {
-    fn sub_qos(&self) -> Option<&str> {
-        self.headers.get("sub_qos").map(String::as_str)
-    }
+fn sub_qos(a: &Answer) -> Option<&str> {
+    a.headers.get("sub_qos").map(String::as_str)
 }
 
 /// One request with headers (and basic auth when `key` is given).
@@ -87,40 +54,7 @@ async fn call(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Answer {
-    use base64::Engine as _;
-    let mut s = tokio::net::TcpStream::connect(a.addr).await.unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some((k, p)) = key {
-        let b = base64::engine::general_purpose::STANDARD.encode(format!("{k}:{p}"));
-        head.push_str(&format!("Authorization: Basic {b}\r\n"));
-    }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut resp = Vec::new();
-    tokio::time::timeout(common::WAIT, s.read_to_end(&mut resp))
-        .await
-        .expect("answer in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&resp).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().unwrap()[9..12].parse().unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Answer {
-        status,
-        headers,
-        body: body.to_string(),
-    }
+    common::request(a.addr, method, path, key, headers, body).await
 }
 
 /// `PUT /sub` as ops.
@@ -192,7 +126,7 @@ async fn sub_on_an_online_clean_session_delivers_at_once_with_retained() {
         let r = if v == 3 {
             let (mut c, _) = v3::connect(user_v3(&a, id, "dan", true)).await;
             let r = sub(&a, "default", id, "r/#", "1", "0").await;
-            assert_eq!((r.status, r.sub_qos()), (200, Some("1")), "{}", r.body);
+            assert_eq!((r.status, sub_qos(&r)), (200, Some("1")), "{}", r.body);
             let m = c.publish().await;
             assert!(m.retain && &m.payload[..] == b"old", "retained pushed");
             publish(&a, "default", "r/new", "1", None, b"fresh").await;
@@ -201,7 +135,7 @@ async fn sub_on_an_online_clean_session_delivers_at_once_with_retained() {
         } else {
             let (mut c, _) = v5::connect(user_v5(&a, id, "dan", None)).await;
             let r = sub(&a, "default", id, "r/#", "2", "0").await;
-            assert_eq!((r.status, r.sub_qos()), (200, Some("2")), "{}", r.body);
+            assert_eq!((r.status, sub_qos(&r)), (200, Some("2")), "{}", r.body);
             assert_eq!(&c.publish().await.payload[..], b"old");
             publish(&a, "default", "r/new", "2", None, b"fresh").await;
             let m = c.publish().await;
@@ -229,7 +163,7 @@ async fn sub_on_an_offline_persistent_inbox_records_only_and_queues() {
     .await;
     for id in ["p3", "p5"] {
         let r = sub(&a, "default", id, "q/#", "1", "1").await;
-        assert_eq!((r.status, r.sub_qos()), (200, Some("1")), "{}", r.body);
+        assert_eq!((r.status, sub_qos(&r)), (200, Some("1")), "{}", r.body);
         let s = reg.get("default", id).unwrap();
         assert_eq!(s.state.lock().queue.len(), 0, "no retained push");
     }
@@ -259,7 +193,7 @@ async fn subscriptions_that_cannot_be_made_grant_128() {
     ] {
         let r = sub(&a, "default", inbox, filter, "1", broker).await;
         assert_eq!(
-            (r.status, r.sub_qos()),
+            (r.status, sub_qos(&r)),
             (200, Some("128")),
             "{what}: {}",
             r.body
@@ -267,7 +201,7 @@ async fn subscriptions_that_cannot_be_made_grant_128() {
     }
     for bad in ["a/#/b", "", "x+"] {
         let r = sub(&a, "default", "kept", bad, "1", "1").await;
-        assert_eq!((r.status, r.sub_qos()), (403, Some("128")), "{bad:?}");
+        assert_eq!((r.status, sub_qos(&r)), (403, Some("128")), "{bad:?}");
         assert!(r.body.contains("invalid topic filter"), "{}", r.body);
     }
     assert!(a
@@ -534,7 +468,7 @@ async fn headers_are_checked_and_matched_case_insensitively() {
         b"",
     )
     .await;
-    assert_eq!((r.status, r.sub_qos()), (200, Some("1")), "{}", r.body);
+    assert_eq!((r.status, sub_qos(&r)), (200, Some("1")), "{}", r.body);
     assert_eq!(r.headers.get("req_id").map(String::as_str), Some("42"));
 }
 
@@ -550,31 +484,6 @@ async fn every_request_needs_a_key_of_the_tenant_with_the_right() {
     let r = call(&a, "POST", "/pub", None, &h, b"").await;
     assert_eq!(r.status, 401);
     assert!(r.headers.contains_key("www-authenticate"));
-    assert_eq!(
-        call(&a, "POST", "/pub", Some(("ops", "nope")), &h, b"")
-            .await
-            .status,
-        401
-    );
-    assert_eq!(
-        call(&a, "POST", "/pub", Some(("acme", "ak")), &h, b"")
-            .await
-            .status,
-        403,
-        "an acme key may not name tenant default"
-    );
-    assert_eq!(
-        call(&a, "POST", "/pub", Some(("reader", "rk")), &h, b"")
-            .await
-            .status,
-        403
-    );
-    assert_eq!(
-        call(&a, "POST", "/pub", Some(("publisher", "pk")), &h, b"")
-            .await
-            .status,
-        200
-    );
     let s = [
         ("tenant_id", "default"),
         ("inbox_id", "x"),
@@ -582,21 +491,56 @@ async fn every_request_needs_a_key_of_the_tenant_with_the_right() {
         ("sub_qos", "0"),
         ("subbroker_id", "0"),
     ];
-    assert_eq!(
-        call(&a, "PUT", "/sub", Some(("publisher", "pk")), &s, b"")
-            .await
-            .status,
-        403
-    );
+    for (method, path, key, headers, want, why) in [
+        (
+            "POST",
+            "/pub",
+            ("ops", "nope"),
+            &h[..],
+            401,
+            "a wrong secret",
+        ),
+        (
+            "POST",
+            "/pub",
+            ("acme", "ak"),
+            &h,
+            403,
+            "an acme key naming tenant default",
+        ),
+        (
+            "POST",
+            "/pub",
+            ("reader", "rk"),
+            &h,
+            403,
+            "a key without publish",
+        ),
+        (
+            "POST",
+            "/pub",
+            ("publisher", "pk"),
+            &h,
+            200,
+            "a key with publish",
+        ),
+        (
+            "PUT",
+            "/sub",
+            ("publisher", "pk"),
+            &s,
+            403,
+            "a key without connections:write",
+        ),
+    ] {
+        let r = call(&a, method, path, Some(key), headers, b"").await;
+        assert_eq!(r.status, want, "{why}: {}", r.body);
+    }
     let doc = call(&a, "GET", "/openapi.yaml", Some(("reader", "rk")), &[], b"").await;
     assert_eq!(doc.status, 200);
     assert!(doc.body.contains("/expireinbox") && doc.body.contains("/sessions"));
-    assert_eq!(
-        call(&a, "GET", "/openapi.yaml", None, &[], b"")
-            .await
-            .status,
-        401
-    );
+    let r = call(&a, "GET", "/openapi.yaml", None, &[], b"").await;
+    assert_eq!(r.status, 401);
 }
 
 #[tokio::test]
@@ -621,7 +565,7 @@ async fn one_tenant_never_touches_anothers_sessions() {
         ],
     )
     .await;
-    assert_eq!(r.sub_qos(), Some("0"));
+    assert_eq!(sub_qos(&r), Some("0"));
     let r = acme(
         "POST",
         "/pub",

@@ -519,21 +519,9 @@ async fn kicks_subscriptions_and_publish_as_the_clients_see_them() {
 /// client could not subscribe to itself is 403 FORBIDDEN, and is not recorded.
 #[tokio::test]
 async fn admin_subscriptions_go_through_the_clients_acl() {
-    let users = r#"roles = ["auth"]
-capabilities = ["passwords"]
-tenants = ["*"]
-[config]
-default = "allow"
-[[config.users]]
-username = "dan"
-password = "pw"
-[[config.rules]]
-permission = "deny"
-topic = "secret/#"
-"#;
     let (tb, _root) = common::with_plugins(
         &[
-            ("auth-file", "auth-file", users),
+            ("auth-file", "auth-file", common::USERS_DENY_SECRET),
             ("emqx", "emqx", &common::stock_toml("emqx")),
         ],
         "ops:s3cret:admin\n",

@@ -501,6 +501,27 @@ impl apiary::store::Backend for FaultyBackend {
     }
 }
 
+/// An auth-file toml: users dan and dora (tenant default), ann (tenant acme); a rule refuses `secret/#`.
+pub const USERS_DENY_SECRET: &str = r#"roles = ["auth"]
+capabilities = ["passwords"]
+tenants = ["*"]
+[config]
+default = "allow"
+[[config.users]]
+username = "dan"
+password = "pw"
+[[config.users]]
+username = "dora"
+password = "pw"
+[[config.users]]
+username = "ann"
+password = "pw"
+tenant = "acme"
+[[config.rules]]
+permission = "deny"
+topic = "secret/#"
+"#;
+
 /// One HTTP request over a fresh connection (basic auth if given); (status, body).
 pub async fn http(
     addr: std::net::SocketAddr,
@@ -509,6 +530,26 @@ pub async fn http(
     auth: Option<(&str, &str)>,
     body: &[u8],
 ) -> (u16, String) {
+    let a = request(addr, method, path, auth, &[], body).await;
+    (a.status, a.body)
+}
+
+/// An HTTP answer: status (0 if unreadable), headers (names lower case), body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: String,
+}
+
+/// One HTTP request with extra headers over a fresh connection (basic auth if given).
+pub async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Answer {
     use base64::Engine as _;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -520,6 +561,9 @@ pub async fn http(
         let b = base64::engine::general_purpose::STANDARD.encode(format!("{k}:{sec}"));
         head.push_str(&format!("Authorization: Basic {b}\r\n"));
     }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
     head.push_str("\r\n");
     s.write_all(head.as_bytes()).await.expect("write");
     s.write_all(body).await.expect("write");
@@ -529,12 +573,22 @@ pub async fn http(
         .expect("answer in time")
         .expect("read");
     let text = String::from_utf8_lossy(&resp).to_string();
-    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.get(9..12))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    }
 }
 
 /// Reads a counter from the broker's metrics text.
