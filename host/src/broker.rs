@@ -50,6 +50,8 @@ pub struct Shared {
     pub login_throttle: crate::limits::LoginThrottle,
     /// Native password checks for auth plugins, on a bounded pool.
     pub passwords: crate::passwords::Passwords,
+    /// Open stream connections (WebSocket, socket.io) of stream plugins.
+    pub streams: crate::stream::Hub,
     /// Loaded plugins (set once at startup). Weak: the manager's plugins hold the broker,
     /// and the server owns the manager, so shutdown drops the whole graph.
     plugins_mgr: std::sync::OnceLock<std::sync::Weak<crate::plugins::PluginManager>>,
@@ -158,6 +160,7 @@ impl Broker {
             connect_rate,
             login_throttle,
             passwords: crate::passwords::Passwords::default(),
+            streams: crate::stream::Hub::default(),
             plugins_mgr: std::sync::OnceLock::new(),
             started: Instant::now(),
             next_id: AtomicU64::new(1),

@@ -23,6 +23,7 @@ pub mod router;
 pub mod secrets;
 pub mod session;
 pub mod store;
+pub mod stream;
 pub mod sys;
 pub mod topic;
 

@@ -28,6 +28,9 @@ pub struct Message {
     pub props: Option<Box<PublishProperties>>,
     /// Session id of the publisher (0 = the broker itself), for no-local.
     pub publisher: u64,
+    /// Client id of the publisher (None = the broker or an admin API), for protocols that
+    /// show who sent an event (Octave's `creatorId`).
+    pub publisher_client: Option<Arc<str>>,
     /// When the broker received it.
     pub received: Instant,
     /// When it expires (v5 message expiry interval).
@@ -51,6 +54,7 @@ impl Message {
             retain,
             props: None,
             publisher: 0,
+            publisher_client: None,
             received: Instant::now(),
             expires_at: None,
         }

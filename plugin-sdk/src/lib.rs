@@ -89,7 +89,22 @@ pub mod events_role {
     });
 }
 
-pub use bindings::apiary::plugin::{apikeys, broker, clock, kv, log, passwords, registry, types};
+/// Bindings of the `stream` role (its shared types are the `types` of [`bindings`]).
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod stream_role {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "stream-role",
+        pub_export_macro: true,
+        export_macro_name: "export_stream",
+        default_bindings_module: "$crate::stream_role",
+        with: { "apiary:plugin/types@0.1.0": crate::bindings::apiary::plugin::types },
+    });
+}
+
+pub use bindings::apiary::plugin::{
+    apikeys, broker, clock, kv, log, passwords, registry, streams, types,
+};
 pub use bindings::exports::apiary::plugin::lifecycle::{Guest as Plugin, InitError};
 
 /// The `auth` role: implement [`auth::Guest`] and export with `export!(T: auth)`.
@@ -100,6 +115,12 @@ pub mod auth {
 /// The `events` role: implement [`events::Guest`] and export with `export!(T: events)`.
 pub mod events {
     pub use crate::events_role::exports::apiary::plugin::events::*;
+}
+
+/// The `stream` role: implement [`stream::Guest`] and export with `export!(T: stream)`.
+pub mod stream {
+    pub use crate::stream_role::exports::apiary::plugin::stream_protocol::*;
+    pub use crate::types::{Frame, StreamEvent, StreamTransport};
 }
 
 /// Logs a message at `info` into the broker's log (tagged with the plugin's name).
@@ -189,6 +210,9 @@ macro_rules! export {
     };
     (@role $ty:ident auth) => {
         $crate::auth_role::export_auth!($ty with_types_in $crate::auth_role);
+    };
+    (@role $ty:ident stream) => {
+        $crate::stream_role::export_stream!($ty with_types_in $crate::stream_role);
     };
     (@role $ty:ident events) => {
         $crate::events_role::export_events!($ty with_types_in $crate::events_role);

@@ -30,6 +30,7 @@ pub fn populate(b: &apiary::Broker, n: usize) {
             expiry_interval: 3600,
             inflight_max: 32,
             superuser: false,
+            description: None,
         };
         let s = Session::new(
             b.next_id(),

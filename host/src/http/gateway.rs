@@ -51,6 +51,9 @@ pub async fn mounted(
     let Some(mgr) = b.plugins() else {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route");
     };
+    if let Some((plugin, rest)) = mgr.stream_route(req.uri().path()) {
+        return stream(&b, &mgr, &plugin, rest, peer, req).await;
+    }
     match mgr.http_route(req.uri().path()) {
         Some((plugin, rest)) => call(&b, plugin, rest, Some(peer), req).await,
         None => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route"),
@@ -71,7 +74,27 @@ pub async fn dedicated(
         );
     };
     let path = req.uri().path().to_string();
+    if plugin.serves(crate::plugins::manifest::Role::Stream)
+        && plugin.ctx.manifest.stream.websocket_path(&path)
+    {
+        if let Some(mgr) = b.plugins() {
+            return stream(&b, &mgr, &plugin, path, peer, req).await;
+        }
+    }
     call(&b, plugin, path, Some(peer), req).await
+}
+
+/// A request at a plugin's declared WebSocket path: a stream connection's upgrade.
+async fn stream(
+    b: &Broker,
+    mgr: &std::sync::Arc<crate::plugins::PluginManager>,
+    plugin: &LoadedPlugin,
+    path: String,
+    peer: SocketAddr,
+    req: Request,
+) -> Response {
+    let proto = crate::plugins::PluginProtocol::new(mgr, &plugin.ctx.name);
+    crate::stream::upgrade(b, proto, &plugin.ctx.manifest.stream, path, peer, req).await
 }
 
 async fn call(

@@ -325,6 +325,7 @@ pub fn metrics_text(b: &Broker) -> String {
             ld(&b.passwords.busy),
         ),
     ];
+    counters.extend(b.streams.counters.export());
     if let Some(st) = b.store.as_ref().map(|s| s.stats()) {
         counters.extend([
             (

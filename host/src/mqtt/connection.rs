@@ -477,6 +477,7 @@ impl<T: Transport> Connection<T> {
             retain: p.retain,
             props,
             publisher: self.session.id,
+            publisher_client: Some(self.session.client_id.clone()),
             received: now,
             expires_at,
         };

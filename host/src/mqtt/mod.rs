@@ -337,6 +337,7 @@ async fn establish<T: Transport>(
         expiry_interval: session_expiry,
         inflight_max: window as u16,
         superuser: identity.superuser,
+        description: None,
     };
     let will = req.will.clone().map(|w| {
         let mut msg = Message::new(tenant.clone(), w.topic, w.payload, w.qos, w.retain);

@@ -154,6 +154,7 @@ pub(crate) fn session(s: SessionSnapshot) -> types::Session {
         send_cnt: s.send_cnt,
         send_pkt: s.send_pkt,
         send_msg: s.send_msg,
+        description: s.description,
     }
 }
 

@@ -221,6 +221,13 @@ impl PluginManager {
             .write()
             .insert(name.to_string(), plugin.clone());
         self.set_changed();
+        // Stream connections survive a reload (the next call reaches the new version)
+        // unless the new version no longer speaks over them.
+        if !plugin.serves(Role::Stream) {
+            self.broker
+                .streams
+                .close_plugin(name, "plugin_reloaded_without_stream_role");
+        }
         let old = match bound {
             Some((addr, l)) => {
                 let h = tokio::spawn(crate::http::serve_plugin(
@@ -250,7 +257,12 @@ impl PluginManager {
         let gone = self.plugins.write().remove(name).is_some();
         self.set_changed();
         if gone {
-            info!(plugin = name, "plugin unloaded");
+            let closed = self.broker.streams.close_plugin(name, "plugin_unloaded");
+            info!(
+                plugin = name,
+                stream_connections_closed = closed,
+                "plugin unloaded"
+            );
         }
         gone
     }
@@ -262,6 +274,17 @@ impl PluginManager {
 
     /// The http plugin whose mount is the longest prefix of `path`, with the rest of it.
     pub fn http_route(&self, path: &str) -> Option<(Arc<LoadedPlugin>, String)> {
+        self.route(path, Role::Http)
+    }
+
+    /// The stream plugin whose mount is the longest prefix of `path` and which declares
+    /// the rest of it a WebSocket path, with that rest.
+    pub fn stream_route(&self, path: &str) -> Option<(Arc<LoadedPlugin>, String)> {
+        self.route(path, Role::Stream)
+            .filter(|(p, rest)| p.ctx.manifest.stream.websocket_path(rest))
+    }
+
+    fn route(&self, path: &str, role: Role) -> Option<(Arc<LoadedPlugin>, String)> {
         let plugins = self.plugins.read();
         let mut best: Option<(&Arc<LoadedPlugin>, usize)> = None;
         for p in plugins.values() {
@@ -271,7 +294,7 @@ impl PluginManager {
             let fits = mount == "/"
                 || path == mount
                 || (path.starts_with(mount) && path.as_bytes().get(mount.len()) == Some(&b'/'));
-            if fits && p.serves(Role::Http) && best.is_none_or(|(_, l)| mount.len() > l) {
+            if fits && p.serves(role) && best.is_none_or(|(_, l)| mount.len() > l) {
                 best = Some((p, mount.len()));
             }
         }

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use crate::stream::StreamSettings;
+
 /// A host operation a plugin may be granted (`capabilities = [...]` in its toml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 pub enum Capability {
@@ -80,6 +82,8 @@ pub enum Role {
     Auth,
     /// Consumes registry events.
     Events,
+    /// Speaks a protocol over WebSocket (and socket.io) connections the host owns.
+    Stream,
 }
 
 impl Role {
@@ -89,6 +93,7 @@ impl Role {
             Role::Http => "http",
             Role::Auth => "auth",
             Role::Events => "events",
+            Role::Stream => "stream",
         }
     }
 }
@@ -135,6 +140,8 @@ pub struct Manifest {
     pub kv_max_bytes: u64,
     /// WASI grants.
     pub wasi: WasiGrants,
+    /// Stream connections (stream role).
+    pub stream: StreamSettings,
     /// The plugin's own configuration, passed to its `init` as JSON.
     pub config: toml::Table,
 }
@@ -154,6 +161,7 @@ impl Default for Manifest {
             kv_max_keys: 10_000,
             kv_max_bytes: 16 << 20,
             wasi: WasiGrants::default(),
+            stream: StreamSettings::default(),
             config: toml::Table::new(),
         }
     }
@@ -190,6 +198,18 @@ impl Manifest {
                     path.display()
                 ));
             }
+        }
+        if let Some(bad) = m.stream.websocket.iter().find(|p| !p.starts_with('/')) {
+            return Err(format!(
+                "{}: stream.websocket path {bad:?} must start with /",
+                path.display()
+            ));
+        }
+        if m.stream.max_frame_bytes == 0 || m.stream.ping_interval_secs == 0 {
+            return Err(format!(
+                "{}: stream.max_frame_bytes and stream.ping_interval_secs must be positive",
+                path.display()
+            ));
         }
         if m.memory_limit_mb == 0 || m.call_timeout_ms == 0 {
             return Err(format!(
@@ -242,6 +262,16 @@ mod tests {
         assert!(Manifest::load(&p).unwrap_err().contains("registry.wreck"));
         std::fs::write(&p, "roles = [\"admin\"]\n").unwrap();
         assert!(Manifest::load(&p).unwrap_err().contains("admin"));
+        std::fs::write(&p, "[stream]\nwebsocket = [\"/session/*/ws\"]\n").unwrap();
+        let m = Manifest::load(&p).unwrap();
+        assert!(m.stream.websocket_path("/session/abc/ws"));
+        assert!(!m.stream.websocket_path("/session//ws"));
+        assert!(!m.stream.websocket_path("/session/a/b/ws"));
+        assert!(!m.stream.websocket_path("/session/a/ws/x"));
+        std::fs::write(&p, "[stream]\nwebsocket = [\"ws\"]\n").unwrap();
+        assert!(Manifest::load(&p)
+            .unwrap_err()
+            .contains("must start with /"));
         std::fs::write(&p, "mout = \"/x\"\n").unwrap();
         assert!(Manifest::load(&p).unwrap_err().contains("mout"));
     }

@@ -13,10 +13,12 @@ mod events;
 mod host_api;
 mod host_apikeys;
 mod host_passwords;
+mod host_streams;
 pub mod kv;
 pub mod manager;
 pub mod manifest;
 pub mod runtime;
+pub mod stream_calls;
 
 /// Generated bindings (host side) for the `full` world.
 #[allow(missing_docs)]
@@ -31,3 +33,4 @@ pub mod bindings {
 
 pub use manager::PluginManager;
 pub use runtime::PluginError;
+pub use stream_calls::PluginProtocol;

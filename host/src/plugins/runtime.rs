@@ -15,7 +15,9 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::exports::apiary::plugin::{auth, events, http, lifecycle};
+use super::bindings::exports::apiary::plugin::{
+    auth, events, http, lifecycle, stream_protocol as stream,
+};
 use super::bindings::Full;
 use super::manifest::{Manifest, Role};
 use crate::broker::Broker;
@@ -243,6 +245,7 @@ impl Runtime {
             http: http::GuestIndices::new(&pre).ok(),
             auth: auth::GuestIndices::new(&pre).ok(),
             events: events::GuestIndices::new(&pre).ok(),
+            stream: stream::GuestIndices::new(&pre).ok(),
             lifecycle,
             pre,
         })
@@ -265,6 +268,7 @@ pub struct Prepared {
     http: Option<http::GuestIndices>,
     auth: Option<auth::GuestIndices>,
     events: Option<events::GuestIndices>,
+    stream: Option<stream::GuestIndices>,
 }
 
 impl Prepared {
@@ -279,6 +283,9 @@ impl Prepared {
         }
         if self.events.is_some() {
             r.push(Role::Events);
+        }
+        if self.stream.is_some() {
+            r.push(Role::Stream);
         }
         r
     }
@@ -315,10 +322,11 @@ impl Prepared {
 
 /// One initialised instance with its store.
 pub struct Instance {
-    store: Store<PluginState>,
+    pub(super) store: Store<PluginState>,
     http: Option<http::Guest>,
     auth: Option<auth::Guest>,
     events: Option<events::Guest>,
+    pub(super) stream: Option<stream::Guest>,
 }
 
 /// A loaded plugin version: linked component, pool of instances, counters.
@@ -343,6 +351,9 @@ pub struct LoadedPlugin {
     backoff_until: Mutex<Option<Instant>>,
     /// Bounds calls in progress (each may need an instance of its own).
     concurrency: tokio::sync::Semaphore,
+    /// Frames rendered for recent messages (stream role): one call per message, not per
+    /// receiving connection.
+    pub(super) rendered: super::stream_calls::RenderCache,
 }
 
 impl LoadedPlugin {
@@ -367,6 +378,7 @@ impl LoadedPlugin {
             consecutive_failures: AtomicU64::new(0),
             backoff_until: Mutex::new(None),
             concurrency: tokio::sync::Semaphore::new((ctx_max_instances * 2).max(4)),
+            rendered: Default::default(),
         });
         let first = tokio::time::timeout(p.wall_timeout(), p.instantiate(runtime.engine()))
             .await
@@ -395,6 +407,7 @@ impl LoadedPlugin {
                 Role::Http => self.prepared.http.is_some(),
                 Role::Auth => self.prepared.auth.is_some(),
                 Role::Events => self.prepared.events.is_some(),
+                Role::Stream => self.prepared.stream.is_some(),
             }
     }
 
@@ -492,6 +505,12 @@ impl LoadedPlugin {
             .map(|i| i.load(&mut store, &inst))
             .transpose()
             .map_err(trap)?;
+        let stream = p
+            .stream
+            .as_ref()
+            .map(|i| i.load(&mut store, &inst))
+            .transpose()
+            .map_err(trap)?;
         self.arm(&mut store);
         let config = self.ctx.manifest.config_json();
         match lifecycle
@@ -510,6 +529,7 @@ impl LoadedPlugin {
             http,
             auth,
             events,
+            stream,
         })
     }
 

@@ -11,7 +11,7 @@ use rmqtt_codec::types::QoS;
 
 use crate::broker::{Broker, PublishRefused, SubscribeError};
 use crate::message::Message;
-use crate::session::{Control, SubOptions, Transport};
+use crate::session::{Control, Session, SubOptions, Transport};
 use crate::topic::{self, TopicError};
 
 /// Why an admin operation failed.
@@ -95,6 +95,17 @@ impl Broker {
             .registry
             .get(tenant, client_id)
             .ok_or_else(|| OpError::NotFound(client_id.to_string()))?;
+        self.subscribe_session(&s, filter, opts).await
+    }
+
+    /// As [`Broker::subscribe_for`], for a session in hand (a stream connection's own).
+    pub async fn subscribe_session(
+        &self,
+        s: &Arc<Session>,
+        filter: &str,
+        opts: SubOptions,
+    ) -> Result<bool, OpError> {
+        let client_id = &*s.client_id;
         let parsed = topic::parse_filter(filter, self.config.mqtt.max_topic_levels)
             .map_err(SubscribeError::from)?;
         let who = {
@@ -118,14 +129,14 @@ impl Broker {
                 return Err(OpError::Acl(d.why));
             }
         }
-        let new = match self.subscribe(&s, filter, opts) {
+        let new = match self.subscribe(s, filter, opts) {
             Err(SubscribeError::SessionEnded) => {
                 return Err(OpError::NotFound(client_id.to_string()))
             }
             r => r?,
         };
         if s.is_online() {
-            self.send_retained(&s, filter, opts, new);
+            self.send_retained(s, filter, opts, new);
         }
         Ok(new)
     }

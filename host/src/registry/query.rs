@@ -159,6 +159,8 @@ pub struct SessionSnapshot {
     pub send_pkt: u64,
     /// PUBLISH sent.
     pub send_msg: u64,
+    /// What a stream plugin says about the connection (JSON).
+    pub description: Option<String>,
 }
 
 impl Query {
@@ -354,5 +356,6 @@ pub fn snapshot(s: &Session, cfg: &crate::config::Config) -> SessionSnapshot {
         send_cnt: ld(&c.send_cnt),
         send_pkt: ld(&c.send_pkt),
         send_msg: ld(&c.send_msg),
+        description: i.description.as_deref().map(str::to_string),
     }
 }

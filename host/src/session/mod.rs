@@ -98,6 +98,8 @@ pub struct ClientInfo {
     /// Authentication made the client a superuser: ACL never applies to it, nor to what
     /// administrators do on its behalf.
     pub superuser: bool,
+    /// What a stream plugin says about its connection (JSON); None for MQTT.
+    pub description: Option<Arc<str>>,
 }
 
 impl Default for ClientInfo {
@@ -119,6 +121,7 @@ impl Default for ClientInfo {
             expiry_interval: 0,
             inflight_max: 32,
             superuser: false,
+            description: None,
         }
     }
 }

@@ -213,6 +213,7 @@ impl MessageRecord {
             retain: self.retain,
             props: self.props.map(Box::new),
             publisher: 0,
+            publisher_client: None,
             received: to_instant(self.received_ms),
             expires_at: self.expires_at_ms.map(to_instant),
         }

@@ -270,6 +270,7 @@ impl Broker {
                 expiry_interval: r.expiry_interval,
                 inflight_max: self.config.session.max_inflight,
                 superuser: r.superuser,
+                description: None,
             };
             let mut session = Session::new(
                 self.next_id(),
