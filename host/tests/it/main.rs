@@ -14,6 +14,7 @@ mod http;
 mod limits;
 mod mqtt_v3;
 mod mqtt_v5;
+mod octave;
 mod plugin_grants;
 mod plugins;
 mod process;

@@ -176,7 +176,7 @@ pub fn document() -> Value {
         query("clean_start", boolean(), "Clean start flag"),
         query(
             "proto_name",
-            json!({"type": "string", "enum": ["MQTT", "MQIsdp", "CoAP", "MQTT-SN"]}),
+            json!({"type": "string", "enum": ["MQTT", "MQIsdp", "CoAP", "MQTT-SN", "websocket", "socketio"]}),
             "Protocol name",
         ),
         query("proto_ver", int(), "Protocol version"),

@@ -87,6 +87,8 @@ pub fn client_filter(
         None => {}
         Some("MQTT") => f.proto_name = Some("MQTT".into()),
         Some("MQIsdp") => f.proto_name = Some("MQIsdp".into()),
+        // Apiary's stream connections (Octave's WebSocket streams, Beebotte's socket.io).
+        Some(p @ ("websocket" | "socketio")) => f.proto_name = Some(p.into()),
         Some("CoAP" | "MQTT-SN" | "LwM2M" | "STOMP" | "GB/T 32960") => impossible = true,
         Some(v) => return Err(invalid(format!("unknown proto_name {v:?}"))),
     }
@@ -170,6 +172,10 @@ mod tests {
         assert!(client_filter(&q(&[("proto_name", "CoAP")]), "t")
             .unwrap()
             .is_none());
+        let f = client_filter(&q(&[("proto_name", "websocket")]), "t")
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.proto_name.as_deref(), Some("websocket"));
         for bad in [
             ("conn_state", "asleep"),
             ("clean_start", "yes"),
