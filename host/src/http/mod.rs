@@ -34,6 +34,17 @@ pub fn router(broker: Broker) -> Router {
         .with_state(broker)
 }
 
+/// Accepted sockets with Nagle's algorithm off: stream connections (WebSocket events)
+/// and small API answers must not wait for the peer's delayed ACK.
+fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut TcpStream)> {
+    fn set(t: &mut TcpStream) {
+        let _ = t.set_nodelay(true);
+    }
+    axum::serve::ListenerExt::tap_io(listener, set as fn(&mut TcpStream))
+}
+
 /// Serves one plugin on its dedicated listener (no prefix) until shutdown.
 pub async fn serve_plugin(listener: tokio::net::TcpListener, broker: Broker, name: String) {
     if let Ok(addr) = listener.local_addr() {
@@ -44,7 +55,7 @@ pub async fn serve_plugin(listener: tokio::net::TcpListener, broker: Broker, nam
         .fallback(gateway::dedicated)
         .with_state((broker, name))
         .into_make_service_with_connect_info::<SocketAddr>();
-    let _ = axum::serve(listener, app)
+    let _ = axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(async move { stop.stopped().await })
         .await;
 }
@@ -139,7 +150,7 @@ pub async fn serve(listener: tokio::net::TcpListener, broker: Broker) {
     }
     let stop = broker.clone();
     let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();
-    let r = axum::serve(listener, app)
+    let r = axum::serve(no_delay(listener), app)
         .with_graceful_shutdown(async move { stop.stopped().await })
         .await;
     if let Err(e) = r {

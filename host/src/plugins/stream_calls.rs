@@ -64,7 +64,7 @@ impl RenderCache {
 
 fn to_wit_frame(f: Frame) -> wtypes::Frame {
     match f {
-        Frame::Text(t) => wtypes::Frame::Text(t),
+        Frame::Text(t) => wtypes::Frame::Text(t.to_string()),
         Frame::Binary(b) => wtypes::Frame::Binary(b.to_vec()),
         Frame::Event { name, args } => wtypes::Frame::Event(wtypes::StreamEvent { name, args }),
     }
@@ -73,7 +73,7 @@ fn to_wit_frame(f: Frame) -> wtypes::Frame {
 /// A guest frame in the host's terms.
 pub(crate) fn from_wit_frame(f: wtypes::Frame) -> Frame {
     match f {
-        wtypes::Frame::Text(t) => Frame::Text(t),
+        wtypes::Frame::Text(t) => Frame::Text(t.into()),
         wtypes::Frame::Binary(b) => Frame::Binary(b.into()),
         wtypes::Frame::Event(e) => Frame::Event {
             name: e.name,

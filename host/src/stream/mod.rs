@@ -97,8 +97,8 @@ impl StreamTransport {
 /// One message of a stream connection, either way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// WebSocket text.
-    Text(String),
+    /// WebSocket text (shared bytes: one rendered frame goes to every receiver uncopied).
+    Text(bytestring::ByteString),
     /// WebSocket binary.
     Binary(Bytes),
     /// A socket.io event: name and its arguments as a JSON array.

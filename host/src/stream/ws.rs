@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::StreamTransport;
@@ -126,7 +126,10 @@ pub async fn upgrade(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(io) => {
+                // A small read buffer: tungstenite allocates it up front for every socket
+                // (128 KiB by default), and stream clients mostly listen.
                 let cfg = WebSocketConfig::default()
+                    .read_buffer_size(4096)
                     .max_message_size(Some(settings.max_frame_bytes))
                     .max_frame_size(Some(settings.max_frame_bytes));
                 let ws =
@@ -402,7 +405,14 @@ impl Conn {
             }
             Some(Err(WsError::Utf8(_))) => return Err("bad_frame".into()),
             Some(Err(_)) => return Err("connection_error".into()),
-            Some(Ok(WsMessage::Text(t))) => Frame::Text(t.as_str().to_string()),
+            Some(Ok(WsMessage::Text(t))) => {
+                // Valid UTF-8 already (tungstenite checked it): the bytes move over as is.
+                let b: bytes::Bytes = t.into();
+                match bytestring::ByteString::try_from(b) {
+                    Ok(s) => Frame::Text(s),
+                    Err(_) => return Err("bad_frame".into()),
+                }
+            }
             Some(Ok(WsMessage::Binary(b))) => Frame::Binary(b),
             // Pings are answered by tungstenite at the next flush; pongs only count as life.
             Some(Ok(_)) => return self.timed(sink.flush()).await,
@@ -428,7 +438,11 @@ impl Conn {
 
 fn ws_message(f: Frame) -> WsMessage {
     match f {
-        Frame::Text(t) => WsMessage::Text(t.into()),
+        // SAFETY: a ByteString holds valid UTF-8, which is all Utf8Bytes requires; the
+        // frame's bytes are shared with every other receiver, not copied.
+        Frame::Text(t) => {
+            WsMessage::Text(unsafe { Utf8Bytes::from_bytes_unchecked(t.into_bytes()) })
+        }
         Frame::Binary(b) => WsMessage::Binary(b),
         // A socket.io event on a plain WebSocket: its JSON array form.
         Frame::Event { name, args } => {
