@@ -294,10 +294,17 @@ impl registry::Host for PluginState {
     ) -> wasmtime::Result<Result<u32, Error>> {
         let run = || -> Result<u32, Error> {
             self.check(Capability::RegistryKick, Some(&tenant))?;
-            let transport = transport_name.as_deref().map(transport).transpose()?;
+            let only = match transport_name.as_deref() {
+                None => None,
+                Some(t) => Some(crate::registry::Via::parse(t).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "unknown transport or protocol {t:?} (tcp, tls, ws, wss, mqtt, websocket, socketio)"
+                    ))
+                })?),
+            };
             Ok(u32_sat(self.ctx.broker.kick(
                 &tenant,
-                &KickTarget::UserId { user_id, transport },
+                &KickTarget::UserId { user_id, only },
                 end_session,
             )))
         };

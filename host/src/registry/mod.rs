@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use index::TenantIndex;
-pub use ops::{KickTarget, OpError};
+pub use ops::{KickTarget, OpError, Via};
 pub use query::{Page, PageResult, Query, SessionSnapshot, SubscriptionSnapshot};
 pub use subs::{SubEntry, SubPage, SubQuery};
 

@@ -40,13 +40,47 @@ pub enum OpError {
 pub enum KickTarget {
     /// One client id.
     ClientId(String),
-    /// Every session of a user id, optionally only over one transport.
+    /// Every session of a user id, optionally only over one transport or protocol.
     UserId {
         /// The user id.
         user_id: String,
-        /// Only this transport.
-        transport: Option<Transport>,
+        /// Only sessions of this kind.
+        only: Option<Via>,
     },
+}
+
+/// What kind of connection a kick-user is limited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// One transport (tcp, tls, ws, wss).
+    Transport(Transport),
+    /// One protocol: `mqtt` (MQTT and MQIsdp), `websocket` or `socketio` streams.
+    Protocol(&'static str),
+}
+
+impl Via {
+    /// Parses a transport (`tcp`, `tls`/`ssl`, `ws`, `wss`) or a protocol (`mqtt`,
+    /// `websocket`, `socketio`); None when it is neither.
+    pub fn parse(s: &str) -> Option<Via> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "tcp" => Via::Transport(Transport::Tcp),
+            "tls" | "ssl" => Via::Transport(Transport::Tls),
+            "ws" => Via::Transport(Transport::Ws),
+            "wss" => Via::Transport(Transport::Wss),
+            "mqtt" => Via::Protocol("mqtt"),
+            "websocket" => Via::Protocol("websocket"),
+            "socketio" => Via::Protocol("socketio"),
+            _ => return None,
+        })
+    }
+
+    fn matches(self, i: &crate::session::ClientInfo) -> bool {
+        match self {
+            Via::Transport(t) => i.transport == t,
+            Via::Protocol("mqtt") => matches!(i.proto_name, "MQTT" | "MQIsdp"),
+            Via::Protocol(p) => i.proto_name == p,
+        }
+    }
 }
 
 impl Broker {
@@ -56,14 +90,14 @@ impl Broker {
     pub fn kick(&self, tenant: &str, target: &KickTarget, end_session: bool) -> usize {
         let sessions: Vec<_> = match target {
             KickTarget::ClientId(id) => self.registry.get(tenant, id).into_iter().collect(),
-            KickTarget::UserId { user_id, transport } => self
+            KickTarget::UserId { user_id, only } => self
                 .registry
                 .sessions_of(Some(tenant))
                 .into_iter()
                 .filter(|s| {
                     let i = s.info.read();
                     i.user_id.as_deref() == Some(user_id.as_str())
-                        && transport.is_none_or(|t| t == i.transport)
+                        && only.is_none_or(|v| v.matches(&i))
                 })
                 .collect(),
         };

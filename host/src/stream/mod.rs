@@ -354,6 +354,16 @@ impl Hub {
         );
     }
 
+    /// The sessions of a plugin's open connections.
+    pub fn sessions(&self, plugin: &str) -> Vec<Arc<Session>> {
+        self.conns
+            .lock()
+            .values()
+            .filter(|e| &*e.plugin == plugin)
+            .map(|e| e.session.clone())
+            .collect()
+    }
+
     /// Open connections of a plugin.
     pub fn count(&self, plugin: &str) -> usize {
         self.per_plugin.lock().get(plugin).copied().unwrap_or(0)

@@ -21,5 +21,6 @@ mod process;
 mod registry;
 mod robustness;
 mod store_limits;
+mod streams;
 mod tenancy;
 mod transports;

@@ -484,3 +484,32 @@ async fn streams_survive_a_reload_and_close_on_unload() {
         "going away: the plugin was unloaded"
     );
 }
+
+#[tokio::test]
+async fn kick_user_can_be_limited_to_one_protocol() {
+    use apiary::registry::{KickTarget, Via};
+    let o = start(&[]).await;
+    let mut ws = stream(&o, "default").await; // user id: the key, ops
+    let mut mo = v5::opts(&o.tb, "ops-device", Tr::Tcp);
+    mo.set_credentials("ops", "pw");
+    let (_m, _) = v5::connect(mo).await;
+    let kick = |only: &str| {
+        o.tb.broker().kick(
+            "default",
+            &KickTarget::UserId {
+                user_id: "ops".into(),
+                only: Via::parse(only),
+            },
+            false,
+        )
+    };
+    assert_eq!(kick("socketio"), 0);
+    assert_eq!(kick("websocket"), 1);
+    assert_eq!(closed(&mut ws).await, 1000);
+    let device = o.tb.broker().registry.get("default", "ops-device").unwrap();
+    assert!(
+        device.is_online(),
+        "the MQTT session of the same user stays"
+    );
+    assert_eq!(Via::parse("carrier-pigeon"), None);
+}

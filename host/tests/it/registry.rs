@@ -214,7 +214,7 @@ async fn kick_by_user_id_with_transport_filter() {
     let b = tb.broker();
     let target = KickTarget::UserId {
         user_id: "dana".into(),
-        transport: Some(Transport::Ws),
+        only: Some(apiary::registry::Via::Transport(Transport::Ws)),
     };
     assert_eq!(b.kick("default", &target, false), 1);
     keep[1].closed().await;
@@ -237,7 +237,7 @@ async fn kick_by_user_id_with_transport_filter() {
     .await;
     let offline_only = KickTarget::UserId {
         user_id: "dana".into(),
-        transport: Some(Transport::Tcp),
+        only: Some(apiary::registry::Via::Transport(Transport::Tcp)),
     };
     keep[0].c.disconnect().await.unwrap();
     eventually("u-tcp gone", || {
@@ -252,7 +252,7 @@ async fn kick_by_user_id_with_transport_filter() {
             "other-tenant",
             &KickTarget::UserId {
                 user_id: "dana".into(),
-                transport: None
+                only: None
             },
             true
         ),

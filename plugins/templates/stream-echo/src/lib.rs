@@ -1,0 +1,78 @@
+//! The `stream` role in brief, as a template to copy: the host owns the WebSocket (and
+//! its registry session, keepalive and limits); this plugin decides who may connect,
+//! answers what clients send, and renders routed MQTT messages into frames.
+//!
+//! At `/echo/ws?token=letmein`: a text frame `sub <filter>` subscribes the connection
+//! (through the router and ACL, like an MQTT SUBSCRIBE), `unsub <filter>` unsubscribes,
+//! anything else is echoed back; each publish on a subscribed topic arrives as
+//! `<topic> <payload>`. Not served by `cargo xtask run`.
+
+use apiary_plugin_sdk::stream::{
+    Accepted, Connection, Frame, Guest, HandshakeDecision, HandshakeRequest, Message, Refusal,
+};
+use apiary_plugin_sdk::{export, streams, InitError, Plugin};
+
+struct Echo;
+
+impl Plugin for Echo {
+    fn init(_config: String) -> Result<(), InitError> {
+        Ok(())
+    }
+}
+
+fn text(s: impl Into<String>) -> Vec<Frame> {
+    vec![Frame::Text(s.into())]
+}
+
+impl Guest for Echo {
+    fn handshake(req: HandshakeRequest) -> HandshakeDecision {
+        // A real plugin checks a key through the host (`apikeys::verify`) here.
+        if !req.query.split('&').any(|kv| kv == "token=letmein") {
+            return HandshakeDecision::Refuse(Refusal {
+                status: 401,
+                content_type: "text/plain".into(),
+                body: b"add ?token=letmein".to_vec(),
+            });
+        }
+        HandshakeDecision::Accept(Accepted {
+            tenant: "default".into(),
+            // Empty: the host names the session `stream-echo-<n>`.
+            client_id: String::new(),
+            user_id: None,
+            username: None,
+            description: Some(format!(r#"{{"peer":{:?}}}"#, req.peer.unwrap_or_default())),
+            superuser: false,
+        })
+    }
+
+    fn on_frame(conn: Connection, frame: Frame) -> Vec<Frame> {
+        let Frame::Text(t) = frame else {
+            return text("error: text frames only");
+        };
+        if let Some(filter) = t.strip_prefix("sub ") {
+            match streams::subscribe(conn.id, filter, 0) {
+                Ok(_) => text(format!("subscribed {filter}")),
+                Err(e) => text(format!("error: {e:?}")),
+            }
+        } else if let Some(filter) = t.strip_prefix("unsub ") {
+            match streams::unsubscribe(conn.id, filter) {
+                Ok(existed) => text(format!("unsubscribed {filter} ({existed})")),
+                Err(e) => text(format!("error: {e:?}")),
+            }
+        } else {
+            text(t)
+        }
+    }
+
+    fn on_close(_conn: Connection, _reason: String) {}
+
+    fn render(msg: Message) -> Vec<Frame> {
+        text(format!(
+            "{} {}",
+            msg.topic,
+            String::from_utf8_lossy(&msg.payload)
+        ))
+    }
+}
+
+export!(Echo: stream);
