@@ -422,6 +422,9 @@ fn test(root: &Path) -> Result<()> {
     )?;
     plugin_lints(root)?;
     plugins(root, Scope::All)?;
+    if toolchain::node_tools(root).is_none() {
+        may_skip_toolchain("the Node stream clients (wscat, socket.io-client 2 and 4)")?;
+    }
     let mut tally = Tally::default();
     let r = cargo_test(
         root,

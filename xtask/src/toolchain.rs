@@ -207,6 +207,53 @@ pub fn componentize_js(root: &Path) -> Option<PathBuf> {
     }
 }
 
+/// The Node clients the stream tests drive the broker with: wscat (the Octave seed's
+/// tool), socket.io-client 2.3.0 (Engine.IO v3, Beebotte's SDK) and 4.8.1, installed under
+/// target/node-tools once; None (with the reason printed) when node or npm is missing or
+/// the install fails.
+pub fn node_tools(root: &Path) -> Option<PathBuf> {
+    const PACKAGES: [&str; 3] = [
+        "wscat@6.1.0",
+        "sio2@npm:socket.io-client@2.3.0",
+        "sio4@npm:socket.io-client@4.8.1",
+    ];
+    let prefix = root.join("target/node-tools");
+    let stamp = prefix.join(".installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == PACKAGES.join(" ")) {
+        return Some(prefix);
+    }
+    if Command::new("node").arg("--version").output().is_err()
+        || Command::new("npm").arg("--version").output().is_err()
+    {
+        println!("==> no node/npm: the wscat and socket.io client tests cannot run");
+        return None;
+    }
+    println!(
+        "==> installing {} into target/node-tools (npm, 5 min limit)",
+        PACKAGES.join(", ")
+    );
+    let ok = Command::new("timeout")
+        .args([
+            "300",
+            "npm",
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+        ])
+        .arg(&prefix)
+        .args(PACKAGES)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok && std::fs::write(&stamp, PACKAGES.join(" ")).is_ok() {
+        Some(prefix)
+    } else {
+        println!("==> npm could not install the node test clients");
+        None
+    }
+}
+
 /// The C toolchain (clang-22 + Debian's wasi-libc, `wit-bindgen c`, and the
 /// wasm-component-ld rustup ships), installing what is missing; None (with the reason
 /// printed) where that is not possible.

@@ -54,6 +54,9 @@ pub async fn mounted(
     if let Some((plugin, rest)) = mgr.stream_route(req.uri().path()) {
         return stream(&b, &mgr, &plugin, rest, peer, req).await;
     }
+    if let Some((plugin, rest)) = mgr.socketio_route(req.uri().path()) {
+        return socketio(&mgr, &plugin, rest, req).await;
+    }
     match mgr.http_route(req.uri().path()) {
         Some((plugin, rest)) => call(&b, plugin, rest, Some(peer), req).await,
         None => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route"),
@@ -74,14 +77,42 @@ pub async fn dedicated(
         );
     };
     let path = req.uri().path().to_string();
-    if plugin.serves(crate::plugins::manifest::Role::Stream)
-        && plugin.ctx.manifest.stream.websocket_path(&path)
-    {
+    if plugin.serves(crate::plugins::manifest::Role::Stream) {
         if let Some(mgr) = b.plugins() {
-            return stream(&b, &mgr, &plugin, path, peer, req).await;
+            let s = &plugin.ctx.manifest.stream;
+            if s.websocket_path(&path) {
+                return stream(&b, &mgr, &plugin, path, peer, req).await;
+            }
+            if s.socketio_path(&path) {
+                return socketio(&mgr, &plugin, path, req).await;
+            }
         }
     }
     call(&b, plugin, path, Some(peer), req).await
+}
+
+/// A request under a plugin's socket.io endpoint (`rest`: its path below the mount).
+async fn socketio(
+    mgr: &std::sync::Arc<crate::plugins::PluginManager>,
+    plugin: &LoadedPlugin,
+    rest: String,
+    mut req: Request,
+) -> Response {
+    let Some(srv) = mgr.socketio_server(plugin) else {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route");
+    };
+    if rest != req.uri().path() {
+        // Below a mount: the endpoint sees the path as on a listener of its own.
+        let pq = match req.uri().query() {
+            Some(q) => format!("{rest}?{q}"),
+            None => rest,
+        };
+        match pq.parse() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return error(StatusCode::BAD_REQUEST, "BAD_REQUEST", "bad path"),
+        }
+    }
+    srv.serve(req).await
 }
 
 /// A request at a plugin's declared WebSocket path: a stream connection's upgrade.

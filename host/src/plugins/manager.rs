@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::manifest::{Manifest, Role};
 use super::runtime::{LoadedPlugin, PluginContext, PluginError, Runtime};
 use crate::broker::Broker;
+use crate::stream::SocketIoServer;
 
 /// What `GET /plugins` shows about one plugin.
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +53,8 @@ pub struct PluginManager {
     plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
     load_errors: RwLock<BTreeMap<String, String>>,
     listeners: Mutex<HashMap<String, (std::net::SocketAddr, tokio::task::JoinHandle<()>)>>,
+    /// socket.io endpoints of stream plugins, with their paths.
+    socketio: Mutex<HashMap<String, (String, Arc<SocketIoServer>)>>,
     serial: tokio::sync::Mutex<()>,
     /// Digest of the files (wasm + toml) of each plugin's last load attempt, so that
     /// events that change nothing (reads, `touch`) never reload.
@@ -86,6 +89,7 @@ impl PluginManager {
             plugins: RwLock::new(BTreeMap::new()),
             load_errors: RwLock::new(BTreeMap::new()),
             listeners: Mutex::new(HashMap::new()),
+            socketio: Mutex::new(HashMap::new()),
             serial: tokio::sync::Mutex::new(()),
             attempted: Mutex::new(HashMap::new()),
             kv_accounts: super::kv::Accounts::default(),
@@ -257,6 +261,7 @@ impl PluginManager {
         let gone = self.plugins.write().remove(name).is_some();
         self.set_changed();
         if gone {
+            self.socketio.lock().remove(name);
             let closed = self.broker.streams.close_plugin(name, "plugin_unloaded");
             info!(
                 plugin = name,
@@ -275,6 +280,30 @@ impl PluginManager {
     /// The http plugin whose mount is the longest prefix of `path`, with the rest of it.
     pub fn http_route(&self, path: &str) -> Option<(Arc<LoadedPlugin>, String)> {
         self.route(path, Role::Http)
+    }
+
+    /// The stream plugin whose mount is the longest prefix of `path` and whose socket.io
+    /// endpoint holds the rest of it, with that rest.
+    pub fn socketio_route(&self, path: &str) -> Option<(Arc<LoadedPlugin>, String)> {
+        self.route(path, Role::Stream)
+            .filter(|(p, rest)| p.ctx.manifest.stream.socketio_path(rest))
+    }
+
+    /// The socket.io endpoint of a stream plugin, made at its first request and kept
+    /// across reloads (its sessions live in it) unless the endpoint's path changed.
+    pub fn socketio_server(self: &Arc<Self>, plugin: &LoadedPlugin) -> Option<Arc<SocketIoServer>> {
+        let s = &plugin.ctx.manifest.stream;
+        let path = s.socketio.clone()?;
+        let mut map = self.socketio.lock();
+        if let Some((p, srv)) = map.get(&plugin.ctx.name) {
+            if *p == path {
+                return Some(srv.clone());
+            }
+        }
+        let proto = super::PluginProtocol::new(self, &plugin.ctx.name);
+        let srv = SocketIoServer::new(self.broker.clone(), proto, s, &path);
+        map.insert(plugin.ctx.name.clone(), (path, srv.clone()));
+        Some(srv)
     }
 
     /// The stream plugin whose mount is the longest prefix of `path` and which declares

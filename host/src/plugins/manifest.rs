@@ -199,9 +199,15 @@ impl Manifest {
                 ));
             }
         }
-        if let Some(bad) = m.stream.websocket.iter().find(|p| !p.starts_with('/')) {
+        if let Some(bad) = m
+            .stream
+            .websocket
+            .iter()
+            .chain(m.stream.socketio.as_slice())
+            .find(|p| !p.starts_with('/') || p.len() < 2)
+        {
             return Err(format!(
-                "{}: stream.websocket path {bad:?} must start with /",
+                "{}: stream path {bad:?} must start with / and name something",
                 path.display()
             ));
         }

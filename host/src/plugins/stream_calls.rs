@@ -97,6 +97,7 @@ fn wit_conn(c: &ConnInfo) -> wit::Connection {
         client_id: c.client_id.to_string(),
         user_id: c.user_id.as_deref().map(str::to_string),
         description: c.description.as_deref().map(str::to_string),
+        sid: c.sid.as_deref().map(str::to_string),
     }
 }
 
@@ -136,6 +137,23 @@ impl LoadedPlugin {
             Box::pin(async move {
                 let s = i.stream.as_ref().expect("role checked");
                 s.call_handshake(&mut i.store, &req).await
+            })
+        })
+        .await
+    }
+
+    async fn stream_on_open(
+        &self,
+        engine: &wasmtime::Engine,
+        conn: wit::Connection,
+    ) -> Result<Vec<wtypes::Frame>, PluginError> {
+        if !self.serves(Role::Stream) {
+            return Err(PluginError::NoRole("stream"));
+        }
+        self.call(engine, move |i| {
+            Box::pin(async move {
+                let s = i.stream.as_ref().expect("role checked");
+                s.call_on_open(&mut i.store, &conn).await
             })
         })
         .await
@@ -274,6 +292,17 @@ impl Protocol for PluginProtocol {
                     body: r.body,
                 },
             })
+        })
+    }
+
+    fn on_open(&self, conn: ConnInfo) -> BoxFuture<'_, Result<Vec<Frame>, ProtocolError>> {
+        Box::pin(async move {
+            let (mgr, p) = self.current()?;
+            let out = p
+                .stream_on_open(mgr.runtime().engine(), wit_conn(&conn))
+                .await
+                .map_err(failed)?;
+            Ok(out.into_iter().map(from_wit_frame).collect())
         })
     }
 

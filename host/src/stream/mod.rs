@@ -8,6 +8,7 @@
 //! - [`Hub`]: every open stream connection by id, per-plugin counts, closing a plugin's;
 //! - `ws`: the WebSocket upgrade and the connection task.
 
+mod sio;
 mod ws;
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+pub use sio::SocketIoServer;
 pub(crate) use ws::received_ms;
 pub use ws::{is_upgrade, upgrade, UpgradeError};
 
@@ -33,6 +35,9 @@ pub struct StreamSettings {
     /// Paths (below the mount, or on the plugin's listener) served as plain WebSockets;
     /// a `*` segment matches any one segment, e.g. `/session/*/ws`.
     pub websocket: Vec<String>,
+    /// The socket.io endpoint's path (socket.io's default is `/socket.io/`), serving
+    /// Engine.IO v3 and v4 clients, polling and WebSocket; none: no socket.io.
+    pub socketio: Option<String>,
     /// Connections the plugin may hold at once; further upgrades get 503.
     pub max_connections: usize,
     /// Largest frame (message) a client may send, in bytes; a larger one closes the
@@ -49,6 +54,7 @@ impl Default for StreamSettings {
     fn default() -> Self {
         Self {
             websocket: Vec::new(),
+            socketio: None,
             max_connections: 10_000,
             max_frame_bytes: 64 << 10,
             max_queued_frames: 1024,
@@ -58,6 +64,15 @@ impl Default for StreamSettings {
 }
 
 impl StreamSettings {
+    /// Whether `path` is under the socket.io endpoint.
+    pub fn socketio_path(&self, path: &str) -> bool {
+        self.socketio.as_deref().is_some_and(|p| {
+            let p = p.trim_end_matches('/');
+            path.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+
     /// Whether `path` is one of the declared WebSocket paths.
     pub fn websocket_path(&self, path: &str) -> bool {
         self.websocket.iter().any(|pat| {
@@ -191,6 +206,8 @@ pub struct ConnInfo {
     pub user_id: Option<Arc<str>>,
     /// Description as last set.
     pub description: Option<Arc<str>>,
+    /// socket.io: the Engine.IO session id.
+    pub sid: Option<Arc<str>>,
 }
 
 /// Why a protocol call produced nothing.
@@ -214,6 +231,8 @@ pub trait Protocol: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Decides a handshake.
     fn handshake(&self, h: Handshake) -> BoxFuture<'_, Result<Decision, ProtocolError>>;
+    /// The connection is open: frames to send first.
+    fn on_open(&self, conn: ConnInfo) -> BoxFuture<'_, Result<Vec<Frame>, ProtocolError>>;
     /// Answers a frame from the client.
     fn on_frame(
         &self,

@@ -213,6 +213,7 @@ async fn serve<S>(
         client_id,
         user_id: att.session.info.read().user_id.clone(),
         description: None,
+        sid: None,
     };
     let mut conn = Conn {
         broker: broker.clone(),
@@ -259,8 +260,16 @@ impl Conn {
         // Deliveries queued before the connection attached (retained messages of an
         // earlier subscription cannot exist yet, but a takeover may leave some).
         self.session.notify.notify_one();
+        let mut step = match self.proto.on_open(self.info_now()).await {
+            Ok(f) => self.write(&mut sink, f).await,
+            Err(super::ProtocolError::Unloaded(_)) => Err("plugin_unloaded".into()),
+            Err(_) => Ok(()),
+        };
         let end = loop {
-            let step = tokio::select! {
+            if let Err(reason) = step {
+                break End::Closed(reason);
+            }
+            step = tokio::select! {
                 c = control.recv() => match c {
                     Some(Control::Takeover(ack)) => break End::Takeover(ack),
                     Some(Control::Kick { .. }) => Err("kicked".to_string()),
@@ -284,9 +293,6 @@ impl Conn {
                     }
                 }
             };
-            if let Err(reason) = step {
-                break End::Closed(reason);
-            }
         };
         let code = match &end {
             End::Closed(r) if r == "frame_too_large" => CloseCode::Size,

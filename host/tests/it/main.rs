@@ -20,6 +20,7 @@ mod plugins;
 mod process;
 mod registry;
 mod robustness;
+mod socketio;
 mod store_limits;
 mod streams;
 mod tenancy;

@@ -513,3 +513,77 @@ async fn kick_user_can_be_limited_to_one_protocol() {
     );
     assert_eq!(Via::parse("carrier-pigeon"), None);
 }
+
+/// The seed's session with its own tool: wscat (npm) connects with the session id, the
+/// subscribe request is typed into it, an MQTT client publishes, and wscat prints the
+/// acknowledgement and the event.
+#[tokio::test]
+async fn wscat_replays_the_seed_session() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let Some(tools) = crate::socketio::node_tools() else {
+        return;
+    };
+    let o = start(&[]).await;
+    let id = session_id(&o, "default").await;
+    let mut wscat = tokio::process::Command::new(tools.join(".bin/wscat"))
+        .arg("-c")
+        .arg(format!("ws://{}/session/{id}/ws", o.addr))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("wscat runs");
+    let mut stdin = wscat.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(wscat.stdout.take().unwrap()).lines();
+    common::eventually("wscat connected", || {
+        o.tb.broker().streams.count("octave") == 1
+    })
+    .await;
+    let sub = r#"{"msgId":"my-path-request","object":"event","type":"subscribe","path":"/my/stream/path"}"#;
+    stdin
+        .write_all(format!("{sub}\n").as_bytes())
+        .await
+        .unwrap();
+    let (line, ack) = wscat_frame(&mut lines).await;
+
+    assert!(
+        line.contains(r#"{"head":{"msgId":"my-path-request","ok":true,"#),
+        "Octave's order: {line}"
+    );
+    assert_eq!(ack["body"]["path"], "/my/stream/path");
+    let (p, _) = v3::connect(v3::opts(&o.tb, "sensor-1", Tr::Tcp)).await;
+    p.c.publish(
+        "my/stream/path",
+        v3::QoS::AtLeastOnce,
+        false,
+        r#"{"temp":21.5}"#,
+    )
+    .await
+    .unwrap();
+    let (line, ev) = wscat_frame(&mut lines).await;
+    assert!(
+        line.contains(r#"{"type":"message","resource":"s"#),
+        "{line}"
+    );
+    assert_eq!(ev["value"]["elems"], json!({"temp": 21.5}));
+    assert_eq!(ev["value"]["creatorId"], "sensor-1");
+    drop(stdin);
+    let _ = wscat.kill().await;
+}
+
+/// The next JSON message wscat printed (each on a line of its own, after its prompt).
+async fn wscat_frame(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> (String, Value) {
+    loop {
+        let l = tokio::time::timeout(common::WAIT, lines.next_line())
+            .await
+            .expect("wscat printed in time")
+            .unwrap()
+            .expect("wscat is running");
+        let json = l.trim_start_matches(['>', '<', ' ']);
+        if let Ok(v) = serde_json::from_str::<Value>(json) {
+            return (l, v);
+        }
+    }
+}

@@ -42,7 +42,11 @@ async fn open(tb: &TestBroker, query: &str) -> Result<Socket, (u16, String)> {
         .unwrap();
     let url = format!("ws://{}/echo/ws{query}", tb.http_addr());
     match tokio_tungstenite::client_async(url, tcp).await {
-        Ok((ws, _)) => Ok(ws),
+        Ok((mut ws, _)) => {
+            // The plugin's on-open greeting comes first.
+            assert!(text(&mut ws).await.starts_with("welcome stream-echo-"));
+            Ok(ws)
+        }
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err((
             r.status().as_u16(),
             String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).to_string(),

@@ -72,6 +72,10 @@ impl stream::Guest for Octave {
         session::handshake(&req)
     }
 
+    fn on_open(_conn: stream::Connection) -> Vec<Frame> {
+        Vec::new()
+    }
+
     fn on_frame(conn: stream::Connection, frame: Frame) -> Vec<Frame> {
         vec![Frame::Text(frames::answer(&conn, frame).to_string())]
     }

@@ -2,13 +2,17 @@
 //! its registry session, keepalive and limits); this plugin decides who may connect,
 //! answers what clients send, and renders routed MQTT messages into frames.
 //!
-//! At `/echo/ws?token=letmein`: a text frame `sub <filter>` subscribes the connection
-//! (through the router and ACL, like an MQTT SUBSCRIBE), `unsub <filter>` unsubscribes,
-//! anything else is echoed back; each publish on a subscribed topic arrives as
-//! `<topic> <payload>`. Not served by `cargo xtask run`.
+//! At `/echo/ws?token=letmein` (WebSocket): a text frame `sub <filter>` subscribes the
+//! connection (through the router and ACL, like an MQTT SUBSCRIBE), `unsub <filter>`
+//! unsubscribes, anything else is echoed back; each publish on a subscribed topic
+//! arrives as `<topic> <payload>`. Over socket.io at `/echo/socket.io/?token=letmein`
+//! the same as events: `sub`/`unsub` with the filter as argument (answered `subscribed`
+//! / `unsubscribed`), any other event echoed, publishes as `message` events. Not served
+//! by `cargo xtask run`.
 
 use apiary_plugin_sdk::stream::{
     Accepted, Connection, Frame, Guest, HandshakeDecision, HandshakeRequest, Message, Refusal,
+    StreamEvent,
 };
 use apiary_plugin_sdk::{export, streams, InitError, Plugin};
 
@@ -45,9 +49,15 @@ impl Guest for Echo {
         })
     }
 
+    fn on_open(conn: Connection) -> Vec<Frame> {
+        text(format!("welcome {}", conn.client_id))
+    }
+
     fn on_frame(conn: Connection, frame: Frame) -> Vec<Frame> {
-        let Frame::Text(t) = frame else {
-            return text("error: text frames only");
+        let t = match frame {
+            Frame::Text(t) => t,
+            Frame::Event(e) => return on_event(&conn, e),
+            Frame::Binary(_) => return text("error: text frames only"),
         };
         if let Some(filter) = t.strip_prefix("sub ") {
             match streams::subscribe(conn.id, filter, 0) {
@@ -73,6 +83,26 @@ impl Guest for Echo {
             String::from_utf8_lossy(&msg.payload)
         ))
     }
+}
+
+/// A socket.io event: `sub`/`unsub` with a filter, or anything else echoed.
+fn on_event(conn: &Connection, e: StreamEvent) -> Vec<Frame> {
+    let arg = e
+        .args
+        .trim_start_matches("[\"")
+        .split('"')
+        .next()
+        .unwrap_or("");
+    let (name, ok) = match e.name.as_str() {
+        "sub" => ("subscribed", streams::subscribe(conn.id, arg, 0).is_ok()),
+        "unsub" => ("unsubscribed", streams::unsubscribe(conn.id, arg).is_ok()),
+        _ => return vec![Frame::Event(e)],
+    };
+    let name = if ok { name } else { "error" };
+    vec![Frame::Event(StreamEvent {
+        name: name.into(),
+        args: format!("[{arg:?}]"),
+    })]
 }
 
 export!(Echo: stream);

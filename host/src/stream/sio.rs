@@ -1,0 +1,449 @@
+//! socket.io stream connections, served by socketioxide with Engine.IO v3 (socket.io-client
+//! 2.x, Beebotte's SDK, `b64=1` polling included) and v4 clients on one endpoint. The
+//! namespace `/` asks the protocol at connect (a refusal reaches the client as a connect
+//! error), and each accepted socket gets a task like a WebSocket's: deliveries rendered by
+//! the plugin, its events answered, kicks sent as the socket.io DISCONNECT packet (so the
+//! client does not reconnect). Engine.IO runs the heartbeat.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use parking_lot::Mutex;
+use serde_json::Value;
+use socketioxide::extract::{Data, Event, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::service::SocketIoService;
+use socketioxide::socket::DisconnectReason;
+use socketioxide::{ProtocolVersion, SocketIo};
+use tokio::sync::{mpsc, oneshot};
+
+use super::StreamTransport;
+use super::{Accepted, ConnInfo, Decision, Frame, Handshake, Out, Protocol, StreamSettings};
+use crate::broker::Broker;
+use crate::session::{ClientInfo, Control, Counters, Session, Transport};
+
+/// One plugin's socket.io endpoint.
+pub struct SocketIoServer {
+    svc: SocketIoService<axum::Router>,
+    _io: SocketIo,
+}
+
+impl std::fmt::Debug for SocketIoServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SocketIoServer")
+    }
+}
+
+/// What the namespace handlers of one endpoint share.
+struct Ctx {
+    broker: Broker,
+    proto: Arc<dyn Protocol>,
+    settings: StreamSettings,
+    plugin: Arc<str>,
+    /// Accepted at the connect middleware, picked up by the connect handler.
+    pending: Mutex<HashMap<String, (u64, Accepted)>>,
+}
+
+/// All of an event's arguments (socketioxide's `Data<Value>` keeps only the first).
+struct AllArgs(Vec<Value>);
+
+impl<'de> serde::Deserialize<'de> for AllArgs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AllArgs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("event arguments")
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: S,
+            ) -> Result<AllArgs, S::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = s.next_element()? {
+                    v.push(x);
+                }
+                Ok(AllArgs(v))
+            }
+        }
+        d.deserialize_tuple(usize::MAX, V)
+    }
+}
+
+/// Arguments to emit, each its own socket.io argument.
+struct Args<'a>(&'a [Value]);
+
+impl serde::Serialize for Args<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(self.0.len())?;
+        for v in self.0 {
+            t.serialize_element(v)?;
+        }
+        t.end()
+    }
+}
+
+impl SocketIoServer {
+    /// The endpoint of a plugin at `settings.socketio` (e.g. `/socket.io`).
+    pub fn new(
+        broker: Broker,
+        proto: Arc<dyn Protocol>,
+        settings: &StreamSettings,
+        path: &str,
+    ) -> Arc<Self> {
+        let ping = Duration::from_secs(settings.ping_interval_secs);
+        let (layer, io) = SocketIo::builder()
+            .req_path(path.trim_end_matches('/').to_string())
+            .ping_interval(ping)
+            .ping_timeout(ping)
+            .max_payload(settings.max_frame_bytes as u64)
+            .max_buffer_size(settings.max_queued_frames.max(16))
+            .build_layer();
+        let ctx = Arc::new(Ctx {
+            broker,
+            plugin: proto.name().into(),
+            proto,
+            settings: settings.clone(),
+            pending: Mutex::new(HashMap::new()),
+        });
+        let (c1, c2) = (ctx.clone(), ctx);
+        let decide = move |s: SocketRef, TryData(auth): TryData<Value>| {
+            let ctx = c1.clone();
+            async move { handshake(&ctx, &s, auth.ok()).await }
+        };
+        let opened = move |s: SocketRef| {
+            let ctx = c2.clone();
+            async move { open(ctx, s) }
+        };
+        io.ns("/", opened.with(decide));
+        let svc = tower_layer::Layer::layer(&layer, axum::Router::new());
+        Arc::new(Self { svc, _io: io })
+    }
+
+    /// Serves one request under the endpoint (polling, or the WebSocket upgrade).
+    pub async fn serve(&self, req: Request) -> Response {
+        let mut svc = self.svc.clone();
+        match tower_service::Service::call(&mut svc, req).await {
+            Ok(r) => r.map(Body::new),
+            Err(e) => match e {},
+        }
+    }
+}
+
+/// The connect middleware: asks the protocol; a refusal is the client's connect error.
+async fn handshake(ctx: &Ctx, s: &SocketRef, auth: Option<Value>) -> Result<(), String> {
+    let parts = s.req_parts();
+    let Some(id) = ctx
+        .broker
+        .streams
+        .reserve(&ctx.plugin, ctx.settings.max_connections)
+    else {
+        return Err(format!(
+            "plugin {} holds its maximum of stream connections",
+            ctx.plugin
+        ));
+    };
+    let hs = Handshake {
+        transport: StreamTransport::SocketIo,
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().unwrap_or("").to_string(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect(),
+        peer: peer(s),
+        auth: auth.filter(|a| !a.is_null()).map(|a| a.to_string()),
+    };
+    match ctx.proto.handshake(hs).await {
+        Ok(Decision::Accept(a)) => {
+            ctx.pending.lock().insert(s.id.to_string(), (id, a));
+            Ok(())
+        }
+        Ok(Decision::Refuse { body, .. }) => {
+            ctx.broker.streams.release(&ctx.plugin, id);
+            Err(String::from_utf8_lossy(&body).into_owned())
+        }
+        Err(e) => {
+            ctx.broker.streams.release(&ctx.plugin, id);
+            Err(e.to_string())
+        }
+    }
+}
+
+fn peer(s: &SocketRef) -> Option<SocketAddr> {
+    s.req_parts()
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+}
+
+/// What the socket's handlers pass to its task.
+enum In {
+    Event(String, Vec<Value>),
+}
+
+/// The connect handler: wires the socket's events to a new connection task.
+fn open(ctx: Arc<Ctx>, s: SocketRef) {
+    let Some((id, accepted)) = ctx.pending.lock().remove(&s.id.to_string()) else {
+        let _ = s.disconnect();
+        return;
+    };
+    let (in_tx, in_rx) = mpsc::channel(ctx.settings.max_queued_frames.max(1));
+    let (closed_tx, closed_rx) = oneshot::channel::<String>();
+    let b = ctx.broker.clone();
+    s.on_fallback(
+        move |Event(name): Event, Data(AllArgs(args)): Data<AllArgs>| {
+            // Called in arrival order (the handler's future is spawned): queue, don't await.
+            if in_tx.try_send(In::Event(name, args)).is_err() {
+                b.streams
+                    .counters
+                    .frames_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            std::future::ready(())
+        },
+    );
+    let closed_tx = Arc::new(Mutex::new(Some(closed_tx)));
+    s.on_disconnect(move |reason: DisconnectReason| {
+        if let Some(tx) = closed_tx.lock().take() {
+            let _ = tx.send(close_reason(reason).to_string());
+        }
+        std::future::ready(())
+    });
+    tokio::spawn(async move {
+        serve(&ctx, s, id, accepted, in_rx, closed_rx).await;
+        ctx.broker.streams.release(&ctx.plugin, id);
+    });
+}
+
+fn close_reason(r: DisconnectReason) -> &'static str {
+    match r {
+        DisconnectReason::ClientNSDisconnect | DisconnectReason::TransportClose => {
+            "closed_by_client"
+        }
+        DisconnectReason::HeartbeatTimeout => "keepalive_timeout",
+        DisconnectReason::ServerNSDisconnect => "closed_by_server",
+        DisconnectReason::ClosingServer => "server_shutdown",
+        _ => "connection_error",
+    }
+}
+
+/// One socket.io connection: the registry session and the loop.
+async fn serve(
+    ctx: &Ctx,
+    s: SocketRef,
+    id: u64,
+    a: Accepted,
+    mut inbound: mpsc::Receiver<In>,
+    mut closed: oneshot::Receiver<String>,
+) {
+    let broker = &ctx.broker;
+    let client_id: Arc<str> = if a.client_id.is_empty() {
+        format!("{}-{id}", ctx.plugin).into()
+    } else {
+        a.client_id.into()
+    };
+    let info = ClientInfo {
+        username: a.username.map(Arc::from),
+        user_id: a.user_id.map(Arc::from),
+        proto_name: StreamTransport::SocketIo.proto_name(),
+        proto_ver: if s.protocol() == ProtocolVersion::V4 {
+            3
+        } else {
+            4
+        },
+        transport: Transport::Ws,
+        peer: peer(&s),
+        keepalive: u16::try_from(ctx.settings.ping_interval_secs).unwrap_or(u16::MAX),
+        clean_start: true,
+        expiry_interval: 0,
+        superuser: a.superuser,
+        description: a.description.map(Arc::from),
+        ..ClientInfo::default()
+    };
+    let tenant: Arc<str> = a.tenant.into();
+    let att = broker
+        .attach(tenant.clone(), client_id.clone(), true, info, None)
+        .await;
+    let (tx, mut out) = mpsc::channel(ctx.settings.max_queued_frames.max(1));
+    broker
+        .streams
+        .insert(id, ctx.plugin.clone(), att.session.clone(), tx);
+    let conn = Conn {
+        ctx,
+        socket: s.clone(),
+        session: att.session.clone(),
+        info: ConnInfo {
+            id,
+            transport: StreamTransport::SocketIo,
+            tenant,
+            client_id,
+            user_id: att.session.info.read().user_id.clone(),
+            description: None,
+            sid: Some(s.id.to_string().into()),
+        },
+    };
+    let mut control = att.control;
+    let mut takeover = None;
+    let mut step = match ctx.proto.on_open(conn.info_now()).await {
+        Ok(f) => conn.emit(f),
+        Err(e) => Err(e.to_string()),
+    };
+    conn.session.notify.notify_one();
+    let reason = loop {
+        if let Err(r) = step {
+            break r;
+        }
+        step = tokio::select! {
+            c = control.recv() => match c {
+                Some(Control::Takeover(ack)) => {
+                    takeover = Some(ack);
+                    Err("taken_over".to_string())
+                }
+                Some(Control::Kick { .. }) => Err("kicked".to_string()),
+                Some(Control::Shutdown) | None => Err("server_shutdown".to_string()),
+            },
+            o = out.recv() => match o {
+                Some(Out::Frames(f)) => conn.emit(f),
+                Some(Out::Close(reason)) => Err(reason),
+                None => Err("closed".to_string()),
+            },
+            _ = conn.session.notify.notified() => conn.deliver().await,
+            m = inbound.recv() => match m {
+                Some(In::Event(name, args)) => conn.received(name, args).await,
+                None => Err("closed_by_client".to_string()),
+            },
+            r = &mut closed => {
+                let r = r.unwrap_or_else(|_| "closed".to_string());
+                // Already gone: nothing to send.
+                broker.detach(&att.session, att.generation, false, 0, r.clone());
+                ctx.proto.on_close(conn.info_now(), r).await;
+                return;
+            }
+        };
+    };
+    // The DISCONNECT packet: socket.io-client then does not reconnect.
+    let _ = s.disconnect();
+    broker.detach(&att.session, att.generation, false, 0, reason.clone());
+    if let Some(ack) = takeover {
+        let _ = ack.send(());
+    }
+    ctx.proto.on_close(conn.info_now(), reason).await;
+}
+
+/// One socket.io connection's state inside its task.
+struct Conn<'a> {
+    ctx: &'a Ctx,
+    socket: SocketRef,
+    session: Arc<Session>,
+    info: ConnInfo,
+}
+
+impl Conn<'_> {
+    fn info_now(&self) -> ConnInfo {
+        let mut i = self.info.clone();
+        i.description = self.session.info.read().description.clone();
+        i
+    }
+
+    /// Emits frames: an event as itself, text or binary as a `message` event.
+    fn emit(&self, frames: Vec<Frame>) -> Result<(), String> {
+        use socketioxide::{SendError, SocketError};
+        let c = &self.session.counters;
+        for f in frames {
+            Counters::add(&c.send_oct, f.len() as u64);
+            let r = match &f {
+                Frame::Event { name, args } => {
+                    let args = match serde_json::from_str::<Value>(args) {
+                        Ok(Value::Array(a)) => a,
+                        Ok(v) => vec![v],
+                        Err(_) => vec![Value::String(args.clone())],
+                    };
+                    self.socket.emit(name, &Args(&args))
+                }
+                Frame::Text(t) => self.socket.emit("message", &**t),
+                Frame::Binary(b) => self.socket.emit("message", &serde_bytes::Bytes::new(b)),
+            };
+            match r {
+                Ok(()) => Counters::add(&c.send_pkt, 1),
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                    self.ctx
+                        .broker
+                        .streams
+                        .counters
+                        .frames_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(SendError::Socket(SocketError::Closed)) => return Err("closed".into()),
+                Err(e) => tracing::debug!(error = %e, "socket.io frame not sent"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains the session queue through the plugin's renderer.
+    async fn deliver(&self) -> Result<(), String> {
+        const BUDGET: usize = 256 << 10;
+        let mut out = Vec::new();
+        let more = {
+            let mut st = self.session.state.lock();
+            st.take_outgoing(usize::MAX, Instant::now(), BUDGET, &mut out)
+        };
+        if more {
+            self.session.notify.notify_one();
+        }
+        for o in out {
+            let crate::session::Outgoing::Publish { delivery, .. } = o else {
+                continue;
+            };
+            match self.ctx.proto.render(delivery.msg.clone()).await {
+                Ok(f) => {
+                    Counters::add(&self.session.counters.send_msg, 1);
+                    self.emit(f.to_vec())?;
+                }
+                Err(super::ProtocolError::Unloaded(_)) => return Err("plugin_unloaded".into()),
+                Err(_) => {
+                    self.ctx
+                        .broker
+                        .streams
+                        .counters
+                        .render_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers one event from the client.
+    async fn received(&self, name: String, args: Vec<Value>) -> Result<(), String> {
+        let args = Value::Array(args).to_string();
+        let c = &self.session.counters;
+        Counters::add(&c.recv_oct, (name.len() + args.len()) as u64);
+        Counters::add(&c.recv_pkt, 1);
+        Counters::add(&c.recv_cnt, 1);
+        let frame = Frame::Event { name, args };
+        match self.ctx.proto.on_frame(self.info_now(), frame).await {
+            Ok(replies) => self.emit(replies),
+            Err(super::ProtocolError::Unloaded(_)) => Err("plugin_unloaded".into()),
+            Err(e) => {
+                tracing::debug!(plugin = %self.ctx.plugin, error = %e, "stream event not handled");
+                self.ctx
+                    .broker
+                    .streams
+                    .counters
+                    .frames_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+}
