@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use tracing::info;
 
-use crate::auth::Identity;
+use crate::auth::{AclVerdict, Identity};
 use crate::broker::Broker;
 use crate::config::{AuthConfig, NoMatch};
-use crate::plugins::bindings::exports::apiary::plugin::auth as wit;
 
 /// What a client asks to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +25,8 @@ pub enum Action {
 }
 
 impl Action {
-    fn as_str(self) -> &'static str {
+    /// The action's name in logs.
+    pub fn as_str(self) -> &'static str {
         match self {
             Action::Publish => "publish",
             Action::Subscribe => "subscribe",
@@ -75,39 +75,20 @@ pub struct Decision {
 
 /// Runs the chain for one action (no cache).
 pub async fn decide(broker: &Broker, who: &Identity, client_id: &str, ask: Ask<'_>) -> Decision {
-    let Ask {
-        action,
-        topic,
-        qos,
-        retain,
-    } = ask;
     let m = &broker.metrics;
     let no_match = || Decision {
         allowed: broker.config.auth.acl_no_match == NoMatch::Allow,
         why: "no auth plugin decided (auth.acl_no_match)".into(),
         failed: false,
     };
-    let Some(mgr) = broker.plugins() else {
+    let Some(auth) = broker.auth_chain() else {
         return no_match();
     };
-    let req = wit::AuthorizeRequest {
-        tenant: who.tenant.to_string(),
-        client_id: client_id.to_string(),
-        username: who.username.as_deref().map(str::to_string),
-        user_id: who.user_id.as_deref().map(str::to_string),
-        action: match action {
-            Action::Publish => wit::Action::Publish,
-            Action::Subscribe => wit::Action::Subscribe,
-        },
-        topic: topic.to_string(),
-        qos,
-        retain,
-    };
-    for p in mgr.auth_chain() {
-        let name = &p.ctx.name;
-        match p.authorize(mgr.runtime().engine(), req.clone()).await {
-            Ok(wit::AuthorizeDecision::Ignore) => continue,
-            Ok(wit::AuthorizeDecision::Allow) => {
+    for p in auth.chain() {
+        let name = p.name();
+        match p.authorize(who, client_id, ask).await {
+            Ok(AclVerdict::Ignore) => continue,
+            Ok(AclVerdict::Allow) => {
                 m.acl_allowed.fetch_add(1, Ordering::Relaxed);
                 return Decision {
                     allowed: true,
@@ -115,7 +96,7 @@ pub async fn decide(broker: &Broker, who: &Identity, client_id: &str, ask: Ask<'
                     failed: false,
                 };
             }
-            Ok(wit::AuthorizeDecision::Deny(rule)) => {
+            Ok(AclVerdict::Deny(rule)) => {
                 m.acl_denied.fetch_add(1, Ordering::Relaxed);
                 return Decision {
                     allowed: false,

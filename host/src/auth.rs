@@ -1,4 +1,4 @@
-//! The authentication chain over the `auth` role of the plugin runtime: auth plugins in
+//! The authentication chain: [`Authenticator`]s (the plugin runtime's auth plugins) in
 //! priority order, the first that does not `ignore` decides. When all ignore, a client
 //! that gave a username is refused as for a wrong password (0x86, so a refusal never
 //! tells whether a username exists), and one without is anonymous: `allow_anonymous`
@@ -10,13 +10,112 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use rmqtt_codec::v3::ConnectAckReason;
-
+use crate::acl::Ask;
 use crate::broker::Broker;
-use crate::mqtt::ConnectInfo;
-use crate::plugins::bindings::exports::apiary::plugin::auth as wit;
-use crate::plugins::runtime::LoadedPlugin;
-use crate::session::Transport;
+use crate::BoxFuture;
+
+/// What an authenticator sees of a connection attempt, whatever its protocol.
+#[derive(Debug, Clone)]
+pub struct ConnectAttempt {
+    /// Client id.
+    pub client_id: String,
+    /// Username.
+    pub username: Option<String>,
+    /// Password bytes.
+    pub password: Option<Vec<u8>>,
+    /// Peer address.
+    pub peer: SocketAddr,
+    /// Protocol name ("MQTT", "MQIsdp").
+    pub proto_name: String,
+    /// Protocol version.
+    pub proto_ver: u8,
+    /// Listener name as EMQX shows it ("tcp:default").
+    pub listener: String,
+    /// Subject of the TLS client certificate, if one was presented.
+    pub cert_subject: Option<String>,
+}
+
+/// Who an authenticator says a client is.
+#[derive(Debug, Clone, Default)]
+pub struct Claim {
+    /// Tenant (None: "default").
+    pub tenant: Option<String>,
+    /// User id (None: the username).
+    pub user_id: Option<String>,
+    /// Skips ACL checks.
+    pub superuser: bool,
+}
+
+/// An authenticator's answer to a CONNECT.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Accepted as this identity.
+    Allow(Claim),
+    /// Refused with an MQTT 5 reason code and a message for the log.
+    Deny(u8, String),
+    /// No opinion: the next one decides.
+    Ignore,
+}
+
+/// An authenticator's answer to one step of enhanced authentication.
+#[derive(Debug, Clone)]
+pub enum StepVerdict {
+    /// Accepted, with data for the closing packet.
+    Success(Claim, Option<Vec<u8>>),
+    /// Another round: data for the client, state to get back.
+    Continue(Vec<u8>, Vec<u8>),
+    /// Refused (reason code, message).
+    Deny(u8, String),
+    /// It does not handle the method.
+    Ignore,
+}
+
+/// An authenticator's answer to a publish or subscribe.
+#[derive(Debug, Clone)]
+pub enum AclVerdict {
+    /// Allowed.
+    Allow,
+    /// Refused by the named rule.
+    Deny(String),
+    /// No opinion.
+    Ignore,
+}
+
+/// One member of the auth chain. The plugin runtime implements it for auth plugins; the
+/// chain's rules (order, ignore, failure refuses, anonymous access) live here. An `Err`
+/// is a failure of the authenticator itself (trap, timeout, busy), never a decision.
+pub trait Authenticator: Send + Sync {
+    /// Its name, for logs and to find it again mid-conversation.
+    fn name(&self) -> &str;
+    /// Whether it may put clients in `tenant`.
+    fn may_grant(&self, tenant: &str) -> bool;
+    /// Decides a CONNECT.
+    fn authenticate<'a>(&'a self, c: &'a ConnectAttempt) -> BoxFuture<'a, Result<Verdict, String>>;
+    /// Decides a step of enhanced authentication.
+    fn step<'a>(
+        &'a self,
+        c: &'a ConnectAttempt,
+        method: &'a str,
+        data: Option<Vec<u8>>,
+        state: Option<Vec<u8>>,
+        reauth: bool,
+    ) -> BoxFuture<'a, Result<StepVerdict, String>>;
+    /// Decides a publish or subscribe.
+    fn authorize<'a>(
+        &'a self,
+        who: &'a Identity,
+        client_id: &'a str,
+        ask: Ask<'a>,
+    ) -> BoxFuture<'a, Result<AclVerdict, String>>;
+}
+
+/// The ordered chain of authenticators (the plugin manager's auth plugins).
+pub trait AuthChain: Send + Sync {
+    /// Every authenticator, in priority order.
+    fn chain(&self) -> Vec<Arc<dyn Authenticator>>;
+    /// One by name.
+    fn get(&self, name: &str) -> Option<Arc<dyn Authenticator>>;
+}
 
 /// Who an accepted client is.
 #[derive(Debug, Clone)]
@@ -40,26 +139,10 @@ pub struct Denied {
     pub message: String,
 }
 
-/// The 3.1.1 CONNACK return code for an MQTT 5 reason code.
-pub fn v3_code(v5: u8) -> ConnectAckReason {
-    match v5 {
-        0x86 => ConnectAckReason::BadUserNameOrPassword,
-        0x85 => ConnectAckReason::IdentifierRejected,
-        0x84 => ConnectAckReason::UnacceptableProtocolVersion,
-        0x88 | 0x89 => ConnectAckReason::ServiceUnavailable,
-        _ => ConnectAckReason::NotAuthorized,
-    }
-}
-
 /// Runs the chain for one CONNECT.
-pub async fn authenticate(
-    broker: &Broker,
-    req: &ConnectInfo,
-    peer: SocketAddr,
-    transport: Transport,
-) -> Result<Identity, Denied> {
+pub async fn authenticate(broker: &Broker, req: &ConnectAttempt) -> Result<Identity, Denied> {
     let m = &broker.metrics;
-    let r = decide(broker, req, peer, transport).await;
+    let r = decide(broker, req).await;
     match &r {
         Ok(_) => m.auth_allowed.fetch_add(1, Ordering::Relaxed),
         Err(_) => m.auth_denied.fetch_add(1, Ordering::Relaxed),
@@ -67,38 +150,19 @@ pub async fn authenticate(
     r
 }
 
-/// What the plugins see of a CONNECT.
-pub fn connect_request(
-    req: &ConnectInfo,
-    peer: SocketAddr,
-    transport: Transport,
-) -> wit::ConnectRequest {
-    wit::ConnectRequest {
-        client_id: req.client_id.to_string(),
-        username: req.username.as_deref().map(str::to_string),
-        password: req.password.as_ref().map(|p| p.to_vec()),
-        peer_ip: peer.ip().to_string(),
-        peer_port: peer.port(),
-        proto_name: req.proto_name.to_string(),
-        proto_ver: req.proto_ver,
-        listener: transport.listener().to_string(),
-        cert_subject: None,
-    }
-}
-
-/// The identity a plugin returned, once its tenant is one the plugin's toml grants.
+/// The identity an authenticator returned, once its tenant is one it may grant.
 fn identity(
-    p: &LoadedPlugin,
-    id: wit::Identity,
+    a: &dyn Authenticator,
+    id: Claim,
     username: Option<Arc<str>>,
 ) -> Result<Identity, Denied> {
     let tenant = id.tenant.unwrap_or_else(|| "default".into());
-    if !p.ctx.manifest.may_touch(&tenant) {
+    if !a.may_grant(&tenant) {
         return Err(Denied {
             code: 0x87,
             message: format!(
                 "{} returned tenant {tenant}, which its toml does not grant",
-                p.ctx.name
+                a.name()
             ),
         });
     }
@@ -142,7 +206,7 @@ pub enum Step {
 /// go to the plugin that took it.
 pub async fn enhanced_step(
     broker: &Broker,
-    connect: &wit::ConnectRequest,
+    connect: &ConnectAttempt,
     method: &str,
     data: Option<Vec<u8>>,
     conv: Option<Conversation>,
@@ -154,48 +218,41 @@ pub async fn enhanced_step(
         m.auth_denied.fetch_add(1, Ordering::Relaxed);
         Step::Denied(Denied { code, message })
     };
-    let Some(mgr) = broker.plugins() else {
+    let Some(auth) = broker.auth_chain() else {
         return denied(0x8C, format!("no auth plugin supports method {method}"));
     };
     let chain = match &conv {
-        Some(c) => match mgr.get(&c.plugin) {
+        Some(c) => match auth.get(&c.plugin) {
             Some(p) => vec![p],
             None => return denied(0x87, format!("auth plugin {} went away", c.plugin)),
         },
-        None => mgr.auth_chain(),
+        None => auth.chain(),
     };
     let state = conv.map(|c| c.state);
     for p in chain {
-        let step = wit::AuthStep {
-            connect: connect.clone(),
-            method: method.to_string(),
-            data: data.clone(),
-            state: state.clone(),
-            reauth,
-        };
-        let name = &p.ctx.name;
-        match p.authenticate_step(mgr.runtime().engine(), step).await {
-            Ok(wit::AuthStepDecision::Ignore) => continue,
-            Ok(wit::AuthStepDecision::Continue(c)) => {
+        let name = p.name();
+        match p
+            .step(connect, method, data.clone(), state.clone(), reauth)
+            .await
+        {
+            Ok(StepVerdict::Ignore) => continue,
+            Ok(StepVerdict::Continue(data, state)) => {
                 return Step::Continue(
-                    c.data,
+                    data,
                     Conversation {
-                        plugin: name.clone(),
-                        state: c.state,
+                        plugin: name.to_string(),
+                        state,
                     },
                 )
             }
-            Ok(wit::AuthStepDecision::Deny(d)) => {
-                return denied(
-                    deny_code(d.reason_code),
-                    format!("denied by {name}: {}", d.message),
-                )
+            Ok(StepVerdict::Deny(code, message)) => {
+                return denied(deny_code(code), format!("denied by {name}: {message}"))
             }
-            Ok(wit::AuthStepDecision::Success(s)) => {
-                return match identity(&p, s.identity, username) {
+            Ok(StepVerdict::Success(claim, data)) => {
+                return match identity(&*p, claim, username) {
                     Ok(id) => {
                         m.auth_allowed.fetch_add(1, Ordering::Relaxed);
-                        Step::Success(id, s.data)
+                        Step::Success(id, data)
                     }
                     Err(d) => denied(d.code, d.message),
                 }
@@ -212,30 +269,25 @@ pub async fn enhanced_step(
     denied(0x8C, format!("no auth plugin supports method {method}"))
 }
 
-async fn decide(
-    broker: &Broker,
-    req: &ConnectInfo,
-    peer: SocketAddr,
-    transport: Transport,
-) -> Result<Identity, Denied> {
+async fn decide(broker: &Broker, req: &ConnectAttempt) -> Result<Identity, Denied> {
     let username: Option<Arc<str>> = req.username.as_deref().map(Arc::from);
+    let peer = req.peer;
     let mut asked = false;
-    if let Some(mgr) = broker.plugins() {
-        let chain = mgr.auth_chain();
+    if let Some(auth) = broker.auth_chain() {
+        let chain = auth.chain();
         if !chain.is_empty() {
             asked = true;
-            let wreq = connect_request(req, peer, transport);
             for p in chain {
-                let name = &p.ctx.name;
-                match p.authenticate(mgr.runtime().engine(), wreq.clone()).await {
-                    Ok(wit::ConnectDecision::Ignore) => continue,
-                    Ok(wit::ConnectDecision::Deny(d)) => {
+                let name = p.name();
+                match p.authenticate(req).await {
+                    Ok(Verdict::Ignore) => continue,
+                    Ok(Verdict::Deny(code, message)) => {
                         return Err(Denied {
-                            code: deny_code(d.reason_code),
-                            message: format!("denied by {name}: {}", d.message),
+                            code: deny_code(code),
+                            message: format!("denied by {name}: {message}"),
                         })
                     }
-                    Ok(wit::ConnectDecision::Allow(id)) => return identity(&p, id, username),
+                    Ok(Verdict::Allow(id)) => return identity(&*p, id, username),
                     Err(e) => {
                         broker.metrics.auth_failed.fetch_add(1, Ordering::Relaxed);
                         return Err(Denied {

@@ -55,6 +55,8 @@ pub struct Shared {
     /// Loaded plugins (set once at startup). Weak: the manager's plugins hold the broker,
     /// and the server owns the manager, so shutdown drops the whole graph.
     plugins_mgr: std::sync::OnceLock<std::sync::Weak<crate::plugins::PluginManager>>,
+    /// The auth chain (the plugin manager's auth plugins), as the core sees it.
+    auth: std::sync::OnceLock<std::sync::Weak<dyn crate::auth::AuthChain>>,
     /// When the broker started.
     pub started: Instant,
     next_id: AtomicU64,
@@ -162,6 +164,7 @@ impl Broker {
             passwords: crate::passwords::Passwords::default(),
             streams: crate::stream::Hub::default(),
             plugins_mgr: std::sync::OnceLock::new(),
+            auth: std::sync::OnceLock::new(),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             shutdown,
@@ -184,9 +187,16 @@ impl Broker {
         self.plugins_mgr.get()?.upgrade()
     }
 
-    /// Registers the plugin manager (once, at startup).
+    /// Registers the plugin manager (once, at startup); it is the auth chain too.
     pub fn set_plugins(&self, m: &Arc<crate::plugins::PluginManager>) {
         let _ = self.plugins_mgr.set(Arc::downgrade(m));
+        let chain: Arc<dyn crate::auth::AuthChain> = m.clone();
+        let _ = self.auth.set(Arc::downgrade(&chain));
+    }
+
+    /// The auth chain, while the server runs.
+    pub fn auth_chain(&self) -> Option<Arc<dyn crate::auth::AuthChain>> {
+        self.auth.get()?.upgrade()
     }
 
     /// A fresh id for sessions and connection generations.

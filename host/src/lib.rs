@@ -36,6 +36,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub use broker::Broker;
+
+/// A boxed future, for the object-safe traits the core calls through (authenticators,
+/// stream protocols).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 pub use config::Config;
 
 use apikeys::{ApiKeyError, ApiKeyStore};

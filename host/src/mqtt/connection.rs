@@ -103,7 +103,7 @@ pub(crate) struct Connection<T: Transport> {
 /// exchange in progress.
 pub(crate) struct ReAuth {
     pub method: String,
-    pub connect: crate::plugins::bindings::exports::apiary::plugin::auth::ConnectRequest,
+    pub connect: crate::auth::ConnectAttempt,
     pub conv: Option<crate::auth::Conversation>,
 }
 

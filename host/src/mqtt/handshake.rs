@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::types::QoS;
-use rmqtt_codec::v5::{PublishProperties, UserProperties};
+use rmqtt_codec::v5::PublishProperties;
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{v3, v5, MqttCodec, MqttPacket};
 use tokio_util::codec::Decoder;
@@ -93,8 +93,6 @@ pub struct ConnectReq {
     pub auth_method: Option<ByteString>,
     /// v5 enhanced authentication data.
     pub auth_data: Option<bytes::Bytes>,
-    /// v5 user properties of CONNECT.
-    pub user_properties: UserProperties,
 }
 
 /// Reads until a whole CONNECT is decoded. Returns the wire codec for the rest of the
@@ -187,7 +185,6 @@ fn from_v3(c: v3::Connect) -> ConnectReq {
         topic_alias_max: 0,
         auth_method: None,
         auth_data: None,
-        user_properties: Vec::new(),
     }
 }
 
@@ -224,7 +221,6 @@ fn from_v5(c: v5::Connect) -> ConnectReq {
         topic_alias_max: c.topic_alias_max,
         auth_method: c.auth_method,
         auth_data: c.auth_data,
-        user_properties: c.user_properties,
     }
 }
 

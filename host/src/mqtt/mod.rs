@@ -25,7 +25,6 @@ use crate::metrics::transport_index;
 use crate::session::{ClientInfo, Transport as TransportKind, Will};
 use crate::topic;
 use connection::Connection;
-pub(crate) use handshake::ConnectReq as ConnectInfo;
 use handshake::{read_connect, ConnectReq, HandshakeError};
 use transport::Transport;
 use wire::Wire;
@@ -93,6 +92,36 @@ pub async fn serve<T: Transport>(broker: Broker, mut io: T, peer: SocketAddr, ki
 /// A CONNECT refusal: v5 reason code, and the 3.1.1 return code for the same cause.
 struct Refusal(u8, v3::ConnectAckReason, String);
 
+/// The 3.1.1 CONNACK return code for an MQTT 5 reason code.
+pub(crate) fn v3_code(v5: u8) -> rmqtt_codec::v3::ConnectAckReason {
+    use rmqtt_codec::v3::ConnectAckReason;
+    match v5 {
+        0x86 => ConnectAckReason::BadUserNameOrPassword,
+        0x85 => ConnectAckReason::IdentifierRejected,
+        0x84 => ConnectAckReason::UnacceptableProtocolVersion,
+        0x88 | 0x89 => ConnectAckReason::ServiceUnavailable,
+        _ => ConnectAckReason::NotAuthorized,
+    }
+}
+
+/// What the auth chain sees of a CONNECT.
+fn connect_attempt(
+    req: &ConnectReq,
+    peer: SocketAddr,
+    transport: crate::session::Transport,
+) -> crate::auth::ConnectAttempt {
+    crate::auth::ConnectAttempt {
+        client_id: req.client_id.to_string(),
+        username: req.username.as_deref().map(str::to_string),
+        password: req.password.as_ref().map(|p| p.to_vec()),
+        peer,
+        proto_name: req.proto_name.to_string(),
+        proto_ver: req.proto_ver,
+        listener: transport.listener().to_string(),
+        cert_subject: None,
+    }
+}
+
 fn check(broker: &Broker, req: &ConnectReq, peer: SocketAddr) -> Result<(), Refusal> {
     use v3::ConnectAckReason as R3;
     if !broker.connect_rate.allow(peer.ip(), Instant::now()) {
@@ -144,9 +173,9 @@ async fn enhanced_connect<T: Transport>(
     kind: TransportKind,
 ) -> Result<(crate::auth::Identity, Option<Vec<u8>>), Refusal> {
     use crate::auth::Step;
-    let refuse = |code: u8, why: String| Refusal(code, crate::auth::v3_code(code), why);
+    let refuse = |code: u8, why: String| Refusal(code, v3_code(code), why);
     let method = req.auth_method.as_deref().unwrap_or_default();
-    let connect = crate::auth::connect_request(req, peer, kind);
+    let connect = connect_attempt(req, peer, kind);
     // One deadline and a bounded number of rounds for the whole exchange, so a plugin
     // that keeps answering `continue` cannot hold an unauthenticated socket open.
     let deadline = tokio::time::Instant::now()
@@ -265,9 +294,9 @@ async fn establish<T: Transport>(
                     id
                 })
         }
-        Ok(()) => crate::auth::authenticate(&broker, &req, peer, kind)
+        Ok(()) => crate::auth::authenticate(&broker, &connect_attempt(&req, peer, kind))
             .await
-            .map_err(|d| Refusal(d.code, crate::auth::v3_code(d.code), d.message)),
+            .map_err(|d| Refusal(d.code, v3_code(d.code), d.message)),
         Err(r) => Err(r),
     };
     let assigned = req
@@ -421,7 +450,7 @@ async fn establish<T: Transport>(
         reauth: req.auth_method.as_deref().map(|m| {
             Box::new(connection::ReAuth {
                 method: m.to_string(),
-                connect: crate::auth::connect_request(&req, peer, kind),
+                connect: connect_attempt(&req, peer, kind),
                 conv: None,
             })
         }),

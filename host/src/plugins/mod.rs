@@ -9,6 +9,7 @@
 //! - `host_passwords`: password hashes verified natively on a bounded pool;
 //! - [`manager`]: the loaded set, the directory watcher, lookup by role.
 
+mod auth_chain;
 mod events;
 mod host_api;
 mod host_apikeys;

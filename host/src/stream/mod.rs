@@ -12,8 +12,6 @@ mod sio;
 mod ws;
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -221,8 +219,7 @@ pub enum ProtocolError {
     Failed(String),
 }
 
-/// A boxed future, for the object-safe [`Protocol`].
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::BoxFuture;
 
 /// What a stream connection needs from the plugin that speaks over it. The plugin runtime
 /// implements it; the transport knows nothing of wasm.
