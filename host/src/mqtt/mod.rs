@@ -3,11 +3,9 @@
 mod connection;
 mod handshake;
 pub mod listener;
-mod outbound;
 pub mod transport;
 pub mod wire;
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::sync::atomic::Ordering;
@@ -415,37 +413,17 @@ async fn establish<T: Transport>(
         );
     }
 
-    let ka = (keepalive > 0).then(|| Duration::from_millis(u64::from(keepalive) * 1500));
-    let now = Instant::now();
-    let tenant_counters = broker.tenant_stats.of(&attach.session.tenant);
-    let mut conn = Connection {
+    Some(Connection::new(connection::Accepted {
         broker: broker.clone(),
         io,
         wire,
         rbuf,
         wbuf,
-        session: attach.session,
-        generation: attach.generation,
-        control: attach.control,
-        keepalive: ka,
-        ka_timer: Box::pin(tokio::time::sleep_until(
-            (now + ka.unwrap_or(Duration::from_secs(3600))).into(),
-        )),
-        last_recv: now,
-        window: window.max(1),
-        alias_in: HashMap::new(),
-        alias_out: HashMap::new(),
+        attach,
+        keepalive_secs: keepalive,
+        window,
         alias_out_max: req.topic_alias_max,
         session_expiry,
-        outgoing: Vec::new(),
-        more_out: false,
-        wbuf_counted: 0,
-        durable: broker.store.as_ref().map(|s| s.durable()),
-        pending_acks: VecDeque::new(),
-        write_timeout: Duration::from_secs(cfg.listeners.write_timeout_secs.max(1)),
-        write_broken: false,
-        connect_expiry: session_expiry,
-        tenant_counters,
         acl,
         reauth: req.auth_method.as_deref().map(|m| {
             Box::new(connection::ReAuth {
@@ -454,13 +432,5 @@ async fn establish<T: Transport>(
                 conv: None,
             })
         }),
-    };
-    // CONNECT itself, read before the session existed.
-    crate::session::Counters::add(&conn.session.counters.recv_pkt, 1);
-    if attach.session_present {
-        // Unacknowledged messages go again first, within the window and byte budget.
-        conn.session.state.lock().resend_all();
-    }
-    conn.pump();
-    Some(conn)
+    }))
 }

@@ -15,9 +15,9 @@ use rmqtt_codec::error::EncodeError;
 use rmqtt_codec::types::{Publish, QoS};
 use tokio::sync::watch;
 
-use super::connection::{Connection, Exit};
-use super::transport::Transport;
+use super::{Connection, Exit};
 use crate::message::Delivery;
+use crate::mqtt::transport::Transport;
 use crate::session::{Counters, InflightState, Outgoing};
 use crate::store::Op;
 

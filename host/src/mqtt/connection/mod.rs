@@ -18,7 +18,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Sleep;
 use tracing::debug;
 
-use super::outbound::{durable_changed, PendingAck};
+// The outbound half of the connection (its write path) and its construction: children,
+// so they share the connection's private state.
+mod outbound;
+mod setup;
+
+pub(crate) use setup::Accepted;
+
 use super::transport::Transport;
 use super::wire::{Incoming, Wire};
 use crate::acl::{Acl, Action, Ask};
@@ -27,6 +33,7 @@ use crate::message::Message;
 use crate::session::{Control, Counters, InflightState, Outgoing, Session};
 use crate::store::Op;
 use crate::topic;
+use outbound::{durable_changed, PendingAck};
 
 /// A read at least this big is followed by a yield to other connections.
 const YIELD_AFTER_BYTES: usize = 4096;
@@ -56,47 +63,47 @@ pub(crate) enum Exit {
 
 /// Per-connection state.
 pub(crate) struct Connection<T: Transport> {
-    pub broker: Broker,
-    pub io: T,
-    pub wire: Wire,
-    pub rbuf: BytesMut,
-    pub wbuf: BytesMut,
-    pub session: Arc<Session>,
-    pub generation: u64,
-    pub control: mpsc::UnboundedReceiver<Control>,
+    broker: Broker,
+    io: T,
+    wire: Wire,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    session: Arc<Session>,
+    generation: u64,
+    control: mpsc::UnboundedReceiver<Control>,
     /// 1.5 × keepalive, None when keepalive is 0.
-    pub keepalive: Option<Duration>,
-    pub ka_timer: Pin<Box<Sleep>>,
-    pub last_recv: Instant,
+    keepalive: Option<Duration>,
+    ka_timer: Pin<Box<Sleep>>,
+    last_recv: Instant,
     /// Inflight window towards the client.
-    pub window: usize,
-    pub alias_in: HashMap<u16, ByteString>,
-    pub alias_out: HashMap<ByteString, u16>,
-    pub alias_out_max: u16,
+    window: usize,
+    alias_in: HashMap<u16, ByteString>,
+    alias_out: HashMap<ByteString, u16>,
+    alias_out_max: u16,
     /// Session expiry in force (may change at DISCONNECT).
-    pub session_expiry: u32,
-    pub outgoing: Vec<Outgoing>,
+    session_expiry: u32,
+    outgoing: Vec<Outgoing>,
     /// The last pump stopped at its byte budget: pump again once the buffer is written.
-    pub more_out: bool,
+    more_out: bool,
     /// `wbuf` bytes counted in the broker's write-buffer gauge.
-    pub wbuf_counted: usize,
+    wbuf_counted: usize,
     /// The store's durable ticket, and acks waiting for it (sync = "always", or while
     /// the store's writer is behind).
-    pub durable: Option<watch::Receiver<u64>>,
-    pub pending_acks: VecDeque<(u64, PendingAck)>,
+    durable: Option<watch::Receiver<u64>>,
+    pending_acks: VecDeque<(u64, PendingAck)>,
     /// How long one write may block before the client counts as gone.
-    pub write_timeout: Duration,
+    write_timeout: Duration,
     /// A write was interrupted: the stream may hold half a packet, send nothing more.
-    pub write_broken: bool,
+    write_broken: bool,
     /// Session expiry from CONNECT (DISCONNECT may not raise it from 0).
-    pub connect_expiry: u32,
+    connect_expiry: u32,
     /// Who the client is, and its cached ACL decisions.
-    pub acl: Acl,
+    acl: Acl,
     /// Its tenant's message counters (`$SYS` per tenant).
-    pub tenant_counters: Arc<crate::metrics::TenantCounters>,
+    tenant_counters: Arc<crate::metrics::TenantCounters>,
     /// Set when the client authenticated with an MQTT 5 authentication method, which it
     /// may use again to re-authenticate.
-    pub reauth: Option<Box<ReAuth>>,
+    reauth: Option<Box<ReAuth>>,
 }
 
 /// What re-authentication needs: the method, the CONNECT the plugin sees, and the
