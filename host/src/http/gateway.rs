@@ -14,7 +14,6 @@ use serde_json::json;
 use super::authorize_global;
 use crate::apikeys::Right;
 use crate::broker::Broker;
-use crate::plugins::bindings::exports::apiary::plugin::http as wit;
 use crate::plugins::runtime::LoadedPlugin;
 use crate::plugins::PluginError;
 
@@ -151,13 +150,13 @@ async fn call(
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let wreq = wit::Request {
+    let wreq = crate::plugins::HttpRequest {
         method: parts.method.as_str().to_string(),
         path,
         query: parts.uri.query().unwrap_or("").to_string(),
         headers,
         body,
-        peer: peer.map(|p| p.to_string()),
+        peer,
     };
     let Some(mgr) = b.plugins() else {
         return error(
@@ -166,10 +165,7 @@ async fn call(
             "plugins not started",
         );
     };
-    match plugin
-        .handle_http(mgr.runtime().engine(), wreq, peer.map(|p| p.ip()))
-        .await
-    {
+    match plugin.serve_http(mgr.runtime().engine(), wreq).await {
         Ok(r) => {
             let mut resp = Response::new(Body::from(r.body));
             *resp.status_mut() = match StatusCode::from_u16(r.status) {

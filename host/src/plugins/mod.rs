@@ -15,6 +15,7 @@ mod host_api;
 mod host_apikeys;
 mod host_passwords;
 mod host_streams;
+mod http_calls;
 pub mod kv;
 pub mod manager;
 pub mod manifest;
@@ -32,6 +33,7 @@ pub mod bindings {
     });
 }
 
+pub use http_calls::{HttpRequest, HttpResponse};
 pub use manager::PluginManager;
 pub use runtime::PluginError;
 pub use stream_calls::PluginProtocol;

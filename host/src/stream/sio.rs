@@ -138,7 +138,7 @@ impl SocketIoServer {
 }
 
 /// The connect middleware: asks the protocol; a refusal is the client's connect error.
-async fn handshake(ctx: &Ctx, s: &SocketRef, auth: Option<Value>) -> Result<(), String> {
+async fn handshake(ctx: &Arc<Ctx>, s: &SocketRef, auth: Option<Value>) -> Result<(), String> {
     let parts = s.req_parts();
     let Some(id) = ctx
         .broker
@@ -164,7 +164,17 @@ async fn handshake(ctx: &Ctx, s: &SocketRef, auth: Option<Value>) -> Result<(), 
     };
     match ctx.proto.handshake(hs).await {
         Ok(Decision::Accept(a)) => {
-            ctx.pending.lock().insert(s.id.to_string(), (id, a));
+            let sid = s.id.to_string();
+            ctx.pending.lock().insert(sid.clone(), (id, a));
+            // A socket that goes away between this and its connect handler must not
+            // keep its slot: nobody else would ever release it.
+            let c = ctx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                if c.pending.lock().remove(&sid).is_some() {
+                    c.broker.streams.release(&c.plugin, id);
+                }
+            });
             Ok(())
         }
         Ok(Decision::Refuse { body, .. }) => {
