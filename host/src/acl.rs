@@ -15,37 +15,7 @@ use crate::auth::{AclVerdict, Identity};
 use crate::broker::Broker;
 use crate::config::{AuthConfig, NoMatch};
 
-/// What a client asks to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// PUBLISH to a topic (or a will to be published).
-    Publish,
-    /// SUBSCRIBE to a filter.
-    Subscribe,
-}
-
-impl Action {
-    /// The action's name in logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Publish => "publish",
-            Action::Subscribe => "subscribe",
-        }
-    }
-}
-
-/// One action to authorise.
-#[derive(Debug, Clone, Copy)]
-pub struct Ask<'a> {
-    /// Publish or subscribe.
-    pub action: Action,
-    /// Topic (publish) or filter (subscribe).
-    pub topic: &'a str,
-    /// QoS asked for.
-    pub qos: u8,
-    /// Retain flag (publish).
-    pub retain: bool,
-}
+pub use crate::auth::{Action, Ask};
 
 /// Broker-wide ACL state the plugin manager updates: read with two atomic loads per check.
 #[derive(Debug, Default)]

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::acl::Ask;
 use crate::broker::Broker;
 use crate::BoxFuture;
 
@@ -115,6 +114,38 @@ pub trait AuthChain: Send + Sync {
     fn chain(&self) -> Vec<Arc<dyn Authenticator>>;
     /// One by name.
     fn get(&self, name: &str) -> Option<Arc<dyn Authenticator>>;
+}
+
+/// What a client asks to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// PUBLISH to a topic (or a will to be published).
+    Publish,
+    /// SUBSCRIBE to a filter.
+    Subscribe,
+}
+
+impl Action {
+    /// The action's name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// One action to authorise.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// Publish or subscribe.
+    pub action: Action,
+    /// Topic (publish) or filter (subscribe).
+    pub topic: &'a str,
+    /// QoS asked for.
+    pub qos: u8,
+    /// Retain flag (publish).
+    pub retain: bool,
 }
 
 /// Who an accepted client is.

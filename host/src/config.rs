@@ -47,7 +47,7 @@ pub struct Config {
     /// Native HTTP API.
     pub http: HttpConfig,
     /// Durable state.
-    pub store: crate::store::StoreConfig,
+    pub store: StoreConfig,
     /// Where durable state lives.
     pub data_dir: PathBuf,
     /// Where plugins are loaded from.
@@ -74,7 +74,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             session: SessionConfig::default(),
             http: HttpConfig::default(),
-            store: crate::store::StoreConfig::default(),
+            store: StoreConfig::default(),
             data_dir: PathBuf::from("data"),
             plugins_dir: PathBuf::from("plugins.d"),
             plugin_cache_dir: None,
@@ -426,6 +426,41 @@ impl Config {
                 ..AuthConfig::default()
             },
             ..Self::embedded()
+        }
+    }
+}
+
+/// When writes become durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// fsync every group of writes before acknowledging the publishes they carry.
+    Always,
+    /// Write at once (to OS buffers), fsync every `batch_interval_ms`.
+    Batch,
+    /// Write at once (to OS buffers), never fsync.
+    Never,
+}
+
+/// Store settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Durability policy.
+    pub sync: SyncMode,
+    /// fsync interval in `batch` mode, in ms.
+    pub batch_interval_ms: u64,
+    /// Bytes of operations waiting for the writer past which QoS 1/2 acknowledgements
+    /// wait for it; at twice this, submitters block.
+    pub max_queued_bytes: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            sync: SyncMode::Batch,
+            batch_interval_ms: 10,
+            max_queued_bytes: 64 << 20,
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod passwords;
 pub mod plugins;
+pub mod refusal;
 pub mod registry;
 pub mod router;
 pub mod secrets;

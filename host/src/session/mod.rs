@@ -1,9 +1,9 @@
 //! A session: the state MQTT keeps for a client id across connections (subscriptions,
 //! queue, inflight window, QoS 2 receive state) plus what the registry shows about it.
 //! Online or offline, deliveries land in the same queue under a per-session lock; the
-//! connection task, when there is one, is woken to drain it.
+//! connection task, when there is one, is woken to drain it. Attaching and detaching
+//! connections is the broker's (`broker::lifecycle`).
 
-mod lifecycle;
 mod state;
 
 use std::net::SocketAddr;
@@ -14,7 +14,6 @@ use std::time::SystemTime;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-pub use lifecycle::Attach;
 pub use state::{EnqueueOutcome, Inflight, InflightState, Outgoing, SessionState, SubOptions};
 
 use crate::message::Message;
@@ -167,6 +166,18 @@ pub enum Control {
     },
     /// Server shutdown.
     Shutdown,
+}
+
+/// The result of attaching a connection to a session.
+pub struct Attach {
+    /// The session now attached.
+    pub session: Arc<Session>,
+    /// Whether an existing session was resumed (CONNACK session present).
+    pub session_present: bool,
+    /// Generation of this connection.
+    pub generation: u64,
+    /// Control commands for this connection.
+    pub control: mpsc::UnboundedReceiver<Control>,
 }
 
 /// Handle to the connection attached to a session.

@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytestring::ByteString;
-use serde::Deserialize;
 use tokio::sync::watch;
 
 pub use fjall_backend::FjallBackend;
@@ -33,40 +32,7 @@ pub use writer::StoreStats;
 
 use crate::message::{Delivery, Message};
 
-/// When writes become durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// fsync every group of writes before acknowledging the publishes they carry.
-    Always,
-    /// Write at once (to OS buffers), fsync every `batch_interval_ms`.
-    Batch,
-    /// Write at once (to OS buffers), never fsync.
-    Never,
-}
-
-/// Store settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Durability policy.
-    pub sync: SyncMode,
-    /// fsync interval in `batch` mode, in ms.
-    pub batch_interval_ms: u64,
-    /// Bytes of operations waiting for the writer past which QoS 1/2 acknowledgements
-    /// wait for it; at twice this, submitters block.
-    pub max_queued_bytes: usize,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            sync: SyncMode::Batch,
-            batch_interval_ms: 10,
-            max_queued_bytes: 64 << 20,
-        }
-    }
-}
+pub use crate::config::{StoreConfig, SyncMode};
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]

@@ -9,21 +9,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::{ClientInfo, ConnHandle, Control, Session, Will};
-use crate::broker::Broker;
+use super::Broker;
 use crate::registry::Event;
-
-/// The result of attaching a connection to a session.
-pub struct Attach {
-    /// The session now attached.
-    pub session: Arc<Session>,
-    /// Whether an existing session was resumed (CONNACK session present).
-    pub session_present: bool,
-    /// Generation of this connection.
-    pub generation: u64,
-    /// Control commands for this connection.
-    pub control: mpsc::UnboundedReceiver<Control>,
-}
+use crate::session::{Attach, ClientInfo, ConnHandle, Control, Session, Will};
 
 impl Broker {
     /// Attaches a new connection for `client_id` in `tenant`: takes over any connection

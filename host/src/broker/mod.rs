@@ -2,6 +2,10 @@
 //! the retained store and the metrics. The publish path (match → enqueue → wake) lives here
 //! because MQTT connections, admin operations, wills and `$SYS` all publish the same way.
 
+mod admin;
+mod lifecycle;
+mod restore;
+
 use std::cell::RefCell;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +25,9 @@ use crate::router::retained::RetainedStore;
 use crate::router::{Router, Subscriber};
 use crate::session::{EnqueueOutcome, Session, SubOptions};
 use crate::store::{Op, Store};
-use crate::topic::{self, TopicError};
+use crate::topic;
+
+pub use crate::refusal::{PublishRefused, SubscribeError};
 
 /// State shared by every task of one broker.
 #[derive(Debug)]
@@ -78,56 +84,6 @@ impl std::ops::Deref for Broker {
 thread_local! {
     /// Reused per worker thread so matching allocates nothing per message.
     static MATCHES: RefCell<Vec<Subscriber>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Why the broker refused a publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PublishRefused {
-    /// A retained message over its tenant's retained limits.
-    #[error(transparent)]
-    Retained(#[from] crate::router::retained::RetainedRefused),
-}
-
-impl PublishRefused {
-    /// The MQTT 5 PUBACK/PUBREC reason code.
-    pub fn reason_code(self) -> u8 {
-        match self {
-            PublishRefused::Retained(_) => 0x97,
-        }
-    }
-}
-
-/// Why a subscription was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SubscribeError {
-    /// The filter is not valid.
-    #[error("invalid topic filter: {0}")]
-    InvalidFilter(#[from] TopicError),
-    /// Shared subscriptions are disabled.
-    #[error("shared subscriptions are not supported")]
-    SharedNotSupported,
-    /// Wildcards are disabled.
-    #[error("wildcard subscriptions are not supported")]
-    WildcardNotSupported,
-    /// The session has as many subscriptions as allowed.
-    #[error("subscription quota exceeded")]
-    QuotaExceeded,
-    /// The session ended (while the subscription was being made).
-    #[error("the session has ended")]
-    SessionEnded,
-}
-
-impl SubscribeError {
-    /// The MQTT 5 SUBACK reason code for this refusal.
-    pub fn reason_code(self) -> u8 {
-        match self {
-            SubscribeError::InvalidFilter(_) => 0x8F,
-            SubscribeError::SharedNotSupported => 0x9E,
-            SubscribeError::WildcardNotSupported => 0xA2,
-            SubscribeError::QuotaExceeded => 0x97,
-            SubscribeError::SessionEnded => 0x80,
-        }
-    }
 }
 
 impl Broker {
