@@ -17,6 +17,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod common;
+
+use common::{mqtt_packet as packet, mqtt_str as string};
+
 /// Publishes per iteration of the throughput benchmarks.
 const BATCH: usize = 1000;
 /// Topics the publisher rotates over (a device's handful of topics).
@@ -77,30 +81,6 @@ async fn server(dir: &Path, with_auth: bool, cache: usize) -> Server {
     apiary::start(cfg).await.expect("broker starts")
 }
 
-fn string(s: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut p = vec![first];
-    let mut n = body.len();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        p.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-    p.extend_from_slice(body);
-    p
-}
-
-/// A 3.1.1 CONNECT (clean session), with credentials when given.
 fn connect_packet(id: &str, creds: Option<(&str, &str)>) -> Vec<u8> {
     let flags = 0x02 | if creds.is_some() { 0xC0 } else { 0 };
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 60];

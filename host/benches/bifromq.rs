@@ -27,27 +27,14 @@ use tokio::net::TcpStream;
 const TOPIC: &str = "bench/pub";
 
 async fn server(dir: &Path, port: u16) -> apiary::Server {
-    let mut cfg = apiary::Config::ephemeral(dir.join("data"));
-    cfg.listeners.ws = None;
-    cfg.listeners.tls = None;
-    cfg.listeners.wss = None;
-    cfg.plugin_cache_dir =
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache"));
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let built = root.join("target/plugins/bifromq.wasm");
-    assert!(built.exists(), "run `cargo xtask plugins` first");
-    std::fs::copy(&built, plugins.join("bifromq.wasm")).unwrap();
-    let toml = std::fs::read_to_string(root.join("plugins/bifromq/bifromq.toml"))
-        .unwrap()
-        .replace("0.0.0.0:8091", &format!("127.0.0.1:{port}"));
-    std::fs::write(plugins.join("bifromq.toml"), toml).unwrap();
-    let keys = dir.join("keys");
-    std::fs::write(&keys, "ops:s3cret:publish:tenant=default\n").unwrap();
-    cfg.api_keys_file = Some(keys);
-    cfg.plugins_dir = plugins;
-    apiary::start(cfg).await.expect("broker starts")
+    let listen = format!("127.0.0.1:{port}");
+    common::with_stock_plugin(
+        dir,
+        "bifromq",
+        &[("0.0.0.0:8091", &listen)],
+        "ops:s3cret:publish:tenant=default\n",
+    )
+    .await
 }
 
 /// The native route: what the plugin does for `/pub`, written against the host directly.

@@ -10,33 +10,11 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use apiary::Config;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 async fn server(dir: &Path) -> apiary::Server {
-    let mut cfg = Config::ephemeral(dir.join("data"));
-    cfg.listeners.ws = None;
-    cfg.listeners.tls = None;
-    cfg.listeners.wss = None;
-    cfg.plugin_cache_dir =
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache"));
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let built = root.join("target/plugins/emqx.wasm");
-    assert!(built.exists(), "run `cargo xtask plugins` first");
-    std::fs::copy(&built, plugins.join("emqx.wasm")).unwrap();
-    std::fs::copy(
-        root.join("plugins/emqx/emqx.toml"),
-        plugins.join("emqx.toml"),
-    )
-    .unwrap();
-    let keys = dir.join("keys");
-    std::fs::write(&keys, "ops:s3cret:admin\n").unwrap();
-    cfg.api_keys_file = Some(keys);
-    cfg.plugins_dir = plugins;
-    apiary::start(cfg).await.expect("broker starts")
+    common::with_stock_plugin(dir, "emqx", &[], "ops:s3cret:admin\n").await
 }
 
 /// One GET on a keep-alive connection; returns the status.

@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{mqtt_packet as packet, mqtt_str as with_str};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,51 +28,14 @@ fn now_ns() -> u64 {
 }
 
 async fn server(dir: &Path, port: u16) -> apiary::Server {
-    let mut cfg = apiary::Config::ephemeral(dir.join("data"));
-    cfg.listeners.ws = None;
-    cfg.listeners.tls = None;
-    cfg.listeners.wss = None;
-    cfg.plugin_cache_dir =
-        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-plugin-cache"));
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let built = root.join("target/plugins/octave.wasm");
-    assert!(built.exists(), "run `cargo xtask plugins` first");
-    std::fs::copy(&built, plugins.join("octave.wasm")).unwrap();
-    let toml = std::fs::read_to_string(root.join("plugins/octave/octave.toml"))
-        .unwrap()
-        .replace("0.0.0.0:8092", &format!("127.0.0.1:{port}"));
-    std::fs::write(plugins.join("octave.toml"), toml).unwrap();
-    let keys = dir.join("keys");
-    std::fs::write(&keys, "ops:s3cret:admin:tenant=*\n").unwrap();
-    cfg.api_keys_file = Some(keys);
-    cfg.plugins_dir = plugins;
-    apiary::start(cfg).await.expect("broker starts")
-}
-
-/// One MQTT packet: fixed header byte, remaining length, body.
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut v = vec![first];
-    let mut n = body.len();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        v.push(b);
-        if n == 0 {
-            break;
-        }
-    }
-    v.extend_from_slice(body);
-    v
-}
-
-fn with_str(v: &mut Vec<u8>, s: &str) {
-    v.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    v.extend_from_slice(s.as_bytes());
+    let listen = format!("127.0.0.1:{port}");
+    common::with_stock_plugin(
+        dir,
+        "octave",
+        &[("0.0.0.0:8092", &listen)],
+        "ops:s3cret:admin:tenant=*\n",
+    )
+    .await
 }
 
 /// An MQTT 3.1.1 connection with CONNECT sent and CONNACK read.
@@ -77,9 +43,9 @@ async fn mqtt(tcp: SocketAddr, id: &str) -> TcpStream {
     let mut s = TcpStream::connect(tcp).await.unwrap();
     s.set_nodelay(true).unwrap();
     let mut body = Vec::new();
-    with_str(&mut body, "MQTT");
+    with_str("MQTT", &mut body);
     body.extend_from_slice(&[4, 0x02, 0, 120]);
-    with_str(&mut body, id);
+    with_str(id, &mut body);
     s.write_all(&packet(0x10, &body)).await.unwrap();
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).await.unwrap();
@@ -119,7 +85,7 @@ impl Seen {
 async fn mqtt_subscriber(tcp: SocketAddr, i: usize, topic: &str, seen: Arc<Seen>) {
     let mut s = mqtt(tcp, &format!("fan-{i}")).await;
     let mut body = vec![0, 1];
-    with_str(&mut body, topic);
+    with_str(topic, &mut body);
     body.push(0);
     s.write_all(&packet(0x82, &body)).await.unwrap();
     let mut suback = [0u8; 5];
@@ -224,7 +190,7 @@ async fn round(publisher: &mut TcpStream, topic: &str, m: usize, n: usize, seen:
     let start = now_ns();
     for _ in 0..m {
         let mut body = Vec::new();
-        with_str(&mut body, topic);
+        with_str(topic, &mut body);
         body.extend_from_slice(format!("{{\"t\":{}}}", now_ns()).as_bytes());
         publisher.write_all(&packet(0x30, &body)).await.unwrap();
         // A steady stream rather than one burst: the queues stay short on both paths.

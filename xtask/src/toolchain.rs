@@ -178,14 +178,29 @@ pub fn componentize_js(root: &Path) -> Option<PathBuf> {
     if entry.exists() {
         return Some(entry);
     }
-    if Command::new("node").arg("--version").output().is_err()
-        || Command::new("npm").arg("--version").output().is_err()
-    {
+    if !have_node() {
         println!("==> skipping JavaScript plugins: node and npm are not installed");
         return None;
     }
     println!("==> installing componentize-js 0.23.0 into target/js-toolchain (npm, 5 min limit)");
-    let ok = Command::new("timeout")
+    let ok = npm_install(&prefix, &["@bytecodealliance/componentize-js@0.23.0"]);
+    if ok && entry.exists() {
+        Some(entry)
+    } else {
+        println!("==> skipping JavaScript plugins: npm could not install componentize-js");
+        None
+    }
+}
+
+/// Whether node and npm can run.
+fn have_node() -> bool {
+    Command::new("node").arg("--version").output().is_ok()
+        && Command::new("npm").arg("--version").output().is_ok()
+}
+
+/// `npm install` of `packages` under `prefix`, within 5 minutes; whether it worked.
+fn npm_install(prefix: &Path, packages: &[&str]) -> bool {
+    Command::new("timeout")
         .args([
             "300",
             "npm",
@@ -194,17 +209,10 @@ pub fn componentize_js(root: &Path) -> Option<PathBuf> {
             "--no-fund",
             "--prefix",
         ])
-        .arg(&prefix)
-        .arg("@bytecodealliance/componentize-js@0.23.0")
+        .arg(prefix)
+        .args(packages)
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok && entry.exists() {
-        Some(entry)
-    } else {
-        println!("==> skipping JavaScript plugins: npm could not install componentize-js");
-        None
-    }
+        .is_ok_and(|s| s.success())
 }
 
 /// The Node clients the stream tests drive the broker with: wscat (the Octave seed's
@@ -222,9 +230,7 @@ pub fn node_tools(root: &Path) -> Option<PathBuf> {
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == PACKAGES.join(" ")) {
         return Some(prefix);
     }
-    if Command::new("node").arg("--version").output().is_err()
-        || Command::new("npm").arg("--version").output().is_err()
-    {
+    if !have_node() {
         println!("==> no node/npm: the wscat and socket.io client tests cannot run");
         return None;
     }
@@ -232,20 +238,7 @@ pub fn node_tools(root: &Path) -> Option<PathBuf> {
         "==> installing {} into target/node-tools (npm, 5 min limit)",
         PACKAGES.join(", ")
     );
-    let ok = Command::new("timeout")
-        .args([
-            "300",
-            "npm",
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--prefix",
-        ])
-        .arg(&prefix)
-        .args(PACKAGES)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let ok = npm_install(&prefix, &PACKAGES);
     if ok && std::fs::write(&stamp, PACKAGES.join(" ")).is_ok() {
         Some(prefix)
     } else {

@@ -68,3 +68,64 @@ pub async fn read_answer(conn: &mut tokio::io::BufReader<tokio::net::TcpStream>)
     conn.read_exact(&mut body).await.unwrap();
     status
 }
+
+/// A broker serving one stock plugin (built by `cargo xtask plugins`) from `dir/plugins`,
+/// its toml with each `(from, to)` of `replace` applied (e.g. its listen address), with
+/// `keys` as the API keys file; no WebSocket or TLS listeners.
+#[allow(dead_code)] // not every benchmark loads a plugin
+pub async fn with_stock_plugin(
+    dir: &std::path::Path,
+    name: &str,
+    replace: &[(&str, &str)],
+    keys: &str,
+) -> apiary::Server {
+    let mut cfg = apiary::Config::ephemeral(dir.join("data"));
+    cfg.listeners.ws = None;
+    cfg.listeners.tls = None;
+    cfg.listeners.wss = None;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    cfg.plugin_cache_dir = Some(root.join("target/test-plugin-cache"));
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let built = root.join(format!("target/plugins/{name}.wasm"));
+    assert!(built.exists(), "run `cargo xtask plugins` first");
+    std::fs::copy(&built, plugins.join(format!("{name}.wasm"))).unwrap();
+    let mut toml =
+        std::fs::read_to_string(root.join(format!("plugins/{name}/{name}.toml"))).unwrap();
+    for (from, to) in replace {
+        toml = toml.replace(from, to);
+    }
+    std::fs::write(plugins.join(format!("{name}.toml")), toml).unwrap();
+    let keys_file = dir.join("keys");
+    std::fs::write(&keys_file, keys).unwrap();
+    cfg.api_keys_file = Some(keys_file);
+    cfg.plugins_dir = plugins;
+    apiary::start(cfg).await.expect("broker starts")
+}
+
+/// An MQTT string: its length, then its bytes.
+#[allow(dead_code)] // not every benchmark writes MQTT by hand
+pub fn mqtt_str(s: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// One MQTT packet: fixed header byte, remaining length, body.
+#[allow(dead_code)] // not every benchmark writes MQTT by hand
+pub fn mqtt_packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![first];
+    let mut n = body.len();
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        p.push(b);
+        if n == 0 {
+            break;
+        }
+    }
+    p.extend_from_slice(body);
+    p
+}

@@ -242,6 +242,107 @@ pub trait Protocol: Send + Sync + 'static {
     fn render(&self, msg: Arc<Message>) -> BoxFuture<'_, Result<Arc<[Frame]>, ProtocolError>>;
 }
 
+/// Where a new stream connection comes from.
+pub(crate) struct Origin {
+    /// Hub id.
+    pub id: u64,
+    /// Its plugin.
+    pub plugin: Arc<str>,
+    /// Transport.
+    pub transport: StreamTransport,
+    /// Protocol version the registry shows (13; Engine.IO 3 or 4).
+    pub proto_ver: u8,
+    /// The client's address.
+    pub peer: Option<std::net::SocketAddr>,
+    /// socket.io session id.
+    pub sid: Option<Arc<str>>,
+}
+
+/// Attaches the registry session of an accepted stream connection (a clean session that
+/// ends with it) and enters it in the hub: its session, the plugin's frame queue and the
+/// connection as the plugin sees it.
+pub(crate) async fn open_session(
+    broker: &crate::broker::Broker,
+    settings: &StreamSettings,
+    o: Origin,
+    a: Accepted,
+) -> (crate::session::Attach, mpsc::Receiver<Out>, ConnInfo) {
+    let client_id: Arc<str> = if a.client_id.is_empty() {
+        format!("{}-{}", o.plugin, o.id).into()
+    } else {
+        a.client_id.into()
+    };
+    let info = crate::session::ClientInfo {
+        username: a.username.map(Arc::from),
+        user_id: a.user_id.map(Arc::from),
+        proto_name: o.transport.proto_name(),
+        proto_ver: o.proto_ver,
+        transport: crate::session::Transport::Ws,
+        peer: o.peer,
+        keepalive: u16::try_from(settings.ping_interval_secs).unwrap_or(u16::MAX),
+        clean_start: true,
+        expiry_interval: 0,
+        superuser: a.superuser,
+        description: a.description.map(Arc::from),
+        ..Default::default()
+    };
+    let tenant: Arc<str> = a.tenant.into();
+    let att = broker
+        .attach(tenant.clone(), client_id.clone(), true, info, None)
+        .await;
+    let (tx, rx) = mpsc::channel(settings.max_queued_frames.max(1));
+    broker
+        .streams
+        .insert(o.id, o.plugin, att.session.clone(), tx);
+    let conn = ConnInfo {
+        id: o.id,
+        transport: o.transport,
+        tenant,
+        client_id,
+        user_id: att.session.info.read().user_id.clone(),
+        description: None,
+        sid: o.sid,
+    };
+    (att, rx, conn)
+}
+
+/// Takes what the session queue holds (up to a byte budget; the session is woken again
+/// for the rest) and renders it through the protocol: the frames to send, in order. A
+/// delivery the plugin fails to render is dropped and counted.
+pub(crate) async fn drain(
+    proto: &dyn Protocol,
+    session: &Session,
+    hub: &Hub,
+) -> Result<Vec<Frame>, String> {
+    const BUDGET: usize = 256 << 10;
+    let mut out = Vec::new();
+    let more = {
+        let mut st = session.state.lock();
+        st.take_outgoing(usize::MAX, std::time::Instant::now(), BUDGET, &mut out)
+    };
+    if more {
+        // The rest after whatever else is waiting: one busy stream cannot starve kicks.
+        session.notify.notify_one();
+    }
+    let mut frames = Vec::new();
+    for o in out {
+        let crate::session::Outgoing::Publish { delivery, .. } = o else {
+            continue;
+        };
+        match proto.render(delivery.msg.clone()).await {
+            Ok(f) => {
+                crate::session::Counters::add(&session.counters.send_msg, 1);
+                frames.extend(f.iter().cloned());
+            }
+            Err(ProtocolError::Unloaded(_)) => return Err("plugin_unloaded".into()),
+            Err(_) => {
+                hub.counters.render_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(frames)
+}
+
 /// What the plugin asks of one connection, queued to its task.
 #[derive(Debug)]
 pub(crate) enum Out {

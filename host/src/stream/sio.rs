@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::StreamTransport;
 use super::{Accepted, ConnInfo, Decision, Frame, Handshake, Out, Protocol, StreamSettings};
 use crate::broker::Broker;
-use crate::session::{ClientInfo, Control, Counters, Session, Transport};
+use crate::session::{Control, Counters, Session};
 
 /// One plugin's socket.io endpoint.
 pub struct SocketIoServer {
@@ -256,50 +256,24 @@ async fn serve(
     mut closed: oneshot::Receiver<String>,
 ) {
     let broker = &ctx.broker;
-    let client_id: Arc<str> = if a.client_id.is_empty() {
-        format!("{}-{id}", ctx.plugin).into()
-    } else {
-        a.client_id.into()
-    };
-    let info = ClientInfo {
-        username: a.username.map(Arc::from),
-        user_id: a.user_id.map(Arc::from),
-        proto_name: StreamTransport::SocketIo.proto_name(),
+    let origin = super::Origin {
+        id,
+        plugin: ctx.plugin.clone(),
+        transport: StreamTransport::SocketIo,
         proto_ver: if s.protocol() == ProtocolVersion::V4 {
             3
         } else {
             4
         },
-        transport: Transport::Ws,
         peer: peer(&s),
-        keepalive: u16::try_from(ctx.settings.ping_interval_secs).unwrap_or(u16::MAX),
-        clean_start: true,
-        expiry_interval: 0,
-        superuser: a.superuser,
-        description: a.description.map(Arc::from),
-        ..ClientInfo::default()
+        sid: Some(s.id.to_string().into()),
     };
-    let tenant: Arc<str> = a.tenant.into();
-    let att = broker
-        .attach(tenant.clone(), client_id.clone(), true, info, None)
-        .await;
-    let (tx, mut out) = mpsc::channel(ctx.settings.max_queued_frames.max(1));
-    broker
-        .streams
-        .insert(id, ctx.plugin.clone(), att.session.clone(), tx);
+    let (att, mut out, info) = super::open_session(broker, &ctx.settings, origin, a).await;
     let conn = Conn {
         ctx,
         socket: s.clone(),
         session: att.session.clone(),
-        info: ConnInfo {
-            id,
-            transport: StreamTransport::SocketIo,
-            tenant,
-            client_id,
-            user_id: att.session.info.read().user_id.clone(),
-            description: None,
-            sid: Some(s.id.to_string().into()),
-        },
+        info,
     };
     let mut control = att.control;
     let mut takeover = None;
@@ -401,36 +375,9 @@ impl Conn<'_> {
 
     /// Drains the session queue through the plugin's renderer.
     async fn deliver(&self) -> Result<(), String> {
-        const BUDGET: usize = 256 << 10;
-        let mut out = Vec::new();
-        let more = {
-            let mut st = self.session.state.lock();
-            st.take_outgoing(usize::MAX, Instant::now(), BUDGET, &mut out)
-        };
-        if more {
-            self.session.notify.notify_one();
-        }
-        for o in out {
-            let crate::session::Outgoing::Publish { delivery, .. } = o else {
-                continue;
-            };
-            match self.ctx.proto.render(delivery.msg.clone()).await {
-                Ok(f) => {
-                    Counters::add(&self.session.counters.send_msg, 1);
-                    self.emit(f.to_vec())?;
-                }
-                Err(super::ProtocolError::Unloaded(_)) => return Err("plugin_unloaded".into()),
-                Err(_) => {
-                    self.ctx
-                        .broker
-                        .streams
-                        .counters
-                        .render_failed
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        Ok(())
+        let frames =
+            super::drain(&*self.ctx.proto, &self.session, &self.ctx.broker.streams).await?;
+        self.emit(frames)
     }
 
     /// Answers one event from the client.

@@ -24,7 +24,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::StreamTransport;
 use super::{Accepted, ConnInfo, Decision, Frame, Handshake, Out, Protocol, StreamSettings};
 use crate::broker::Broker;
-use crate::session::{ClientInfo, Control, Counters, Session, Transport};
+use crate::session::{Control, Counters, Session};
 
 /// Why an upgrade was not attempted (answered before the protocol is asked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -179,42 +179,15 @@ async fn serve<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let client_id: Arc<str> = if a.client_id.is_empty() {
-        format!("{}-{id}", proto.name()).into()
-    } else {
-        a.client_id.into()
-    };
-    let info = ClientInfo {
-        username: a.username.map(Arc::from),
-        user_id: a.user_id.map(Arc::from),
-        proto_name: StreamTransport::WebSocket.proto_name(),
-        proto_ver: 13,
-        transport: Transport::Ws,
-        peer: Some(peer),
-        keepalive: u16::try_from(settings.ping_interval_secs).unwrap_or(u16::MAX),
-        clean_start: true,
-        expiry_interval: 0,
-        superuser: a.superuser,
-        description: a.description.map(Arc::from),
-        ..ClientInfo::default()
-    };
-    let tenant: Arc<str> = a.tenant.into();
-    let att = broker
-        .attach(tenant.clone(), client_id.clone(), true, info, None)
-        .await;
-    let (tx, rx) = mpsc::channel(settings.max_queued_frames.max(1));
-    broker
-        .streams
-        .insert(id, proto.name().into(), att.session.clone(), tx);
-    let info = ConnInfo {
+    let origin = super::Origin {
         id,
+        plugin: proto.name().into(),
         transport: StreamTransport::WebSocket,
-        tenant,
-        client_id,
-        user_id: att.session.info.read().user_id.clone(),
-        description: None,
+        proto_ver: 13,
+        peer: Some(peer),
         sid: None,
     };
+    let (att, rx, info) = super::open_session(&broker, &settings, origin, a).await;
     let mut conn = Conn {
         broker: broker.clone(),
         proto: proto.clone(),
@@ -356,36 +329,7 @@ impl Conn {
     where
         K: Sink<WsMessage, Error = WsError> + Unpin,
     {
-        const BUDGET: usize = 256 << 10;
-        let mut out = Vec::new();
-        let more = {
-            let mut st = self.session.state.lock();
-            st.take_outgoing(usize::MAX, Instant::now(), BUDGET, &mut out)
-        };
-        if more {
-            // The rest after whatever else is waiting: one busy stream cannot starve kicks.
-            self.session.notify.notify_one();
-        }
-        let mut frames = Vec::new();
-        for o in out {
-            let crate::session::Outgoing::Publish { delivery, .. } = o else {
-                continue;
-            };
-            match self.proto.render(delivery.msg.clone()).await {
-                Ok(f) => {
-                    Counters::add(&self.session.counters.send_msg, 1);
-                    frames.extend(f.iter().cloned());
-                }
-                Err(super::ProtocolError::Unloaded(_)) => return Err("plugin_unloaded".into()),
-                Err(_) => {
-                    self.broker
-                        .streams
-                        .counters
-                        .render_failed
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
+        let frames = super::drain(&*self.proto, &self.session, &self.broker.streams).await?;
         self.write(sink, frames).await
     }
 
