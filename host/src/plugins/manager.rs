@@ -53,8 +53,8 @@ pub struct PluginManager {
     plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
     load_errors: RwLock<BTreeMap<String, String>>,
     listeners: Mutex<HashMap<String, (std::net::SocketAddr, tokio::task::JoinHandle<()>)>>,
-    /// socket.io endpoints of stream plugins, with their paths.
-    socketio: Mutex<HashMap<String, (String, Arc<SocketIoServer>)>>,
+    /// socket.io endpoints of stream plugins, with the settings they were made with.
+    socketio: Mutex<HashMap<String, (crate::stream::StreamSettings, Arc<SocketIoServer>)>>,
     serial: tokio::sync::Mutex<()>,
     /// Digest of the files (wasm + toml) of each plugin's last load attempt, so that
     /// events that change nothing (reads, `touch`) never reload.
@@ -290,19 +290,22 @@ impl PluginManager {
     }
 
     /// The socket.io endpoint of a stream plugin, made at its first request and kept
-    /// across reloads (its sessions live in it) unless the endpoint's path changed.
+    /// across reloads (its sessions live in it) while its `[stream]` settings stay the same.
     pub fn socketio_server(self: &Arc<Self>, plugin: &LoadedPlugin) -> Option<Arc<SocketIoServer>> {
         let s = &plugin.ctx.manifest.stream;
         let path = s.socketio.clone()?;
+        let name = &plugin.ctx.name;
         let mut map = self.socketio.lock();
-        if let Some((p, srv)) = map.get(&plugin.ctx.name) {
-            if *p == path {
+        if let Some((kept, srv)) = map.get(name) {
+            if kept == s {
                 return Some(srv.clone());
             }
         }
-        let proto = super::PluginProtocol::new(self, &plugin.ctx.name);
+        // A request that raced an unload must not bring the endpoint back.
+        self.get(name)?;
+        let proto = super::PluginProtocol::new(self, name);
         let srv = SocketIoServer::new(self.broker.clone(), proto, s, &path);
-        map.insert(plugin.ctx.name.clone(), (path, srv.clone()));
+        map.insert(name.clone(), (s.clone(), srv.clone()));
         Some(srv)
     }
 

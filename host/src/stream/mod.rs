@@ -27,7 +27,7 @@ use crate::message::Message;
 use crate::session::Session;
 
 /// Where and how a `stream` plugin's connections are served (`[stream]` in its toml).
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamSettings {
     /// Paths (below the mount, or on the plugin's listener) served as plain WebSockets;
@@ -318,7 +318,15 @@ pub(crate) async fn drain(
     let mut out = Vec::new();
     let more = {
         let mut st = session.state.lock();
-        st.take_outgoing(usize::MAX, std::time::Instant::now(), BUDGET, &mut out)
+        let more = st.take_outgoing(usize::MAX, std::time::Instant::now(), BUDGET, &mut out);
+        // A stream has no acknowledgements: a QoS 1/2 delivery is sent once, as QoS 0
+        // would be, and must not wait in the inflight window for an ack never coming.
+        for o in &out {
+            if let crate::session::Outgoing::Publish { pid: Some(pid), .. } = o {
+                st.forget(*pid);
+            }
+        }
+        more
     };
     if more {
         // The rest after whatever else is waiting: one busy stream cannot starve kicks.
@@ -369,6 +377,42 @@ pub enum ConnError {
     /// Its outbound queue is full: the frames were dropped (and counted).
     #[error("outbound queue of connection {0} is full")]
     QueueFull(u64),
+}
+
+/// A hub slot reserved for a connection being opened: given back when dropped, so a
+/// request abandoned mid-handshake (the client hung up, the handler was cancelled) never
+/// keeps one.
+pub(crate) struct Reservation {
+    broker: crate::broker::Broker,
+    plugin: Arc<str>,
+    id: u64,
+}
+
+impl Reservation {
+    /// Reserves a slot of `plugin` (None at its `max` connections).
+    pub(crate) fn new(
+        broker: &crate::broker::Broker,
+        plugin: Arc<str>,
+        max: usize,
+    ) -> Option<Self> {
+        let id = broker.streams.reserve(&plugin, max)?;
+        Some(Self {
+            broker: broker.clone(),
+            plugin,
+            id,
+        })
+    }
+
+    /// The connection's id.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.broker.streams.release(&self.plugin, self.id);
+    }
 }
 
 /// Every open stream connection of the broker.

@@ -47,7 +47,15 @@ struct Ctx {
     settings: StreamSettings,
     plugin: Arc<str>,
     /// Accepted at the connect middleware, picked up by the connect handler.
-    pending: Mutex<HashMap<String, (u64, Accepted)>>,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+/// A socket the plugin accepted whose connect handler has not run yet.
+struct Pending {
+    slot: super::Reservation,
+    accepted: Accepted,
+    /// Drops the entry (and its slot) if the handler never comes.
+    timer: tokio::task::AbortHandle,
 }
 
 /// All of an event's arguments (socketioxide's `Data<Value>` keeps only the first).
@@ -140,11 +148,8 @@ impl SocketIoServer {
 /// The connect middleware: asks the protocol; a refusal is the client's connect error.
 async fn handshake(ctx: &Arc<Ctx>, s: &SocketRef, auth: Option<Value>) -> Result<(), String> {
     let parts = s.req_parts();
-    let Some(id) = ctx
-        .broker
-        .streams
-        .reserve(&ctx.plugin, ctx.settings.max_connections)
-    else {
+    let max = ctx.settings.max_connections;
+    let Some(slot) = super::Reservation::new(&ctx.broker, ctx.plugin.clone(), max) else {
         return Err(format!(
             "plugin {} holds its maximum of stream connections",
             ctx.plugin
@@ -163,28 +168,26 @@ async fn handshake(ctx: &Arc<Ctx>, s: &SocketRef, auth: Option<Value>) -> Result
         auth: auth.filter(|a| !a.is_null()).map(|a| a.to_string()),
     };
     match ctx.proto.handshake(hs).await {
-        Ok(Decision::Accept(a)) => {
+        Ok(Decision::Accept(accepted)) => {
             let sid = s.id.to_string();
-            ctx.pending.lock().insert(sid.clone(), (id, a));
             // A socket that goes away between this and its connect handler must not
             // keep its slot: nobody else would ever release it.
-            let c = ctx.clone();
-            tokio::spawn(async move {
+            let (c, key) = (ctx.clone(), sid.clone());
+            let timer = tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(30)).await;
-                if c.pending.lock().remove(&sid).is_some() {
-                    c.broker.streams.release(&c.plugin, id);
-                }
-            });
+                c.pending.lock().remove(&key);
+            })
+            .abort_handle();
+            let p = Pending {
+                slot,
+                accepted,
+                timer,
+            };
+            ctx.pending.lock().insert(sid, p);
             Ok(())
         }
-        Ok(Decision::Refuse { body, .. }) => {
-            ctx.broker.streams.release(&ctx.plugin, id);
-            Err(String::from_utf8_lossy(&body).into_owned())
-        }
-        Err(e) => {
-            ctx.broker.streams.release(&ctx.plugin, id);
-            Err(e.to_string())
-        }
+        Ok(Decision::Refuse { body, .. }) => Err(String::from_utf8_lossy(&body).into_owned()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -202,10 +205,11 @@ enum In {
 
 /// The connect handler: wires the socket's events to a new connection task.
 fn open(ctx: Arc<Ctx>, s: SocketRef) {
-    let Some((id, accepted)) = ctx.pending.lock().remove(&s.id.to_string()) else {
+    let Some(p) = ctx.pending.lock().remove(&s.id.to_string()) else {
         let _ = s.disconnect();
         return;
     };
+    p.timer.abort();
     let (in_tx, in_rx) = mpsc::channel(ctx.settings.max_queued_frames.max(1));
     let (closed_tx, closed_rx) = oneshot::channel::<String>();
     let b = ctx.broker.clone();
@@ -222,15 +226,22 @@ fn open(ctx: Arc<Ctx>, s: SocketRef) {
         },
     );
     let closed_tx = Arc::new(Mutex::new(Some(closed_tx)));
+    let on_closed = closed_tx.clone();
     s.on_disconnect(move |reason: DisconnectReason| {
-        if let Some(tx) = closed_tx.lock().take() {
+        if let Some(tx) = on_closed.lock().take() {
             let _ = tx.send(close_reason(reason).to_string());
         }
         std::future::ready(())
     });
+    if !s.connected() {
+        // Gone before the handler was in place: its disconnect was never reported.
+        if let Some(tx) = closed_tx.lock().take() {
+            let _ = tx.send("closed_by_client".to_string());
+        }
+    }
     tokio::spawn(async move {
-        serve(&ctx, s, id, accepted, in_rx, closed_rx).await;
-        ctx.broker.streams.release(&ctx.plugin, id);
+        serve(&ctx, s, p.slot.id(), p.accepted, in_rx, closed_rx).await;
+        drop(p.slot);
     });
 }
 
@@ -279,14 +290,18 @@ async fn serve(
     let mut takeover = None;
     let mut step = match ctx.proto.on_open(conn.info_now()).await {
         Ok(f) => conn.emit(f),
-        Err(e) => Err(e.to_string()),
+        Err(super::ProtocolError::Unloaded(_)) => Err("plugin_unloaded".to_string()),
+        Err(_) => Ok(()),
     };
     conn.session.notify.notify_one();
     let reason = loop {
         if let Err(r) = step {
             break r;
         }
+        // Biased: kicks first, then what the client sent (also what it sent before it
+        // left, which is handled before its leaving), then what goes out to it.
         step = tokio::select! {
+            biased;
             c = control.recv() => match c {
                 Some(Control::Takeover(ack)) => {
                     takeover = Some(ack);
@@ -295,16 +310,16 @@ async fn serve(
                 Some(Control::Kick { .. }) => Err("kicked".to_string()),
                 Some(Control::Shutdown) | None => Err("server_shutdown".to_string()),
             },
+            m = inbound.recv() => match m {
+                Some(In::Event(name, args)) => conn.received(name, args).await,
+                None => Err("closed_by_client".to_string()),
+            },
             o = out.recv() => match o {
                 Some(Out::Frames(f)) => conn.emit(f),
                 Some(Out::Close(reason)) => Err(reason),
                 None => Err("closed".to_string()),
             },
             _ = conn.session.notify.notified() => conn.deliver().await,
-            m = inbound.recv() => match m {
-                Some(In::Event(name, args)) => conn.received(name, args).await,
-                None => Err("closed_by_client".to_string()),
-            },
             r = &mut closed => {
                 let r = r.unwrap_or_else(|_| "closed".to_string());
                 // Already gone: nothing to send.

@@ -68,7 +68,9 @@ pub async fn upgrade(
     let version_ok = h
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v.as_bytes() == b"13");
-    let (Some(key), true, true) = (key, version_ok, req.method() == axum::http::Method::GET) else {
+    let http11 = req.version() == axum::http::Version::HTTP_11;
+    let get = req.method() == axum::http::Method::GET;
+    let (Some(key), true, true, true) = (key, version_ok, get && http11, is_upgrade(&req)) else {
         broker
             .streams
             .counters
@@ -80,9 +82,9 @@ pub async fn upgrade(
             UpgradeError::NotUpgrade.to_string(),
         );
     };
-    let hub = &broker.streams;
     let plugin: Arc<str> = proto.name().into();
-    let Some(id) = hub.reserve(&plugin, settings.max_connections) else {
+    let Some(slot) = super::Reservation::new(broker, plugin.clone(), settings.max_connections)
+    else {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
@@ -108,17 +110,13 @@ pub async fn upgrade(
             content_type,
             body,
         }) => {
-            hub.release(&plugin, id);
             let status = StatusCode::from_u16(status)
                 .ok()
                 .filter(|s| s.is_client_error() || s.is_server_error())
                 .unwrap_or(StatusCode::FORBIDDEN);
             return plain(status, &content_type, body);
         }
-        Err(e) => {
-            hub.release(&plugin, id);
-            return plain(StatusCode::SERVICE_UNAVAILABLE, "text/plain", e.to_string());
-        }
+        Err(e) => return plain(StatusCode::SERVICE_UNAVAILABLE, "text/plain", e.to_string()),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let b = broker.clone();
@@ -135,11 +133,11 @@ pub async fn upgrade(
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(cfg))
                         .await;
-                serve(b.clone(), proto, settings, id, peer, accepted, ws).await;
+                serve(b, proto, settings, slot.id(), peer, accepted, ws).await;
             }
             Err(e) => tracing::debug!(error = %e, "stream upgrade failed"),
         }
-        b.streams.release(&plugin, id);
+        drop(slot);
     });
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -228,8 +226,8 @@ impl Conn {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (mut sink, mut stream) = ws.split();
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
         let mut heard = Instant::now();
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
         // Deliveries queued before the connection attached (retained messages of an
         // earlier subscription cannot exist yet, but a takeover may leave some).
         self.session.notify.notify_one();
@@ -259,7 +257,8 @@ impl Conn {
                     self.received(&mut sink, m).await
                 }
                 _ = ticker.tick() => {
-                    if heard.elapsed() > ping * 2 {
+                    // Silent since the tick before last (a tick may fire a hair early).
+                    if heard.elapsed() + ping / 10 >= ping * 2 {
                         Err("keepalive_timeout".to_string())
                     } else {
                         self.timed(sink.send(WsMessage::Ping(Default::default()))).await
@@ -279,7 +278,7 @@ impl Conn {
         };
         let close = WsMessage::Close(Some(CloseFrame {
             code,
-            reason: reason.chars().take(120).collect::<String>().into(),
+            reason: truncate(reason, 123).to_string().into(),
         }));
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             let _ = sink.send(close).await;
@@ -384,6 +383,16 @@ impl Conn {
             }
         }
     }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary (a close frame's reason has
+/// room for 123).
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn ws_message(f: Frame) -> WsMessage {

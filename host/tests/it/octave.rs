@@ -346,9 +346,24 @@ async fn session_ids_are_checked_single_use_and_expire() {
     assert_eq!(st, 201, "{v}");
     let id = v["body"]["id"].as_str().unwrap().to_string();
 
+    // The upgrade headers without `Upgrade: websocket` is not an upgrade: 400, and the id
+    // is not used up by it.
+    let not_upgrade = [
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let path = format!("/session/{id}/ws");
+    let a = common::request(o.addr, "GET", &path, None, &not_upgrade, b"").await;
+    assert_eq!(a.status, 400);
     let ws = connect(&o, &id).await.expect("first use");
     assert_eq!(connect(&o, &id).await.err(), Some(404), "single use");
     assert_eq!(connect(&o, "nope").await.err(), Some(404));
+    let long = "x".repeat(4000);
+    assert_eq!(
+        connect(&o, &long).await.err(),
+        Some(404),
+        "malformed: not looked up"
+    );
     drop(ws);
     // Not an upgrade at all.
     let a = common::request(o.addr, "GET", &format!("/session/{id}/ws"), None, &[], b"").await;

@@ -116,6 +116,18 @@ async fn the_plugin_decides_answers_and_renders() {
         say(&mut ws, "unsub news/+").await,
         "unsubscribed news/+ (true)"
     );
+    // At QoS 1 too: a stream has no acks, so nothing waits in the inflight window.
+    assert_eq!(say(&mut ws, "sub q1 1").await, "subscribed q1");
+    for i in 0..3 {
+        p.c.publish("q1", v5::QoS::AtLeastOnce, false, format!("m{i}"))
+            .await
+            .unwrap();
+        assert_eq!(text(&mut ws).await, format!("q1 m{i}"));
+    }
+    assert!(
+        s.state.lock().inflight.is_empty(),
+        "no inflight on a stream"
+    );
     drop(ws);
     common::eventually("session ends with its socket", || {
         tb.broker().registry.get("default", &s.client_id).is_none()

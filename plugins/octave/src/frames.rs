@@ -77,9 +77,7 @@ pub fn answer(conn: &Connection, frame: Frame) -> Value {
     };
     let stream = match (req.get("streamId"), req.get("path")) {
         (Some(Value::String(id)), None) => st::by_id(&conn.tenant, id),
-        (None, Some(Value::String(p))) => {
-            st::by_path(&conn.tenant, p).inspect(|s| st::remember(&conn.tenant, s))
-        }
+        (None, Some(Value::String(p))) => st::by_path(&conn.tenant, p),
         (Some(_), Some(_)) => Err("give streamId or path, not both".into()),
         (None, None) => Err("missing streamId or path".into()),
         _ => Err("streamId and path are strings".into()),
@@ -99,10 +97,16 @@ pub fn answer(conn: &Connection, frame: Frame) -> Value {
         }
     };
     match apply(conn.id, &stream, subscribe) {
-        Ok(()) => json!({
-            "head": head(msg_id, true, None, vec![]),
-            "body": {"streamId": stream.id, "path": stream.path},
-        }),
+        Ok(()) => {
+            if subscribe {
+                // Only a stream a client subscribed to is worth its id's kv entry.
+                st::remember(&conn.tenant, &stream);
+            }
+            json!({
+                "head": head(msg_id, true, None, vec![]),
+                "body": {"streamId": stream.id, "path": stream.path},
+            })
+        }
         Err((status, why)) => error(msg_id, status, why),
     }
 }

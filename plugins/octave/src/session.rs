@@ -57,6 +57,16 @@ fn key_of(req: &Request) -> Result<KeyInfo, Response> {
     }
 }
 
+/// Whether `id` has the shape `random_id` makes (`<11>.<32>`, URL-safe base64): anything
+/// else is unknown without asking the store.
+fn well_formed(id: &str) -> bool {
+    let b64 = |s: &str| {
+        s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    };
+    matches!(id.split_once('.'), Some((a, b)) if a.len() == 11 && b.len() == 32 && b64(a) && b64(b))
+}
+
 fn random_id() -> String {
     let mut b = [0u8; 32];
     if getrandom::fill(&mut b).is_err() {
@@ -137,6 +147,9 @@ fn refusal(status: u16, why: &str) -> HandshakeDecision {
 /// The upgrade at `/session/{id}/ws`: claims the id (once) and opens the stream.
 pub fn handshake(req: &HandshakeRequest) -> HandshakeDecision {
     let id = req.path.split('/').nth(2).unwrap_or("");
+    if !well_formed(id) {
+        return refusal(404, "unknown or already used session id");
+    }
     let k = format!("{PENDING}{id}");
     let pending = match kv::get(&k) {
         Ok(Some(v)) => serde_json::from_slice::<Pending>(&v).ok(),
@@ -162,4 +175,31 @@ pub fn handshake(req: &HandshakeRequest) -> HandshakeDecision {
         description: Some(description.to_string()),
         superuser: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_one_shape() {
+        let id = random_id();
+        assert!(well_formed(&id), "{id}");
+        assert_ne!(id, random_id());
+        let long = "x".repeat(2000);
+        assert!(
+            well_formed("n2fBC9YeE6g.qsQNPOZfoSRP3brEY_9QWapawcjXl04Y"),
+            "the seed's"
+        );
+        for bad in [
+            "",
+            "nope",
+            "a.b",
+            &long,
+            "n2fBC9YeE6g.qsQNPOZfoSRP3brEY_9QWapawcjXl04",
+            "n2fBC9YeE6g.qsQNPOZfoSRP3brEY/9QWapawcjXl04Y",
+        ] {
+            assert!(!well_formed(bad), "{bad}");
+        }
+    }
 }

@@ -10,6 +10,10 @@ use sha2::{Digest, Sha256};
 /// kv prefix of known stream ids.
 const KNOWN: &str = "stream/";
 
+/// Longest stream path: remembered ids share the plugin's kv quota with pending session
+/// ids, so each is kept small.
+const MAX_PATH: usize = 1024;
+
 /// A stream: its path and id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stream {
@@ -53,8 +57,8 @@ pub fn by_path(tenant: &str, path: &str) -> Result<Stream, String> {
             "path {path:?} is not a stream path (no +, #, or leading $)"
         ));
     }
-    if topic.len() > 65_535 {
-        return Err("path is too long".into());
+    if path.len() > MAX_PATH {
+        return Err(format!("path is too long (at most {MAX_PATH} bytes)"));
     }
     Ok(Stream {
         path: path.to_string(),
@@ -125,5 +129,6 @@ mod tests {
         for bad in ["my/path", "/", "/a/", "/a/+", "/a/#", "/$SYS/x", ""] {
             assert!(by_path("t", bad).is_err(), "{bad:?} should be refused");
         }
+        assert!(by_path("t", &format!("/{}", "a".repeat(MAX_PATH))).is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! its registry session, keepalive and limits); this plugin decides who may connect,
 //! answers what clients send, and renders routed MQTT messages into frames.
 //!
-//! At `/echo/ws?token=letmein` (WebSocket): a text frame `sub <filter>` subscribes the
+//! At `/echo/ws?token=letmein` (WebSocket): a text frame `sub <filter> [qos]` subscribes the
 //! connection (through the router and ACL, like an MQTT SUBSCRIBE), `unsub <filter>`
 //! unsubscribes, anything else is echoed back; each publish on a subscribed topic
 //! arrives as `<topic> <payload>`. Over socket.io at `/echo/socket.io/?token=letmein`
@@ -59,8 +59,15 @@ impl Guest for Echo {
             Frame::Event(e) => return on_event(&conn, e),
             Frame::Binary(_) => return text("error: text frames only"),
         };
-        if let Some(filter) = t.strip_prefix("sub ") {
-            match streams::subscribe(conn.id, filter, 0) {
+        if let Some(rest) = t.strip_prefix("sub ") {
+            // `sub <filter>`, or `sub <filter> <qos>`.
+            let (filter, qos) = match rest.rsplit_once(' ') {
+                Some((f, q)) if q.len() == 1 && matches!(q, "0" | "1" | "2") => {
+                    (f, q.as_bytes()[0] - b'0')
+                }
+                _ => (rest, 0),
+            };
+            match streams::subscribe(conn.id, filter, qos) {
                 Ok(_) => text(format!("subscribed {filter}")),
                 Err(e) => text(format!("error: {e:?}")),
             }
