@@ -231,6 +231,10 @@ pub fn node_tools(root: &Path) -> Option<PathBuf> {
         return Some(prefix);
     }
     if !have_node() {
+        println!("==> installing nodejs and npm for the stream tests' clients (apt, 10 min limit)");
+        let _ = apt_install(&["nodejs", "npm"]);
+    }
+    if !have_node() {
         println!("==> no node/npm: the wscat and socket.io client tests cannot run");
         return None;
     }

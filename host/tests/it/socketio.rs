@@ -12,18 +12,17 @@ use tokio::process::{Child, ChildStdin, Command};
 
 use crate::common::{self, v5, TestBroker, Tr};
 
-/// The Node clients `cargo xtask test` installs, if present (missing fails in CI, and
-/// elsewhere unless APIARY_SKIP_MISSING_TOOLCHAINS=1).
-pub(crate) fn node_tools() -> Option<PathBuf> {
+/// The Node clients `cargo xtask test` installs (it fails when it cannot). Missing here
+/// is a failure, never a skip: these tests are the only proof the transports work with
+/// the clients people use.
+pub(crate) fn node_tools() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/node-tools/node_modules");
-    if dir.join("sio2").exists() && dir.join("sio4").exists() && dir.join(".bin/wscat").exists() {
-        return Some(dir);
-    }
-    common::skip_missing(&format!(
-        "{} (wscat and socket.io-client): run `cargo xtask test`, which installs them with npm",
+    assert!(
+        dir.join("sio2").exists() && dir.join("sio4").exists() && dir.join(".bin/wscat").exists(),
+        "{} (wscat and socket.io-client 2 and 4) is missing: run `cargo xtask test`, which installs them with npm",
         dir.display()
-    ));
-    None
+    );
+    dir
 }
 
 struct Client {
@@ -34,7 +33,7 @@ struct Client {
 
 impl Client {
     async fn start(tb: &TestBroker, module: &str, query: &str, transports: &str) -> Client {
-        let dir = node_tools().expect("node tools");
+        let dir = node_tools();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/js/sio-client.js");
         let mut child = Command::new("node")
             .arg(script)
@@ -105,9 +104,6 @@ async fn start() -> (TestBroker, tempfile::TempDir) {
 /// subscription, an MQTT publish delivered, an echo, and a kick the client does not
 /// reconnect after.
 async fn round_trip(module: &str, transports: &str, engine_io: u8) {
-    if node_tools().is_none() {
-        return;
-    }
     let (tb, _root) = start().await;
     let mut c = Client::start(&tb, module, "token=letmein", transports).await;
     let connect = c.until("connect ").await;
@@ -181,9 +177,6 @@ async fn socket_io_v4_client() {
 
 #[tokio::test]
 async fn a_refused_socket_io_client_is_told_why() {
-    if node_tools().is_none() {
-        return;
-    }
     let (tb, _root) = start().await;
     for module in ["sio2", "sio4"] {
         let mut c = Client::start(&tb, module, "token=wrong", "polling,websocket").await;
