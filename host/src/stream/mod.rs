@@ -20,7 +20,6 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 pub use sio::SocketIoServer;
-pub(crate) use ws::received_ms;
 pub use ws::{is_upgrade, upgrade, UpgradeError};
 
 use crate::message::Message;
@@ -349,6 +348,15 @@ pub(crate) async fn drain(
         }
     }
     Ok(frames)
+}
+
+/// Milliseconds since the epoch at which a message was received.
+pub(crate) fn received_ms(received: std::time::Instant) -> i64 {
+    let ago = received.elapsed();
+    let at = std::time::SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(std::time::SystemTime::now());
+    crate::store::records::to_ms(at)
 }
 
 /// What the plugin asks of one connection, queued to its task.

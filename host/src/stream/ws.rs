@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -414,13 +414,4 @@ fn ws_message(f: Frame) -> WsMessage {
             WsMessage::Text(serde_json::Value::Array(v).to_string().into())
         }
     }
-}
-
-/// Milliseconds since the epoch at which a message was received.
-pub(crate) fn received_ms(received: Instant) -> i64 {
-    let ago = received.elapsed();
-    let at = SystemTime::now()
-        .checked_sub(ago)
-        .unwrap_or(SystemTime::now());
-    crate::store::records::to_ms(at)
 }
