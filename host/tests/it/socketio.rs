@@ -132,7 +132,7 @@ async fn round_trip(module: &str, transports: &str, engine_io: u8) {
     assert_eq!(c.until("message ").await, "message news/a hi");
     c.emit("echo", "round trip").await;
     assert_eq!(c.until("echo").await, "echo round trip");
-    // The plugin saw the socket.io sid the client knows.
+    // The client was given a socket.io session id.
     assert!(!sid.is_empty());
 
     // Kicked: the DISCONNECT packet, and no reconnect.
