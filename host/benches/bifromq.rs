@@ -161,6 +161,7 @@ async fn call_alone(srv: &apiary::Server, n: usize) -> Duration {
         method: "POST".into(),
         path: "/pub".into(),
         query: String::new(),
+        target: "/pub".into(),
         headers: [
             ("host", "x"),
             ("authorization", "Basic b3BzOnMzY3JldA=="),

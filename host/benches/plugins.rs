@@ -17,6 +17,7 @@ fn req() -> http::Request {
         method: "GET".into(),
         path: "/ok".into(),
         query: String::new(),
+        target: "/ok".into(),
         headers: vec![("host".into(), "x".into())],
         body: vec![0u8; 64],
         peer: None,

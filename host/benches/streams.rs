@@ -32,7 +32,7 @@ async fn server(dir: &Path, port: u16) -> apiary::Server {
     common::with_stock_plugin(
         dir,
         "octave",
-        &[("0.0.0.0:8092", &listen)],
+        &[("0.0.0.0:8093", &listen)],
         "ops:s3cret:admin:tenant=*\n",
     )
     .await

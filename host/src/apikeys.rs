@@ -156,6 +156,19 @@ impl ApiKeyStore {
         ct_eq(&d, &k.hash).then(|| k.clone())
     }
 
+    /// The key whose secret is `secret`. Every key's digest is computed and compared, so
+    /// the time taken does not depend on which key (if any) matched.
+    pub fn verify_secret(&self, secret: &str) -> Option<ApiKey> {
+        let keys = self.keys.read();
+        let mut found = None;
+        for k in keys.values() {
+            if ct_eq(&digest(&k.salt, secret), &k.hash) {
+                found = Some(k.clone());
+            }
+        }
+        found
+    }
+
     /// A key's record, unchecked.
     pub fn lookup(&self, key: &str) -> Option<ApiKey> {
         self.keys.read().get(key).cloned()
@@ -260,6 +273,10 @@ mod tests {
         assert!(!k.has(Right::Publish));
         assert!(s.verify("k", "wrong").is_none());
         assert!(s.verify("nokey", "secret").is_none());
+        s.add("k2", "other", vec![Right::Publish], "t2");
+        assert_eq!(s.verify_secret("other").unwrap().key, "k2");
+        assert_eq!(s.verify_secret("secret").unwrap().key, "k");
+        assert!(s.verify_secret("nothing").is_none());
         assert!(
             !format!("{k:?}").contains("secret\""),
             "Debug hides the secret"

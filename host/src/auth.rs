@@ -41,6 +41,8 @@ pub struct Claim {
     pub tenant: Option<String>,
     /// User id (None: the username).
     pub user_id: Option<String>,
+    /// Username recorded instead of the CONNECT's (None: the CONNECT's).
+    pub username: Option<String>,
     /// Skips ACL checks.
     pub superuser: bool,
 }
@@ -197,6 +199,7 @@ fn identity(
             ),
         });
     }
+    let username = id.username.map(Arc::from).or(username);
     Ok(Identity {
         tenant: tenant.into(),
         user_id: id.user_id.map(Arc::from).or_else(|| username.clone()),

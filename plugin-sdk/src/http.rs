@@ -259,6 +259,7 @@ mod tests {
             method: method.into(),
             path: path.into(),
             query: query.into(),
+            target: format!("{path}?{query}"),
             headers: vec![("X-Thing".into(), "1".into())],
             body: b"{\"a\":1}".to_vec(),
             peer: None,

@@ -424,7 +424,10 @@ fn test(root: &Path) -> Result<()> {
     plugins(root, Scope::All)?;
     // No skipping these: without them the WebSocket and socket.io tests would test nothing.
     if toolchain::node_tools(root).is_none() {
-        bail!("cannot install the Node stream clients (wscat, socket.io-client 2 and 4): the stream tests need node and npm");
+        bail!("cannot install the Node stream clients (wscat, socket.io-client 2 and 4, beebotte): the stream tests need node and npm");
+    }
+    if toolchain::python_beebotte(root).is_none() {
+        bail!("cannot install Beebotte's Python SDK (beebotte==0.5.0): the beebotte tests need it");
     }
     let mut tally = Tally::default();
     let r = cargo_test(

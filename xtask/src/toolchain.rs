@@ -220,10 +220,12 @@ fn npm_install(prefix: &Path, packages: &[&str]) -> bool {
 /// target/node-tools once; None (with the reason printed) when node or npm is missing or
 /// the install fails.
 pub fn node_tools(root: &Path) -> Option<PathBuf> {
-    const PACKAGES: [&str; 3] = [
+    const PACKAGES: [&str; 4] = [
         "wscat@6.1.0",
         "sio2@npm:socket.io-client@2.3.0",
         "sio4@npm:socket.io-client@4.8.1",
+        // Beebotte's official Node SDK (its socket.io-client 2.3.0 and mqtt 2.18.8 with it).
+        "beebotte@1.7.0",
     ];
     let prefix = root.join("target/node-tools");
     let stamp = prefix.join(".installed");
@@ -247,6 +249,50 @@ pub fn node_tools(root: &Path) -> Option<PathBuf> {
         Some(prefix)
     } else {
         println!("==> npm could not install the node test clients");
+        None
+    }
+}
+
+/// Beebotte's official Python SDK (PyPI `beebotte==0.5.0`) in a virtualenv under
+/// `target/py-beebotte`, installing python3-venv when missing; its `python`, or None (with
+/// the reason printed).
+pub fn python_beebotte(root: &Path) -> Option<PathBuf> {
+    const PACKAGE: &str = "beebotte==0.5.0";
+    let venv = root.join("target/py-beebotte");
+    let python = venv.join("bin/python");
+    let stamp = venv.join(".installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == PACKAGE) {
+        return Some(python);
+    }
+    let make_venv = || {
+        let _ = std::fs::remove_dir_all(&venv);
+        Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    println!(
+        "==> installing {PACKAGE} into target/py-beebotte (python3 -m venv, pip, 5 min limit)"
+    );
+    if !make_venv() {
+        println!("==> installing python3-venv (apt, 10 min limit)");
+        let _ = apt_install(&["python3-venv"]);
+        if !make_venv() {
+            println!("==> python3 -m venv does not work: the Python SDK tests cannot run");
+            return None;
+        }
+    }
+    let ok = Command::new("timeout")
+        .arg("300")
+        .arg(venv.join("bin/pip"))
+        .args(["install", "--quiet", PACKAGE])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok && std::fs::write(&stamp, PACKAGE).is_ok() {
+        Some(python)
+    } else {
+        println!("==> pip could not install {PACKAGE}");
         None
     }
 }

@@ -347,7 +347,8 @@ async fn establish<T: Transport>(
     };
     let identity = acl.identity().clone();
     let tenant = identity.tenant.clone();
-    let username: Option<Arc<str>> = req.username.as_deref().map(Arc::from);
+    // What authentication recorded (it may replace a secret sent as username).
+    let username: Option<Arc<str>> = identity.username.clone();
     let window = usize::from(cfg.session.max_inflight.min(req.receive_max));
     let info = ClientInfo {
         username: username.clone(),

@@ -40,6 +40,7 @@ fn claim(id: wit::Identity) -> Claim {
     Claim {
         tenant: id.tenant,
         user_id: id.user_id,
+        username: id.username,
         superuser: id.superuser,
     }
 }

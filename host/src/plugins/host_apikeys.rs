@@ -94,6 +94,20 @@ impl apikeys::Host for PluginState {
         Ok(Ok(self.act_as(k)))
     }
 
+    async fn verify_secret(
+        &mut self,
+        secret: String,
+    ) -> wasmtime::Result<Result<Option<apikeys::KeyInfo>, Error>> {
+        if let Err(e) = self
+            .check(Capability::ApiKeys, None)
+            .and_then(|()| self.throttled())
+        {
+            return Ok(Err(e));
+        }
+        let k = self.ctx.broker.api_keys.verify_secret(&secret);
+        Ok(Ok(self.act_as(k)))
+    }
+
     async fn lookup(
         &mut self,
         key: String,

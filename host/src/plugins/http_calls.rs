@@ -16,6 +16,8 @@ pub struct HttpRequest {
     pub path: String,
     /// Raw query string without `?`.
     pub query: String,
+    /// Path and query as received below the mount (a bare trailing `?` kept).
+    pub target: String,
     /// Headers, names lower case.
     pub headers: Vec<(String, String)>,
     /// Body.
@@ -47,6 +49,7 @@ impl LoadedPlugin {
             method: req.method,
             path: req.path,
             query: req.query,
+            target: req.target,
             headers: req.headers,
             body: req.body,
             peer: peer.map(|p| p.to_string()),

@@ -100,7 +100,13 @@ async fn start(anonymous: bool, with_faulty: bool) -> (TestBroker, tempfile::Tem
 }
 
 /// Raw CONNECT at `level` (4 or 5), optional username/password; the CONNACK code.
-async fn connack(tb: &TestBroker, level: u8, id: &str, user: Option<&str>, pw: Option<&str>) -> u8 {
+pub(crate) async fn connack(
+    tb: &TestBroker,
+    level: u8,
+    id: &str,
+    user: Option<&str>,
+    pw: Option<&str>,
+) -> u8 {
     let flags = 0x02 | if user.is_some() { 0x80 } else { 0 } | if pw.is_some() { 0x40 } else { 0 };
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, flags, 0, 30];
     if level == 5 {

@@ -6,6 +6,7 @@
 mod common;
 
 mod auth;
+mod beebotte;
 mod bench;
 mod bifromq;
 mod durability;

@@ -26,7 +26,7 @@ struct Octave {
 /// The stock toml on a free local port, with lines of it replaced.
 fn toml(port: u16, replace: &[(&str, &str)]) -> String {
     let mut t = common::stock_toml("octave").replace(
-        "listen = \"0.0.0.0:8092\"",
+        "listen = \"0.0.0.0:8093\"",
         &format!("listen = \"127.0.0.1:{port}\""),
     );
     for (from, to) in replace {

@@ -142,6 +142,7 @@ impl auth::Guest for AuthFile {
             });
         }
         auth::ConnectDecision::Allow(auth::Identity {
+            username: None,
             tenant: acct.tenant.clone(),
             user_id: None,
             superuser: acct.superuser,

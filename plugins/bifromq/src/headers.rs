@@ -93,6 +93,7 @@ mod tests {
             method: "PUT".into(),
             path: "/sub".into(),
             query: String::new(),
+            target: "/sub".into(),
             headers: headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

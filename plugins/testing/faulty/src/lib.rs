@@ -38,6 +38,7 @@ impl apiary_plugin_sdk::auth::Guest for Faulty {
             auth::ConnectDecision::Allow(auth::Identity {
                 tenant: None,
                 user_id: None,
+                username: None,
                 superuser: false,
             })
         } else {
@@ -68,6 +69,7 @@ impl apiary_plugin_sdk::auth::Guest for Faulty {
                         identity: auth::Identity {
                             tenant: None,
                             user_id: None,
+                            username: None,
                             superuser: false,
                         },
                         data: Some(b"welcome".to_vec()),
