@@ -45,6 +45,17 @@ pub struct PluginInfo {
     pub mount: Option<String>,
 }
 
+/// A plugin's dedicated HTTP listener.
+#[derive(Debug)]
+struct Listener {
+    /// `listen` as configured (a reload with the same value keeps the listener).
+    configured: std::net::SocketAddr,
+    /// Where it is bound.
+    local: std::net::SocketAddr,
+    /// Its accept loop.
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// Every loaded plugin.
 pub struct PluginManager {
     runtime: Arc<Runtime>,
@@ -52,7 +63,7 @@ pub struct PluginManager {
     broker: Broker,
     plugins: RwLock<BTreeMap<String, Arc<LoadedPlugin>>>,
     load_errors: RwLock<BTreeMap<String, String>>,
-    listeners: Mutex<HashMap<String, (std::net::SocketAddr, tokio::task::JoinHandle<()>)>>,
+    listeners: Mutex<HashMap<String, Listener>>,
     /// socket.io endpoints of stream plugins, with the settings they were made with.
     socketio: Mutex<HashMap<String, (crate::stream::StreamSettings, Arc<SocketIoServer>)>>,
     serial: tokio::sync::Mutex<()>,
@@ -211,7 +222,7 @@ impl PluginManager {
         let plugin = LoadedPlugin::new(ctx, prepared, hash, &self.runtime).await?;
         // A new listen address is bound before the swap: if it fails, the old version
         // (and its listener) keeps serving.
-        let current = self.listeners.lock().get(name).map(|(a, _)| *a);
+        let current = self.listeners.lock().get(name).map(|l| l.configured);
         let bound = match listen {
             Some(addr) if current != Some(addr) => Some((
                 addr,
@@ -233,21 +244,33 @@ impl PluginManager {
                 .close_plugin(name, "plugin_reloaded_without_stream_role");
         }
         let old = match bound {
-            Some((addr, l)) => {
-                let h = tokio::spawn(crate::http::serve_plugin(
+            Some((configured, l)) => {
+                let local = l.local_addr().unwrap_or(configured);
+                let task = tokio::spawn(crate::http::serve_plugin(
                     l,
                     self.broker.clone(),
                     name.to_string(),
                 ));
-                self.listeners.lock().insert(name.to_string(), (addr, h))
+                let entry = Listener {
+                    configured,
+                    local,
+                    task,
+                };
+                self.listeners.lock().insert(name.to_string(), entry)
             }
             None if listen.is_none() => self.listeners.lock().remove(name),
             None => None,
         };
-        if let Some((_, h)) = old {
-            h.abort();
+        if let Some(l) = old {
+            l.task.abort();
         }
         Ok(plugin)
+    }
+
+    /// The address a plugin's dedicated listener is bound to (its `listen`, with the port
+    /// the system chose when that was 0).
+    pub fn listen_addr(&self, name: &str) -> Option<std::net::SocketAddr> {
+        self.listeners.lock().get(name).map(|l| l.local)
     }
 
     /// Unloads a plugin (its dedicated listener stops; calls in flight finish).
@@ -255,8 +278,8 @@ impl PluginManager {
         let _serial = self.serial.lock().await;
         self.load_errors.write().remove(name);
         self.attempted.lock().remove(name);
-        if let Some((_, h)) = self.listeners.lock().remove(name) {
-            h.abort();
+        if let Some(l) = self.listeners.lock().remove(name) {
+            l.task.abort();
         }
         let gone = self.plugins.write().remove(name).is_some();
         self.set_changed();

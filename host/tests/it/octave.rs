@@ -23,12 +23,11 @@ struct Octave {
     _root: tempfile::TempDir,
 }
 
-/// The stock toml on a free local port, with lines of it replaced.
-fn toml(port: u16, replace: &[(&str, &str)]) -> String {
-    let mut t = common::stock_toml("octave").replace(
-        "listen = \"0.0.0.0:8093\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-    );
+/// The stock toml on port 0 (the system picks a free port: one picked beforehand could be
+/// taken by a parallel test before the plugin binds it), with lines of it replaced.
+fn toml(replace: &[(&str, &str)]) -> String {
+    let mut t = common::stock_toml("octave")
+        .replace("listen = \"0.0.0.0:8093\"", "listen = \"127.0.0.1:0\"");
     for (from, to) in replace {
         assert!(t.contains(from), "the stock toml has {from}");
         t = t.replace(from, to);
@@ -36,19 +35,18 @@ fn toml(port: u16, replace: &[(&str, &str)]) -> String {
     t
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Where the octave plugin's listener is bound.
+fn listen_addr(tb: &TestBroker) -> std::net::SocketAddr {
+    tb.broker()
+        .plugins()
+        .and_then(|m| m.listen_addr("octave"))
+        .expect("the octave plugin listens")
 }
 
 async fn start(replace: &[(&str, &str)]) -> Octave {
-    let port = free_port();
     let (tb, root) = common::with_plugins(
         &[
-            ("octave", "octave", &toml(port, replace)),
+            ("octave", "octave", &toml(replace)),
             ("emqx", "emqx", &common::stock_toml("emqx")),
         ],
         KEYS,
@@ -56,8 +54,8 @@ async fn start(replace: &[(&str, &str)]) -> Octave {
     )
     .await;
     Octave {
+        addr: listen_addr(&tb),
         tb,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
         pdir: root.path().join("plugins"),
         _root: root,
     }
@@ -372,12 +370,11 @@ async fn session_ids_are_checked_single_use_and_expire() {
 
 #[tokio::test]
 async fn an_unused_session_id_expires() {
-    let port = free_port();
-    let t = toml(port, &[("session_ttl_secs = 60", "session_ttl_secs = 1")]);
+    let t = toml(&[("session_ttl_secs = 60", "session_ttl_secs = 1")]);
     let (tb, root) = common::with_plugins(&[("octave", "octave", &t)], KEYS, |_| {}).await;
     let o = Octave {
+        addr: listen_addr(&tb),
         tb,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
         pdir: root.path().join("plugins"),
         _root: root,
     };
