@@ -34,15 +34,10 @@ impl Bee {
 }
 
 async fn start(replace: &[(&str, &str)]) -> Bee {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut t = common::stock_toml("beebotte").replace(
-        "listen = \"0.0.0.0:8092\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-    );
+    // Port 0: the system picks a free one (a port picked beforehand could be taken by a
+    // parallel test's listener before the plugin binds it).
+    let mut t = common::stock_toml("beebotte")
+        .replace("listen = \"0.0.0.0:8092\"", "listen = \"127.0.0.1:0\"");
     for (from, to) in replace {
         assert!(t.contains(from), "the stock toml has {from}");
         t = t.replace(from, to);
@@ -56,6 +51,12 @@ async fn start(replace: &[(&str, &str)]) -> Bee {
         |_| {},
     )
     .await;
+    let port = tb
+        .broker()
+        .plugins()
+        .and_then(|m| m.listen_addr("beebotte"))
+        .expect("the beebotte plugin listens")
+        .port();
     Bee {
         tb,
         port,
@@ -531,7 +532,11 @@ async fn socketio_mqtt_and_rest_meet_on_channel_resource_topics() {
 
 #[tokio::test]
 async fn python_sdk_publishes_writes_reads_and_manages_connections() {
-    let b = start(&[("records_per_resource = 1000", "records_per_resource = 3")]).await;
+    let b = start(&[
+        ("records_per_resource = 1000", "records_per_resource = 3"),
+        ("resources_per_account = 100", "resources_per_account = 2"),
+    ])
+    .await;
     let acme = json!({"akey": "acme", "skey": "acme-secret"});
     let r = py(
         &b,
@@ -545,6 +550,8 @@ async fn python_sdk_publishes_writes_reads_and_manages_connections() {
             ["read", ["demo", "res"], {"limit": 10}],
             ["read", ["demo", "res"], {}],
             ["getUserConnections", [], {}],
+            ["write", ["demo", "other", 1], {}],
+            ["write", ["demo", "third", 1], {}],
         ]),
     )
     .await;
@@ -568,6 +575,9 @@ async fn python_sdk_publishes_writes_reads_and_manages_connections() {
     );
     assert_eq!(r[6]["ok"][0]["data"], 4);
     assert_eq!(r[7], json!({"ok": []}));
+    // One account writes to at most resources_per_account resources.
+    assert_eq!(r[8], json!({"ok": true}), "{r:?}");
+    assert_eq!(r[9]["error"], "PayloadLimitError", "{r:?}");
 
     // Python lists by user id and by sid, and drops by user id + sid.
     let mut n = Node::start().await;
@@ -999,4 +1009,36 @@ async fn node_sdk_streams_over_mqtt() {
         n.subscribe("t", "demo", "res", json!({})).await["ev"],
         "subscribed"
     );
+
+    // The same token over socket.io: held to its channel even for public reads, and
+    // revoking it drops the socket too.
+    let (chan2, chan2_id) = token(
+        &b,
+        json!({"kind": "channel", "channel": "demo", "read": true, "write": true}),
+    )
+    .await;
+    let opts = json!({"transport": {"type": "socketio", "token": chan2, "ws_host": "127.0.0.1",
+                                    "port": b.port, "ssl": false},
+                      "userinfo": {"userid": "uid-s", "username": "sam"}});
+    n.stream("s", opts).await;
+    let no = n.subscribe("s", "elsewhere", "r", json!({})).await;
+    assert_eq!(no["ev"], "subscribeError", "{no}");
+    let rw = json!({"read": true, "write": true});
+    assert_eq!(
+        n.subscribe("s", "demo", "res", rw).await["ev"],
+        "subscribed"
+    );
+    let (st, _) = common::http(
+        b.addr(),
+        "DELETE",
+        &format!("/v1/apiary/tokens/{chan2_id}"),
+        Some(("acme", "acme-secret")),
+        b"",
+    )
+    .await;
+    assert_eq!(st, 200);
+    n.expect("disconnected", |v| {
+        v["ev"] == "disconnected" && v["name"] == "s"
+    })
+    .await;
 }

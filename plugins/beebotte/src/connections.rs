@@ -3,6 +3,8 @@
 //! them. An MQTT connection's sid and user id are its client id; a socket.io connection's
 //! sid is its Engine.IO session id and its user id the one the client gave.
 
+use std::collections::HashSet;
+
 use apiary_plugin_sdk::http::{Request, Response};
 use apiary_plugin_sdk::{registry, session_filter, types};
 use serde_json::{json, Value};
@@ -10,10 +12,14 @@ use serde_json::{json, Value};
 use crate::account::{Account, IamRight};
 use crate::rest::{bad_parameter, host_error, not_allowed};
 
-/// Sessions fetched per registry page.
-const PAGE: u32 = 1000;
-/// Most connections one call lists or drops (pages of `PAGE`).
-const MAX_PAGES: u32 = 100;
+/// Sessions fetched per registry page (a socket.io session's description is up to 16 KiB).
+const PAGE: u32 = 200;
+/// Most sessions one call looks at.
+const MAX_SESSIONS: usize = 100_000;
+/// Most connections one listing or drop covers.
+const MAX_LISTED: usize = 10_000;
+/// Most description bytes one listing holds.
+const MAX_LISTED_BYTES: usize = 8 << 20;
 
 /// Beebotte's two protocols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +67,18 @@ pub struct Found {
     pub entry: Value,
 }
 
+/// Subscriptions as Beebotte lists them (without what the plugin keeps for itself).
+fn listed(subs: &Value) -> Value {
+    let one = |s: &Value| {
+        json!({"channel": s["channel"], "resource": s["resource"],
+               "read": s["read"], "write": s["write"]})
+    };
+    Value::Array(
+        subs.as_array()
+            .map_or(Vec::new(), |a| a.iter().map(one).collect()),
+    )
+}
+
 /// The description of a registry session, if it is a Beebotte connection.
 fn entry(s: &types::Session) -> Option<(Protocol, Value)> {
     let proto = Protocol::of(s)?;
@@ -79,68 +97,84 @@ fn entry(s: &types::Session) -> Option<(Protocol, Value)> {
                 proto,
                 json!({"clientid": userid, "clientip": ip, "owner": s.tenant,
                        "protocol": "socketio", "sid": sid, "userid": userid,
-                       "subscriptions": d.get("subscriptions").cloned().unwrap_or(json!([])),
+                       "subscriptions": listed(&d["subscriptions"]),
                        "userinfo": d.get("userinfo").cloned().unwrap_or(json!({}))}),
             )
         }
     })
 }
 
-/// Every registry session matching `f`, page by page.
-fn sessions(f: &registry::SessionFilter) -> Result<Vec<types::Session>, types::Error> {
-    let mut out = Vec::new();
-    for page in 1..=MAX_PAGES {
+/// Visits the registry sessions matching `f`, a page at a time (a page is dropped before
+/// the next is fetched), until `visit` says stop or `MAX_SESSIONS` were seen.
+pub fn each_session(
+    f: &registry::SessionFilter,
+    mut visit: impl FnMut(types::Session) -> bool,
+) -> Result<(), types::Error> {
+    let mut seen = 0;
+    for page in 1.. {
         let p = registry::query(f, page, PAGE)?;
-        out.extend(p.items);
+        for s in p.items {
+            seen += 1;
+            if !visit(s) || seen >= MAX_SESSIONS {
+                return Ok(());
+            }
+        }
         if !p.has_next {
-            break;
+            return Ok(());
         }
     }
-    Ok(out)
+    Ok(())
 }
 
-/// The account's live connections that `sel` selects.
+/// The account's live connections that `sel` selects: at most `MAX_LISTED`, and at most
+/// `MAX_LISTED_BYTES` of descriptions (a listing has no paging in Beebotte's API).
 pub fn find(tenant: &str, sel: &Selector) -> Result<Vec<Found>, types::Error> {
     let mut f = session_filter();
     f.tenant = Some(tenant.to_string());
     f.connected = Some(true);
-    let mut all = Vec::new();
+    let mut filters = Vec::new();
     match &sel.userid {
         // A user id is an MQTT client id or a socket.io user id: ask for both.
         Some(u) => {
             if sel.protocol != Some(Protocol::SocketIo) {
                 let mut m = f.clone();
                 m.client_id = Some(u.clone());
-                all.extend(sessions(&m)?);
+                filters.push(m);
             }
             if sel.protocol != Some(Protocol::Mqtt) {
                 let mut s = f.clone();
                 s.user_id = Some(u.clone());
                 s.proto_name = Some("socketio".into());
-                all.extend(sessions(&s)?);
+                filters.push(s);
             }
         }
         None => {
             if sel.protocol == Some(Protocol::SocketIo) {
                 f.proto_name = Some("socketio".into());
             }
-            all = sessions(&f)?;
+            filters.push(f);
         }
     }
     let mut out: Vec<Found> = Vec::new();
-    for s in all {
-        let Some((proto, e)) = entry(&s) else {
-            continue;
-        };
-        let wanted = sel.protocol.is_none_or(|p| p == proto)
-            && sel.sid.as_deref().is_none_or(|sid| e["sid"] == sid)
-            && sel.userid.as_deref().is_none_or(|u| e["userid"] == u);
-        if wanted && !out.iter().any(|o| o.client_id == s.client_id) {
-            out.push(Found {
-                client_id: s.client_id,
-                entry: e,
-            });
-        }
+    let mut ids = HashSet::new();
+    let mut bytes = 0;
+    for f in &filters {
+        each_session(f, |s| {
+            let Some((proto, e)) = entry(&s) else {
+                return true;
+            };
+            let wanted = sel.protocol.is_none_or(|p| p == proto)
+                && sel.sid.as_deref().is_none_or(|sid| e["sid"] == sid)
+                && sel.userid.as_deref().is_none_or(|u| e["userid"] == u);
+            if wanted && ids.insert(s.client_id.clone()) {
+                bytes += s.description.as_ref().map_or(0, String::len) + 200;
+                out.push(Found {
+                    client_id: s.client_id,
+                    entry: e,
+                });
+            }
+            out.len() < MAX_LISTED && bytes < MAX_LISTED_BYTES
+        })?;
     }
     Ok(out)
 }

@@ -24,6 +24,8 @@ use apiary_plugin_sdk::{auth, export, parse_config, InitError, Plugin};
 
 /// Records kept per channel/resource (`records_per_resource`).
 static RECORDS_PER_RESOURCE: AtomicU64 = AtomicU64::new(1000);
+/// Resources with written records one account may hold (`resources_per_account`).
+static RESOURCES_PER_ACCOUNT: AtomicU64 = AtomicU64::new(100);
 /// Replay window of signed requests in seconds (`date_window_secs`).
 static DATE_WINDOW_SECS: AtomicU64 = AtomicU64::new(900);
 
@@ -31,6 +33,7 @@ static DATE_WINDOW_SECS: AtomicU64 = AtomicU64::new(900);
 #[serde(deny_unknown_fields, default)]
 struct Config {
     records_per_resource: u64,
+    resources_per_account: u64,
     date_window_secs: u64,
 }
 
@@ -38,6 +41,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             records_per_resource: 1000,
+            resources_per_account: 100,
             date_window_secs: 900,
         }
     }
@@ -58,7 +62,13 @@ impl Plugin for Beebotte {
                 "date_window_secs must be positive".into(),
             ));
         }
+        if c.resources_per_account == 0 {
+            return Err(InitError::InvalidConfig(
+                "resources_per_account must be positive".into(),
+            ));
+        }
         RECORDS_PER_RESOURCE.store(c.records_per_resource, Ordering::Relaxed);
+        RESOURCES_PER_ACCOUNT.store(c.resources_per_account, Ordering::Relaxed);
         DATE_WINDOW_SECS.store(c.date_window_secs, Ordering::Relaxed);
         Ok(())
     }

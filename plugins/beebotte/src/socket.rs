@@ -14,14 +14,16 @@ use apiary_plugin_sdk::stream::{
 use apiary_plugin_sdk::{apikeys, broker, clock, streams};
 use serde_json::{json, Value};
 
-use crate::account::{Account, DEFAULT_ACCOUNT};
+use crate::account::{Account, Credential, DEFAULT_ACCOUNT};
 use crate::sign::{self, SignError, Subscription};
 use crate::wire::{self, valid_channel, valid_resource};
 use crate::{records, tokens};
 
 /// Subscriptions one connection may hold (write-only ones take no router entry, so the
 /// broker's own subscription limit does not bound them).
-const MAX_SUBSCRIPTIONS: usize = 1000;
+const MAX_SUBSCRIPTIONS: usize = 100;
+/// The host's limit on a connection's description (16 KiB), less room for the rest.
+const MAX_DESCRIPTION: usize = 15 << 10;
 /// Longest user id or username a client may give.
 const MAX_NAME: usize = 128;
 
@@ -155,6 +157,10 @@ fn subscriber(
             .or_else(|| d.pointer("/userinfo/userid"))
             .and_then(Value::as_str)
             .filter(|u| !u.is_empty());
+        // The user the signature names is the one this connection is listed and dropped as.
+        if userid.is_some_and(|u| Some(u) != conn.user_id.as_deref()) {
+            return Err("the signed userid is not this connection's".into());
+        }
         let ttl = match d.get("ttl") {
             Some(Value::String(s)) => s.clone(),
             Some(v) if !v.is_null() => v.to_string(),
@@ -212,18 +218,40 @@ fn subscribe(conn: &Connection, d: &Value) -> Frame {
         );
     }
     let (read, write) = (flag(d, "read", true), flag(d, "write", false));
-    if write || wire::is_private(&channel) {
-        if let Err(m) = subscriber(conn, d, &channel, &resource) {
-            return no(m);
-        }
-    }
     let mut desc = description(conn);
+    let cred = if write || wire::is_private(&channel) {
+        match subscriber(conn, d, &channel, &resource) {
+            Ok(a) => Some(a),
+            Err(m) => return no(m),
+        }
+    } else {
+        // A public read needs nothing, but a socket opened with a token is held to it.
+        if let Some(id) = desc["token"].as_str() {
+            match tokens::by_id(&conn.tenant, id) {
+                Ok(Some(t)) if t.account().may_read(&channel) => {}
+                Ok(Some(_)) => return no(format!("the token does not cover channel {channel}")),
+                Ok(None) => return no("the connection's token was revoked".into()),
+                Err(e) => return no(format!("cannot check the token now: {e:?}")),
+            }
+        }
+        None
+    };
+    let mut entry = json!({"channel": channel, "resource": resource, "read": read, "write": write});
+    if let Some(Credential::Token(id)) = cred.map(|a| a.credential) {
+        // So revoking the token finds this connection.
+        entry["token"] = id.into();
+    }
     let subs = subscriptions(&mut desc);
     subs.retain(|s| names(s) != (channel.clone(), resource.clone()));
     if subs.len() >= MAX_SUBSCRIPTIONS {
         return no(format!(
             "at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
         ));
+    }
+    subs.push(entry);
+    let text = desc.to_string();
+    if text.len() > MAX_DESCRIPTION {
+        return no("this connection's subscriptions are at their limit".into());
     }
     let filter = wire::filter(&channel, &resource);
     let routed = if read {
@@ -235,8 +263,11 @@ fn subscribe(conn: &Connection, d: &Value) -> Frame {
     if let Err(e) = routed {
         return no(format!("{e:?}"));
     }
-    subs.push(json!({"channel": channel, "resource": resource, "read": read, "write": write}));
-    let _ = streams::describe(conn.id, &desc.to_string());
+    if let Err(e) = streams::describe(conn.id, &text) {
+        // Not recorded means not granted: undo the routing.
+        let _ = streams::unsubscribe(conn.id, &filter);
+        return no(format!("{e:?}"));
+    }
     control("subscribed", &channel, &resource, None)
 }
 

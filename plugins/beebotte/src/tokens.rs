@@ -98,6 +98,12 @@ pub fn random(n: usize) -> Option<String> {
     Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
+/// The kv prefix of an account's token ids (the tenant escaped: `/` would let one
+/// account's prefix cover another's).
+fn id_prefix(tenant: &str) -> String {
+    format!("{BY_ID}{}/", crate::records::segment(tenant))
+}
+
 /// The token a client presented (`token:` legacy prefix already removed), if it exists.
 pub fn find(token: &str) -> Result<Option<Token>, types::Error> {
     if token.is_empty() || token.len() > 256 {
@@ -149,19 +155,23 @@ pub fn create(tenant: &str, n: NewToken) -> Result<(String, Token), types::Error
     let h = hash(&token);
     let body = serde_json::to_vec(&t).expect("a token record serializes");
     kv::set(&format!("{BY_HASH}{h}"), &body)?;
-    kv::set(&format!("{BY_ID}{tenant}/{}", t.id), h.as_bytes())?;
+    kv::set(&format!("{}{}", id_prefix(tenant), t.id), h.as_bytes())?;
     Ok((token, t))
 }
 
 /// The account's tokens.
 pub fn list(tenant: &str) -> Result<Vec<Token>, types::Error> {
-    let prefix = format!("{BY_ID}{tenant}/");
+    let prefix = id_prefix(tenant);
     let mut out = Vec::new();
     for k in kv::list_keys(&prefix, MAX_LISTED)? {
         let Some(h) = kv::get(&k)? else { continue };
         let h = String::from_utf8_lossy(&h);
         if let Some(v) = kv::get(&format!("{BY_HASH}{h}"))? {
-            out.extend(serde_json::from_slice::<Token>(&v).ok());
+            out.extend(
+                serde_json::from_slice::<Token>(&v)
+                    .ok()
+                    .filter(|t| t.tenant == tenant),
+            );
         }
     }
     Ok(out)
@@ -172,11 +182,12 @@ pub fn by_id(tenant: &str, id: &str) -> Result<Option<Token>, types::Error> {
     if id.contains('/') {
         return Ok(None);
     }
-    let Some(h) = kv::get(&format!("{BY_ID}{tenant}/{id}"))? else {
+    let Some(h) = kv::get(&format!("{}{id}", id_prefix(tenant)))? else {
         return Ok(None);
     };
     let v = kv::get(&format!("{BY_HASH}{}", String::from_utf8_lossy(&h)))?;
-    Ok(v.and_then(|v| serde_json::from_slice(&v).ok()))
+    Ok(v.and_then(|v| serde_json::from_slice::<Token>(&v).ok())
+        .filter(|t| t.tenant == tenant))
 }
 
 /// Revokes a token of the account by id; returns it when it existed.
@@ -184,7 +195,7 @@ pub fn revoke(tenant: &str, id: &str) -> Result<Option<Token>, types::Error> {
     if id.contains('/') {
         return Ok(None);
     }
-    let idkey = format!("{BY_ID}{tenant}/{id}");
+    let idkey = format!("{}{id}", id_prefix(tenant));
     let Some(h) = kv::get(&idkey)? else {
         return Ok(None);
     };

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::account::{Account, IamRight};
+use crate::connections::each_session;
 use crate::rest::{bad_parameter, host_error, not_allowed};
 use crate::tokens::{self, Kind, NewToken, Token};
 use crate::wire::valid_channel;
@@ -109,18 +110,28 @@ pub fn revoke(acc: &Account, id: &str) -> Response {
     if let Err(r) = admin_only(acc) {
         return r;
     }
+    // Its connections go first: if dropping fails, the token still exists and a retry of
+    // the revocation finds it.
+    match tokens::by_id(&acc.tenant, id) {
+        Ok(Some(_)) => {}
+        Ok(None) => return crate::rest::error(404, 1301, format!("no token {id}")),
+        Err(e) => return host_error(e),
+    }
+    if let Err(e) = drop_connections(&acc.tenant, id) {
+        return host_error(e);
+    }
     match tokens::revoke(&acc.tenant, id) {
-        Ok(Some(_)) => match drop_connections(&acc.tenant, id) {
-            Ok(_) => Response::empty(200),
-            Err(e) => host_error(e),
-        },
-        Ok(None) => crate::rest::error(404, 1301, format!("no token {id}")),
+        Ok(_) => {
+            // Whatever connected with it in the meantime.
+            let _ = drop_connections(&acc.tenant, id);
+            Response::empty(200)
+        }
         Err(e) => host_error(e),
     }
 }
 
-/// Drops the connections a token opened: MQTT clients record it as their username,
-/// socket.io connections in their description.
+/// Drops the connections a token opened or authenticated a subscription of: MQTT clients
+/// record it as their username, socket.io connections in their description.
 fn drop_connections(tenant: &str, id: &str) -> Result<u32, types::Error> {
     let mut f = session_filter();
     f.tenant = Some(tenant.to_string());
@@ -128,24 +139,37 @@ fn drop_connections(tenant: &str, id: &str) -> Result<u32, types::Error> {
     let mut victims = Vec::new();
     let mut m = f.clone();
     m.username = Some(crate::account::Credential::Token(id.to_string()).username());
-    victims.extend(registry::query(&m, 1, 10_000)?.items);
+    each_session(&m, |s| {
+        victims.push(s.client_id);
+        true
+    })?;
     f.proto_name = Some("socketio".into());
-    for s in registry::query(&f, 1, 10_000)?.items {
+    each_session(&f, |s| {
         let d: Option<Value> = s
             .description
             .as_deref()
             .and_then(|d| serde_json::from_str(d).ok());
-        if d.is_some_and(|d| d["token"] == id) {
-            victims.push(s);
+        if d.is_some_and(|d| uses_token(&d, id)) {
+            victims.push(s.client_id);
         }
-    }
+        true
+    })?;
     let mut n = 0;
-    for s in victims {
-        match registry::kick(tenant, &s.client_id, false) {
+    for client_id in victims {
+        match registry::kick(tenant, &client_id, false) {
             Ok(k) => n += k,
             Err(types::Error::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(n)
+}
+
+/// Whether a socket.io connection's description shows token `id`: at the handshake or on
+/// a subscription.
+fn uses_token(d: &Value, id: &str) -> bool {
+    d["token"] == id
+        || d["subscriptions"]
+            .as_array()
+            .is_some_and(|subs| subs.iter().any(|s| s["token"] == id))
 }

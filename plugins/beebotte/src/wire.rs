@@ -62,7 +62,7 @@ pub fn message(channel: &str, resource: &str, data: Value, ts: i64, write: bool)
 }
 
 /// A routed payload as the socket.io client receives it: JSON with a `data` key is kept
-/// (channel, resource and ts filled in when missing), any other JSON value or text becomes
+/// (channel and resource set from the topic, ts filled in when missing), any other JSON value or text becomes
 /// `data`, as the SDK's MQTT client reads payloads.
 pub fn delivered(channel: &str, resource: &str, payload: &[u8], received_ms: i64) -> Value {
     let mut m = match serde_json::from_slice::<Value>(payload) {
@@ -70,8 +70,10 @@ pub fn delivered(channel: &str, resource: &str, payload: &[u8], received_ms: i64
         Ok(v) => wrap(v),
         Err(_) => wrap(Value::String(String::from_utf8_lossy(payload).into_owned())),
     };
-    m.entry("channel").or_insert_with(|| channel.into());
-    m.entry("resource").or_insert_with(|| resource.into());
+    // The topic decides, whatever the payload claims: the SDK dispatches on these two, so
+    // a publisher must not reach another channel's handlers by naming it.
+    m.insert("channel".into(), channel.into());
+    m.insert("resource".into(), resource.into());
     m.entry("ts").or_insert_with(|| received_ms.into());
     Value::Object(m)
 }
@@ -109,6 +111,16 @@ mod tests {
         assert_eq!(v["ts"], 3);
         assert_eq!(v["write"], true);
         assert_eq!(v["channel"], "c");
+        let forged = delivered(
+            "c",
+            "r",
+            b"{\"data\":1,\"channel\":\"private-x\",\"resource\":\"y\"}",
+            7,
+        );
+        assert_eq!(
+            (&forged["channel"], &forged["resource"]),
+            (&json!("c"), &json!("r"))
+        );
         let v = delivered("c", "r", b"[1,2]", 7);
         assert_eq!(v["data"], json!([1, 2]));
         let m = message("private-c", "r", json!(1), 5, true);
