@@ -373,6 +373,29 @@ async fn node_sdk_lists_and_drops_socketio_and_mqtt_connections() {
     assert_eq!(by(data, "clientid", "cid-m")[0]["username"], "bbt-key:acme");
     assert_eq!(by(data, "proto_name", "socketio").len(), 1, "{list}");
 
+    // A stream that names no user gets a generated one, `uid-...`, as its client id too.
+    let anon = json!({"transport": {"type": "socketio", "apiKey": "acme", "secretKey": "acme-secret",
+                                    "ws_host": "127.0.0.1", "port": b.port, "ssl": false}});
+    n.stream("anon", anon).await;
+    let (_, res) = n
+        .call("getUserConnections", json!([{"protocol": "socketio"}]))
+        .await;
+    let others: Vec<&Value> = res
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["userid"] != "uid-1")
+        .collect();
+    assert_eq!(others.len(), 1, "{res}");
+    let uid = others[0]["userid"].as_str().unwrap();
+    assert!(uid.starts_with("uid-") && uid.len() > 10, "{res}");
+    assert_eq!(others[0]["clientid"], uid);
+    n.send(json!({"op": "disconnect", "name": "anon"})).await;
+    n.expect("disconnected", |v| {
+        v["ev"] == "disconnected" && v["name"] == "anon"
+    })
+    .await;
+
     // Dropping the socket.io user: 200 with an empty body, the client is told not to come
     // back (no `reconnected`), the listing no longer has it.
     let (err, res) = n
@@ -528,6 +551,18 @@ async fn socketio_mqtt_and_rest_meet_on_channel_resource_topics() {
     assert_eq!(err, Value::Null, "{recs}");
     assert_eq!(recs.as_array().unwrap().len(), 1, "{recs}");
     assert_eq!(recs[0]["data"], 42);
+
+    // Bulk calls: a write answers one `true` per record, a publish `true`; both deliver.
+    let bulk = json!([{"channel": "logs", "records": [{"resource": "temp", "data": 1},
+                                                      {"resource": "temp", "data": 2}]}]);
+    let (err, res) = n.call("writeBulk", bulk).await;
+    assert_eq!((err, res), (Value::Null, json!([true, true])));
+    assert_eq!(n.message("a").await["data"], 1);
+    assert_eq!(n.message("a").await["data"], 2);
+    let bulk = json!([{"channel": "demo", "records": [{"resource": "res", "data": "b1"}]}]);
+    let (err, res) = n.call("publishBulk", bulk).await;
+    assert_eq!((err, res), (Value::Null, json!(true)));
+    assert_eq!(n.message("a").await["data"], "b1");
 }
 
 #[tokio::test]
@@ -822,6 +857,18 @@ async fn signed_requests_and_tokens_are_checked_exactly() {
     assert_eq!((st, code(&v)), (400, json!(1401)), "{v}");
     let (st, v) = signed(&b, "GET", "/v1/nothing", &now, "/v1/nothing").await;
     assert_eq!((st, code(&v)), (404, json!(1301)), "{v}");
+    // No channel registry, so no public channels: the unsigned public read is a 404.
+    let a = common::request(
+        b.addr(),
+        "GET",
+        "/v1/public/data/read/acme/demo/res",
+        None,
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert_eq!(code(&serde_json::from_str(&a.body).unwrap()), 1301);
     let (st, v) = signed(
         &b,
         "DELETE",
