@@ -9,26 +9,20 @@
 //! `cargo test` a small smoke version runs.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
 use base64::Engine;
-use common::{mqtt_packet as packet, mqtt_str as with_str};
+use common::fanout::{mqtt_subscriber, now_ns, quantile_ms, report, rss_kib, stamp, Seen};
 use futures_util::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
 use md5::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as Ws;
-
-static BASE: OnceLock<Instant> = OnceLock::new();
-
-fn now_ns() -> u64 {
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
 
 const KEYS: &str = "ops:s3cret:admin:tenant=*\n";
 
@@ -82,18 +76,7 @@ async fn iam_token(http: SocketAddr) -> String {
         "POST /v1/apiary/tokens HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic {auth}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    // The plugin's own listener opens once it is loaded, after the broker's start.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut s = loop {
-        match TcpStream::connect(http).await {
-            Ok(s) => break s,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("the beebotte listener at {http} did not open: {e}"),
-        }
-    };
+    let mut s = TcpStream::connect(http).await.unwrap();
     s.write_all(req.as_bytes()).await.unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).await.unwrap();
@@ -111,76 +94,6 @@ async fn rest_round(conn: &mut BufReader<TcpStream>, auth: &Auth, n: usize) -> V
         lat.push(t.elapsed().as_nanos() as u64);
     }
     lat
-}
-
-fn p(l: &mut [u64], q: f64) -> f64 {
-    l.sort_unstable();
-    l[((l.len() as f64 * q) as usize).min(l.len() - 1)] as f64 / 1e6
-}
-
-/// What one path's subscribers saw.
-#[derive(Default)]
-struct Seen {
-    deliveries: AtomicU64,
-    last_ns: AtomicU64,
-    latencies: Mutex<Vec<u64>>,
-}
-
-impl Seen {
-    fn record(&self, sent: u64) {
-        let now = now_ns();
-        self.latencies
-            .lock()
-            .unwrap()
-            .push(now.saturating_sub(sent));
-        self.last_ns.fetch_max(now, Ordering::Relaxed);
-        self.deliveries.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// The publish time a delivery carries (`"data":{"t":<ns>}`).
-fn stamp(payload: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(payload).ok()?;
-    let i = s.find("{\"t\":")? + 5;
-    let digits: String = s[i..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-/// An MQTT 3.1.1 subscriber (anonymous, tenant `default`) counting deliveries.
-async fn mqtt_subscriber(tcp: SocketAddr, i: usize, topic: &str, seen: Arc<Seen>) {
-    let mut s = TcpStream::connect(tcp).await.unwrap();
-    s.set_nodelay(true).unwrap();
-    let mut body = Vec::new();
-    with_str("MQTT", &mut body);
-    body.extend_from_slice(&[4, 0x02, 0, 120]);
-    with_str(&format!("fan-{i}"), &mut body);
-    s.write_all(&packet(0x10, &body)).await.unwrap();
-    let mut ack = [0u8; 4];
-    s.read_exact(&mut ack).await.unwrap();
-    assert_eq!(ack[3], 0, "CONNACK accepted");
-    let mut body = vec![0, 1];
-    with_str(topic, &mut body);
-    body.push(0);
-    s.write_all(&packet(0x82, &body)).await.unwrap();
-    let mut suback = [0u8; 5];
-    s.read_exact(&mut suback).await.unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            // Payloads are small and distinct: counting stamps in what arrives is enough.
-            let n = s.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                return;
-            }
-            let mut rest = &buf[..n];
-            while let Some(i) = rest.windows(5).position(|w| w == b"{\"t\":") {
-                if let Some(t) = stamp(&rest[i..]) {
-                    seen.record(t);
-                }
-                rest = &rest[i + 5..];
-            }
-        }
-    });
 }
 
 /// A socket.io subscriber as Beebotte's SDK makes one (Engine.IO v4 over WebSocket here,
@@ -247,30 +160,7 @@ async fn fan_round(
         // A steady stream rather than one burst, as in the streams benchmark.
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
-    let want = before + (m * n) as u64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.deliveries.load(Ordering::Relaxed) < want {
-        assert!(
-            Instant::now() < deadline,
-            "{resource}: {} of {} deliveries",
-            seen.deliveries.load(Ordering::Relaxed) - before,
-            m * n
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let secs = (seen.last_ns.load(Ordering::Relaxed) - start) as f64 / 1e9;
-    (m * n) as f64 / secs
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    seen.rate(before, (m * n) as u64, start, resource).await
 }
 
 async fn rest(http: SocketAddr, requests: usize, rounds: usize) {
@@ -292,8 +182,8 @@ async fn rest(http: SocketAddr, requests: usize, rounds: usize) {
         println!(
             "beebotte/rest publish {name}: {:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms",
             total / secs[i],
-            p(&mut lat[i], 0.5),
-            p(&mut lat[i], 0.99)
+            quantile_ms(&mut lat[i], 0.5),
+            quantile_ms(&mut lat[i], 0.99)
         );
     }
     println!(
@@ -319,25 +209,14 @@ async fn fan_out(http: SocketAddr, tcp: SocketAddr, n: usize, m: usize, rounds: 
         rate[0] += fan_round(&mut conn, "mqtt", m, n, &mq).await / rounds as f64;
         rate[1] += fan_round(&mut conn, "sio", m, n, &sio).await / rounds as f64;
     }
-    let mut lat = [
-        std::mem::take(&mut *mq.latencies.lock().unwrap()),
-        std::mem::take(&mut *sio.latencies.lock().unwrap()),
-    ];
-    for (i, name) in ["MQTT subscribers", "socket.io subscribers"]
-        .iter()
-        .enumerate()
-    {
-        println!(
-            "beebotte/fan-out REST publish -> {n} {name}: {:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms",
-            rate[i],
-            p(&mut lat[i], 0.5),
-            p(&mut lat[i], 0.99)
-        );
-    }
-    println!(
-        "beebotte/fan-out socket.io rate / MQTT rate: {:.2}",
-        rate[1] / rate[0]
+    let ratio = report(
+        &format!("beebotte/fan-out REST publish -> {n}"),
+        [
+            ("MQTT subscribers", rate[0], &mq),
+            ("socket.io subscribers", rate[1], &sio),
+        ],
     );
+    println!("beebotte/fan-out socket.io rate / MQTT rate: {ratio:.2}");
     println!(
         "beebotte/memory per idle connection (both ends, RSS): MQTT {:.1} KiB, socket.io {:.1} KiB",
         r1.saturating_sub(r0) as f64 / n as f64,
@@ -358,16 +237,8 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let srv =
-            common::with_stock_plugin(dir.path(), "beebotte", &[("0.0.0.0:8092", &listen)], KEYS)
-                .await;
-        let http: SocketAddr = listen.parse().unwrap();
+        let (srv, http) =
+            common::with_listening_plugin(dir.path(), "beebotte", "0.0.0.0:8092", KEYS).await;
         rest(http, requests, rest_rounds).await;
         fan_out(http, srv.addrs.tcp.unwrap(), n, m, rounds).await;
     });

@@ -8,7 +8,6 @@
 //! a small smoke version runs.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,17 +24,6 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 const TOPIC: &str = "bench/pub";
-
-async fn server(dir: &Path, port: u16) -> apiary::Server {
-    let listen = format!("127.0.0.1:{port}");
-    common::with_stock_plugin(
-        dir,
-        "bifromq",
-        &[("0.0.0.0:8091", &listen)],
-        "ops:s3cret:publish:tenant=default\n",
-    )
-    .await
-}
 
 /// The native route: what the plugin does for `/pub`, written against the host directly.
 async fn native_pub(State(b): State<Broker>, h: HeaderMap, body: Bytes) -> StatusCode {
@@ -198,13 +186,8 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let srv = server(dir.path(), port).await;
-        let plugin: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (srv, plugin) =
+            common::with_listening_plugin(dir.path(), "bifromq", "0.0.0.0:8091", "ops:s3cret:publish:tenant=default\n").await;
         let native = native(srv.broker.clone()).await;
         let got = subscriber(srv.addrs.tcp.unwrap()).await;
         let mut all = [(0.0, Vec::new()), (0.0, Vec::new())];

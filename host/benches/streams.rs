@@ -9,121 +9,17 @@
 //! `cargo test` a small smoke version runs.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 mod common;
 
+use common::fanout::{mqtt, mqtt_subscriber, now_ns, report, rss_kib, stamp, Seen};
 use common::{mqtt_packet as packet, mqtt_str as with_str};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-static BASE: OnceLock<Instant> = OnceLock::new();
-
-fn now_ns() -> u64 {
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
-async fn server(dir: &Path, port: u16) -> apiary::Server {
-    let listen = format!("127.0.0.1:{port}");
-    common::with_stock_plugin(
-        dir,
-        "octave",
-        &[("0.0.0.0:8093", &listen)],
-        "ops:s3cret:admin:tenant=*\n",
-    )
-    .await
-}
-
-/// An MQTT 3.1.1 connection with CONNECT sent and CONNACK read.
-async fn mqtt(tcp: SocketAddr, id: &str) -> TcpStream {
-    let mut s = TcpStream::connect(tcp).await.unwrap();
-    s.set_nodelay(true).unwrap();
-    let mut body = Vec::new();
-    with_str("MQTT", &mut body);
-    body.extend_from_slice(&[4, 0x02, 0, 120]);
-    with_str(id, &mut body);
-    s.write_all(&packet(0x10, &body)).await.unwrap();
-    let mut ack = [0u8; 4];
-    s.read_exact(&mut ack).await.unwrap();
-    assert_eq!(ack[3], 0, "CONNACK accepted");
-    s
-}
-
-/// The publish time a payload carries (`{"t":<ns>}`).
-fn stamp(payload: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(payload).ok()?;
-    let i = s.find("\"t\":")? + 4;
-    let digits: String = s[i..].chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-/// What one path's subscribers saw.
-#[derive(Default)]
-struct Seen {
-    deliveries: AtomicU64,
-    last_ns: AtomicU64,
-    latencies: Mutex<Vec<u64>>,
-}
-
-impl Seen {
-    fn record(&self, sent: u64) {
-        let now = now_ns();
-        self.latencies
-            .lock()
-            .unwrap()
-            .push(now.saturating_sub(sent));
-        self.last_ns.fetch_max(now, Ordering::Relaxed);
-        self.deliveries.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// An MQTT subscriber to `topic` counting PUBLISH packets into `seen`.
-async fn mqtt_subscriber(tcp: SocketAddr, i: usize, topic: &str, seen: Arc<Seen>) {
-    let mut s = mqtt(tcp, &format!("fan-{i}")).await;
-    let mut body = vec![0, 1];
-    with_str(topic, &mut body);
-    body.push(0);
-    s.write_all(&packet(0x82, &body)).await.unwrap();
-    let mut suback = [0u8; 5];
-    s.read_exact(&mut suback).await.unwrap();
-    tokio::spawn(async move {
-        let mut buf = bytes::BytesMut::with_capacity(64 << 10);
-        loop {
-            if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-                return;
-            }
-            while let Some((first, start, len)) = header(&buf) {
-                if buf.len() < start + len {
-                    break;
-                }
-                let p = buf.split_to(start + len);
-                if first >> 4 == 3 {
-                    let tl = u16::from_be_bytes([p[start], p[start + 1]]) as usize;
-                    if let Some(t) = stamp(&p[start + 2 + tl..]) {
-                        seen.record(t);
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// (first byte, header length, remaining length) of the packet at the buffer's start.
-fn header(b: &[u8]) -> Option<(u8, usize, usize)> {
-    let mut len = 0usize;
-    for i in 1..5 {
-        let x = *b.get(i)?;
-        len |= ((x & 0x7f) as usize) << (7 * (i - 1));
-        if x & 0x80 == 0 {
-            return Some((b[0], i + 1, len));
-        }
-    }
-    None
-}
 
 /// A session id from `POST /session`.
 async fn session_id(http: SocketAddr) -> String {
@@ -172,17 +68,6 @@ async fn ws_subscriber(http: SocketAddr, topic: &str, seen: Arc<Seen>) {
     });
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Publishes `m` messages to `topic` and waits for `n` deliveries of each: (deliveries
 /// per second, this round's latencies).
 async fn round(publisher: &mut TcpStream, topic: &str, m: usize, n: usize, seen: &Seen) -> f64 {
@@ -196,24 +81,7 @@ async fn round(publisher: &mut TcpStream, topic: &str, m: usize, n: usize, seen:
         // A steady stream rather than one burst: the queues stay short on both paths.
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
-    let want = before + (m * n) as u64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.deliveries.load(Ordering::Relaxed) < want {
-        assert!(
-            Instant::now() < deadline,
-            "{topic}: {} of {} deliveries",
-            seen.deliveries.load(Ordering::Relaxed) - before,
-            m * n
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let secs = (seen.last_ns.load(Ordering::Relaxed) - start) as f64 / 1e9;
-    (m * n) as f64 / secs
-}
-
-fn p(l: &mut [u64], q: f64) -> f64 {
-    l.sort_unstable();
-    l[((l.len() as f64 * q) as usize).min(l.len() - 1)] as f64 / 1e6
+    seen.rate(before, (m * n) as u64, start, topic).await
 }
 
 fn main() {
@@ -225,13 +93,8 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let srv = server(dir.path(), port).await;
-        let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (srv, http) =
+            common::with_listening_plugin(dir.path(), "octave", "0.0.0.0:8093", "ops:s3cret:admin:tenant=*\n").await;
         let tcp = srv.addrs.tcp.unwrap();
         let (mq, ws) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
         let r0 = rss_kib();
@@ -249,26 +112,14 @@ fn main() {
             rate[0] += round(&mut publisher, "bench/mqtt", m, n, &mq).await / rounds as f64;
             rate[1] += round(&mut publisher, "bench/ws", m, n, &ws).await / rounds as f64;
         }
-        let mut lat = [
-            std::mem::take(&mut *mq.latencies.lock().unwrap()),
-            std::mem::take(&mut *ws.latencies.lock().unwrap()),
-        ];
-        for (i, name) in ["MQTT subscribers", "octave WebSocket streams"]
-            .iter()
-            .enumerate()
-        {
-            println!(
-                "streams/fan-out 1 -> {n} {name}: {:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms ({} deliveries)",
-                rate[i],
-                p(&mut lat[i], 0.5),
-                p(&mut lat[i], 0.99),
-                lat[i].len()
-            );
-        }
-        println!(
-            "streams/fan-out stream rate / MQTT rate: {:.2} (goal: at least 0.50)",
-            rate[1] / rate[0]
+        let ratio = report(
+            &format!("streams/fan-out 1 -> {n}"),
+            [
+                ("MQTT subscribers", rate[0], &mq),
+                ("octave WebSocket streams", rate[1], &ws),
+            ],
         );
+        println!("streams/fan-out stream rate / MQTT rate: {ratio:.2} (goal: at least 0.50)");
         println!(
             "streams/memory per idle connection (both ends, RSS): MQTT {:.1} KiB, octave WebSocket {:.1} KiB",
             (r1.saturating_sub(r0)) as f64 / n as f64,

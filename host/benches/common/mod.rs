@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+#[allow(dead_code)] // only the fan-out benchmarks
+pub mod fanout;
+
 use apiary::session::{ClientInfo, Session, Transport};
 
 /// Inserts `n` sessions into the default tenant: 1000 usernames, half 3.1.1 and half 5,
@@ -101,6 +104,24 @@ pub async fn with_stock_plugin(
     cfg.api_keys_file = Some(keys_file);
     cfg.plugins_dir = plugins;
     apiary::start(cfg).await.expect("broker starts")
+}
+
+/// [`with_stock_plugin`] for a plugin with a listener of its own: its stock `listen`
+/// (`stock_listen`) becomes port 0 on loopback; returns where it was bound.
+#[allow(dead_code)] // not every benchmark loads such a plugin
+pub async fn with_listening_plugin(
+    dir: &std::path::Path,
+    name: &str,
+    stock_listen: &str,
+    keys: &str,
+) -> (apiary::Server, std::net::SocketAddr) {
+    let srv = with_stock_plugin(dir, name, &[(stock_listen, "127.0.0.1:0")], keys).await;
+    let addr = srv
+        .broker
+        .plugins()
+        .and_then(|m| m.listen_addr(name))
+        .unwrap_or_else(|| panic!("the {name} plugin did not load (see the log)"));
+    (srv, addr)
 }
 
 /// An MQTT string: its length, then its bytes.

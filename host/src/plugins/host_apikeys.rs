@@ -41,6 +41,13 @@ impl PluginState {
         Ok(())
     }
 
+    /// Whether this call may check a credential: the capability, and the caller's address
+    /// not throttled.
+    fn may_check_credentials(&self) -> Result<(), Error> {
+        self.check(Capability::ApiKeys, None)
+            .and_then(|()| self.throttled())
+    }
+
     /// Records a verified key as the one this call acts as, or a failed login.
     fn act_as(&mut self, k: Option<ApiKey>) -> Option<apikeys::KeyInfo> {
         let i = k.as_ref().map(info);
@@ -63,10 +70,7 @@ impl apikeys::Host for PluginState {
         key: String,
         secret: String,
     ) -> wasmtime::Result<Result<Option<apikeys::KeyInfo>, Error>> {
-        if let Err(e) = self
-            .check(Capability::ApiKeys, None)
-            .and_then(|()| self.throttled())
-        {
+        if let Err(e) = self.may_check_credentials() {
             return Ok(Err(e));
         }
         let k = self.ctx.broker.api_keys.verify(&key, &secret);
@@ -80,10 +84,7 @@ impl apikeys::Host for PluginState {
         message: Vec<u8>,
         signature: Vec<u8>,
     ) -> wasmtime::Result<Result<Option<apikeys::KeyInfo>, Error>> {
-        if let Err(e) = self
-            .check(Capability::ApiKeys, None)
-            .and_then(|()| self.throttled())
-        {
+        if let Err(e) = self.may_check_credentials() {
             return Ok(Err(e));
         }
         let k = self
@@ -98,10 +99,7 @@ impl apikeys::Host for PluginState {
         &mut self,
         secret: String,
     ) -> wasmtime::Result<Result<Option<apikeys::KeyInfo>, Error>> {
-        if let Err(e) = self
-            .check(Capability::ApiKeys, None)
-            .and_then(|()| self.throttled())
-        {
+        if let Err(e) = self.may_check_credentials() {
             return Ok(Err(e));
         }
         let k = self.ctx.broker.api_keys.verify_secret(&secret);
