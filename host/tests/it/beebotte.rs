@@ -1089,3 +1089,137 @@ async fn node_sdk_streams_over_mqtt() {
     })
     .await;
 }
+
+/// A socket.io client by hand (Engine.IO v4 over WebSocket), for what the SDK never sends.
+struct RawSio {
+    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    sid: String,
+}
+
+impl RawSio {
+    async fn connect(b: &Bee, query: &str) -> RawSio {
+        let tcp = tokio::net::TcpStream::connect(b.addr()).await.unwrap();
+        let url = format!(
+            "ws://{}/socket.io/?EIO=4&transport=websocket&{query}",
+            b.addr()
+        );
+        let (ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        let mut c = RawSio {
+            ws,
+            sid: String::new(),
+        };
+        assert!(c.text().await.starts_with('0'), "Engine.IO open");
+        c.send("40").await;
+        assert!(c.text().await.starts_with("40"), "namespace connected");
+        let getsid = c.event().await;
+        assert_eq!(getsid[0], "getsid", "{getsid}");
+        c.sid = getsid[1].as_str().unwrap().to_string();
+        c
+    }
+
+    async fn send(&mut self, t: &str) {
+        use futures_util::SinkExt;
+        let m = tokio_tungstenite::tungstenite::Message::Text(t.to_string().into());
+        self.ws.send(m).await.unwrap();
+    }
+
+    /// The next text frame (Engine.IO pings answered).
+    async fn text(&mut self) -> String {
+        use futures_util::StreamExt;
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("open")
+                .expect("a frame");
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+                if t.as_str() == "2" {
+                    self.send("3").await;
+                    continue;
+                }
+                return t.to_string();
+            }
+        }
+    }
+
+    /// The next socket.io event as its JSON array.
+    async fn event(&mut self) -> Value {
+        let t = self.text().await;
+        let body = t
+            .strip_prefix("42")
+            .unwrap_or_else(|| panic!("an event: {t}"));
+        serde_json::from_str(body).unwrap()
+    }
+
+    async fn message(&mut self, req: Value) {
+        self.send(&format!("42{}", json!(["message", req]))).await;
+    }
+
+    /// A control subscribe of `data`; the `control` answer's event name and message.
+    async fn subscribe(&mut self, data: Value) -> (String, String) {
+        let req = json!({"version": 1, "channel": "control", "event": "subscribe", "data": data});
+        self.message(req).await;
+        let ev = self.event().await;
+        assert_eq!(ev[0], "control", "{ev}");
+        let msg = ev[1]["message"].as_str().unwrap_or("").to_string();
+        (ev[1]["event"].as_str().unwrap().to_string(), msg)
+    }
+}
+
+#[tokio::test]
+async fn hostile_socketio_requests_are_refused_and_the_connection_serves_on() {
+    let b = start(&[]).await;
+    let mut c = RawSio::connect(&b, "key=acme&userid=uid-r").await;
+
+    // Garbage is ignored; a bad name is refused; the connection still serves.
+    c.send(r#"42["message","not an object"]"#).await;
+    c.send(r#"42["message"]"#).await;
+    c.send(r#"42["elsewhere",{"x":1}]"#).await;
+    let (ev, why) = c
+        .subscribe(json!({"channel": "a/b", "resource": "r", "read": true}))
+        .await;
+    assert_eq!(ev, "subscribeError", "{why}");
+    let (ev, _) = c
+        .subscribe(json!({"channel": "demo", "resource": "res", "read": true}))
+        .await;
+    assert_eq!(ev, "subscribed");
+
+    // Private: a signature made for another sid, or naming another user, is refused; the
+    // right one is accepted.
+    let sign = |sid: &str, userid: &str| {
+        let s = format!("{sid}:private-c.r:ttl=0:read=true:write=false:userid={userid}");
+        format!("acme:{}", hmac_b64("acme-secret", &s))
+    };
+    let sub = |sid: &str, userid: &str, sig: String| {
+        json!({"channel": "private-c", "resource": "r", "ttl": 0, "read": true, "write": false,
+               "sid": sid, "userid": userid, "sig": sig})
+    };
+    let sid = c.sid.clone();
+    let (ev, why) = c
+        .subscribe(sub("other-sid", "uid-r", sign("other-sid", "uid-r")))
+        .await;
+    assert_eq!(ev, "subscribeError", "{why}");
+    let (ev, why) = c.subscribe(sub(&sid, "uid-x", sign(&sid, "uid-x"))).await;
+    assert_eq!(
+        (ev.as_str(), why.contains("userid")),
+        ("subscribeError", true),
+        "{why}"
+    );
+    let (ev, why) = c.subscribe(sub(&sid, "uid-r", sign(&sid, "uid-r"))).await;
+    assert_eq!(ev, "subscribed", "{why}");
+
+    // A publisher cannot make its message look like another channel's.
+    let mut o = v3::opts(&b.tb, "forger", Tr::Tcp);
+    o.set_credentials("acme-secret", "");
+    let (m, _) = v3::connect(o).await;
+    let forged = r#"{"data":1,"channel":"private-c","resource":"r"}"#;
+    m.c.publish("demo/res", v3::QoS::AtMostOnce, false, forged)
+        .await
+        .unwrap();
+    let ev = c.event().await;
+    assert_eq!(ev[0], "message", "{ev}");
+    assert_eq!(
+        (&ev[1]["channel"], &ev[1]["resource"]),
+        (&json!("demo"), &json!("res"))
+    );
+}
