@@ -96,6 +96,23 @@ async fn rest_round(conn: &mut BufReader<TcpStream>, auth: &Auth, n: usize) -> V
     lat
 }
 
+type Socket = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// The next text frame of subscriber `i`, answering Engine.IO pings (the first comes at
+/// once, before the namespace is connected; one unanswered closes the socket 25 s later).
+async fn next_text(ws: &mut Socket, i: usize) -> String {
+    loop {
+        match ws.next().await {
+            Some(Ok(Ws::Text(t))) if t.as_str() == "2" => {
+                ws.send(Ws::Text("3".into())).await.unwrap();
+            }
+            Some(Ok(Ws::Text(t))) => return t.to_string(),
+            Some(Ok(_)) => {}
+            other => panic!("socket.io subscriber {i} ended: {other:?}"),
+        }
+    }
+}
+
 /// A socket.io subscriber as Beebotte's SDK makes one (Engine.IO v4 over WebSocket here,
 /// `key=` in the handshake, a `control`/`subscribe` message), counting deliveries.
 async fn sio_subscriber(http: SocketAddr, i: usize, resource: &str, seen: Arc<Seen>) {
@@ -109,24 +126,17 @@ async fn sio_subscriber(http: SocketAddr, i: usize, resource: &str, seen: Arc<Se
         .unwrap();
     ws.send(Ws::Text("40".into())).await.unwrap();
     // Events before the namespace CONNECT is answered would be a protocol error.
-    loop {
-        match ws.next().await {
-            Some(Ok(Ws::Text(t))) if t.starts_with("40") => break,
-            Some(Ok(_)) => {}
-            other => panic!("socket.io connect failed: {other:?}"),
-        }
-    }
+    while !next_text(&mut ws, i).await.starts_with("40") {}
     let sub = format!(
         r#"42["message",{{"version":1,"channel":"control","event":"subscribe","data":{{"channel":"bench","resource":"{resource}","ttl":0,"read":true,"write":false}}}}]"#
     );
     ws.send(Ws::Text(sub.into())).await.unwrap();
     loop {
-        match ws.next().await {
-            Some(Ok(Ws::Text(t))) if t.contains("\"subscribed\"") => break,
-            Some(Ok(Ws::Text(t))) => assert!(!t.contains("Error"), "{t}"),
-            Some(Ok(_)) => {}
-            other => panic!("socket.io subscriber ended: {other:?}"),
+        let t = next_text(&mut ws, i).await;
+        if t.contains("\"subscribed\"") {
+            break;
         }
+        assert!(!t.contains("Error"), "{t}");
     }
     tokio::spawn(async move {
         while let Some(Ok(m)) = ws.next().await {

@@ -15,6 +15,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request};
 use axum::response::Response;
 use parking_lot::Mutex;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use socketioxide::extract::{Data, Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
@@ -85,9 +86,9 @@ impl<'de> serde::Deserialize<'de> for AllArgs {
 }
 
 /// Arguments to emit, each its own socket.io argument.
-struct Args<'a>(&'a [Value]);
+struct Args<'a, T>(&'a [T]);
 
-impl serde::Serialize for Args<'_> {
+impl<T: serde::Serialize> serde::Serialize for Args<'_, T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
         let mut t = s.serialize_tuple(self.0.len())?;
@@ -361,12 +362,15 @@ impl Conn<'_> {
             Counters::add(&c.send_oct, f.len() as u64);
             let r = match &f {
                 Frame::Event { name, args } => {
-                    let args = match serde_json::from_str::<Value>(args) {
-                        Ok(Value::Array(a)) => a,
-                        Ok(v) => vec![v],
-                        Err(_) => vec![Value::String(args.clone())],
-                    };
-                    self.socket.emit(name, &Args(&args))
+                    // The same frame goes to every receiver of a message: its arguments
+                    // are split, not parsed into values, and written out as they are.
+                    match serde_json::from_str::<Vec<&RawValue>>(args) {
+                        Ok(a) => self.socket.emit(name, &Args(&a)),
+                        Err(_) => match serde_json::from_str::<&RawValue>(args) {
+                            Ok(v) => self.socket.emit(name, &Args(&[v])),
+                            Err(_) => self.socket.emit(name, &Args(&[&**args])),
+                        },
+                    }
                 }
                 Frame::Text(t) => self.socket.emit("message", &**t),
                 Frame::Binary(b) => self.socket.emit("message", &serde_bytes::Bytes::new(b)),
