@@ -227,11 +227,19 @@ pub fn drop(acc: &Account, userid: &str, req: &Request) -> Response {
 
 /// Drops the selected connections; returns how many.
 pub fn drop_selected(tenant: &str, sel: &Selector) -> Result<u32, types::Error> {
+    kick_all(tenant, find(tenant, sel)?.into_iter().map(|f| f.client_id))
+}
+
+/// Closes the connections of these registry sessions; returns how many were closed. One
+/// that left in the meantime is not an error.
+pub fn kick_all(
+    tenant: &str,
+    client_ids: impl IntoIterator<Item = String>,
+) -> Result<u32, types::Error> {
     let mut n = 0;
-    for f in find(tenant, sel)? {
-        match registry::kick(tenant, &f.client_id, false) {
+    for id in client_ids {
+        match registry::kick(tenant, &id, false) {
             Ok(k) => n += k,
-            // It left in the meantime: nothing to drop.
             Err(types::Error::NotFound(_)) => {}
             Err(e) => return Err(e),
         }

@@ -118,7 +118,45 @@ fn segment(s: &str) -> String {
     crate::sign::percent_decoded(s)
 }
 
-/// Serves one request.
+/// A route of the API, with what its path names.
+enum Route<'a> {
+    /// `GET /v1/connections[/{userid}]`.
+    List(Option<&'a str>),
+    /// `DELETE /v1/connections/drop/{userid}`.
+    Drop(&'a str),
+    /// `POST /v1/data/{publish|write}/{channel}` (`true`: write).
+    Bulk(bool, &'a str),
+    /// `POST /v1/data/{publish|write}/{channel}/{resource}` (`true`: write).
+    One(bool, &'a str, &'a str),
+    /// `GET /v1/data/read/{channel}/{resource}`.
+    Read(&'a str, &'a str),
+    /// `GET /v1/apiary/tokens`.
+    Tokens,
+    /// `POST /v1/apiary/tokens`.
+    NewToken,
+    /// `DELETE /v1/apiary/tokens/{id}`.
+    Revoke(&'a str),
+}
+
+fn route<'a>(m: &str, s: &[&'a str]) -> Option<Route<'a>> {
+    Some(match (m, s) {
+        ("GET", ["v1", "connections"]) => Route::List(None),
+        ("GET", ["v1", "connections", u]) => Route::List(Some(u)),
+        ("DELETE", ["v1", "connections", "drop", u]) => Route::Drop(u),
+        ("POST", ["v1", "data", op @ ("publish" | "write"), c]) => Route::Bulk(*op == "write", c),
+        ("POST", ["v1", "data", op @ ("publish" | "write"), c, r]) => {
+            Route::One(*op == "write", c, r)
+        }
+        ("GET", ["v1", "data", "read", c, r]) => Route::Read(c, r),
+        ("GET", ["v1", "apiary", "tokens"]) => Route::Tokens,
+        ("POST", ["v1", "apiary", "tokens"]) => Route::NewToken,
+        ("DELETE", ["v1", "apiary", "tokens", id]) => Route::Revoke(id),
+        _ => return None,
+    })
+}
+
+/// Serves one request: routed first (an unknown route costs no credential check), then
+/// authenticated.
 pub fn handle(req: Request) -> Response {
     let segs: Vec<String> = req
         .path
@@ -128,24 +166,7 @@ pub fn handle(req: Request) -> Response {
         .collect();
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let m = req.method.as_str();
-    let basic = if s.get(1) == Some(&"apiary") {
-        Basic::Allowed
-    } else {
-        Basic::Refused
-    };
-    let known = matches!(
-        (m, s.as_slice()),
-        ("GET", ["v1", "connections"] | ["v1", "connections", _])
-            | ("DELETE", ["v1", "connections", "drop", _])
-            | (
-                "POST",
-                ["v1", "data", "publish" | "write", _] | ["v1", "data", "publish" | "write", _, _]
-            )
-            | ("GET", ["v1", "data", "read", _, _])
-            | ("GET" | "POST", ["v1", "apiary", "tokens"])
-            | ("DELETE", ["v1", "apiary", "tokens", _])
-    );
-    if !known {
+    let Some(r) = route(m, &s) else {
         if let ["v1", "public", ..] = s.as_slice() {
             return error(
                 404,
@@ -154,21 +175,24 @@ pub fn handle(req: Request) -> Response {
             );
         }
         return error(404, 1301, format!("no route {m} {}", req.path));
-    }
+    };
+    let basic = if matches!(r, Route::Tokens | Route::NewToken | Route::Revoke(_)) {
+        Basic::Allowed
+    } else {
+        Basic::Refused
+    };
     let acc = match authenticate(&req, basic) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    match (m, s.as_slice()) {
-        ("GET", ["v1", "connections"]) => connections::list(&acc, None, &req),
-        ("GET", ["v1", "connections", u]) => connections::list(&acc, Some(u), &req),
-        ("DELETE", ["v1", "connections", "drop", u]) => connections::drop(&acc, u, &req),
-        ("POST", ["v1", "data", op, c]) => data::bulk(&acc, *op == "write", c, &req),
-        ("POST", ["v1", "data", op, c, r]) => data::one(&acc, *op == "write", c, r, &req),
-        ("GET", ["v1", "data", "read", c, r]) => data::read(&acc, c, r, &req),
-        ("GET", ["v1", "apiary", "tokens"]) => tokens_admin::list(&acc),
-        ("POST", ["v1", "apiary", "tokens"]) => tokens_admin::create(&acc, &req),
-        ("DELETE", ["v1", "apiary", "tokens", id]) => tokens_admin::revoke(&acc, id),
-        _ => error(404, 1301, "no such route"),
+    match r {
+        Route::List(u) => connections::list(&acc, u, &req),
+        Route::Drop(u) => connections::drop(&acc, u, &req),
+        Route::Bulk(write, c) => data::bulk(&acc, write, c, &req),
+        Route::One(write, c, r) => data::one(&acc, write, c, r, &req),
+        Route::Read(c, r) => data::read(&acc, c, r, &req),
+        Route::Tokens => tokens_admin::list(&acc),
+        Route::NewToken => tokens_admin::create(&acc, &req),
+        Route::Revoke(id) => tokens_admin::revoke(&acc, id),
     }
 }

@@ -177,33 +177,36 @@ pub fn list(tenant: &str) -> Result<Vec<Token>, types::Error> {
     Ok(out)
 }
 
-/// A token of the account by id.
-pub fn by_id(tenant: &str, id: &str) -> Result<Option<Token>, types::Error> {
-    if id.contains('/') {
-        return Ok(None);
-    }
-    let Some(h) = kv::get(&format!("{}{id}", id_prefix(tenant)))? else {
-        return Ok(None);
-    };
-    let v = kv::get(&format!("{BY_HASH}{}", String::from_utf8_lossy(&h)))?;
-    Ok(v.and_then(|v| serde_json::from_slice::<Token>(&v).ok())
-        .filter(|t| t.tenant == tenant))
-}
-
-/// Revokes a token of the account by id; returns it when it existed.
-pub fn revoke(tenant: &str, id: &str) -> Result<Option<Token>, types::Error> {
+/// The kv keys of an account's token by id (id → hash, hash → record), if the id exists.
+fn keys_of(tenant: &str, id: &str) -> Result<Option<(String, String)>, types::Error> {
     if id.contains('/') {
         return Ok(None);
     }
     let idkey = format!("{}{id}", id_prefix(tenant));
-    let Some(h) = kv::get(&idkey)? else {
+    Ok(kv::get(&idkey)?.map(|h| {
+        let hkey = format!("{BY_HASH}{}", String::from_utf8_lossy(&h));
+        (idkey, hkey)
+    }))
+}
+
+/// A token of the account by id.
+pub fn by_id(tenant: &str, id: &str) -> Result<Option<Token>, types::Error> {
+    let Some((_, hkey)) = keys_of(tenant, id)? else {
         return Ok(None);
     };
-    let hkey = format!("{BY_HASH}{}", String::from_utf8_lossy(&h));
-    let t = kv::get(&hkey)?.and_then(|v| serde_json::from_slice(&v).ok());
+    Ok(kv::get(&hkey)?
+        .and_then(|v| serde_json::from_slice::<Token>(&v).ok())
+        .filter(|t| t.tenant == tenant))
+}
+
+/// Revokes a token of the account by id; returns whether the id existed.
+pub fn revoke(tenant: &str, id: &str) -> Result<bool, types::Error> {
+    let Some((idkey, hkey)) = keys_of(tenant, id)? else {
+        return Ok(false);
+    };
     kv::delete(&hkey)?;
     kv::delete(&idkey)?;
-    Ok(t)
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -4,12 +4,12 @@
 //! token drops the connections it opened, as regenerating one does on Beebotte.
 
 use apiary_plugin_sdk::http::{Request, Response};
-use apiary_plugin_sdk::{registry, session_filter, types};
+use apiary_plugin_sdk::{session_filter, types};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::account::{Account, IamRight};
-use crate::connections::each_session;
+use crate::connections::{each_session, kick_all};
 use crate::rest::{bad_parameter, host_error, not_allowed};
 use crate::tokens::{self, Kind, NewToken, Token};
 use crate::wire::valid_channel;
@@ -154,15 +154,7 @@ fn drop_connections(tenant: &str, id: &str) -> Result<u32, types::Error> {
         }
         true
     })?;
-    let mut n = 0;
-    for client_id in victims {
-        match registry::kick(tenant, &client_id, false) {
-            Ok(k) => n += k,
-            Err(types::Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
+    kick_all(tenant, victims)
 }
 
 /// Whether a socket.io connection's description shows token `id`: at the handshake or on
