@@ -179,7 +179,9 @@ impl Acl {
                 return e.allowed & b != 0;
             }
         }
-        let d = decide(broker, &self.who, client_id, ask).await;
+        // Boxed: the plugin call's future is large and rare (decisions are cached), and
+        // inline it would grow every connection's task by its size.
+        let d = Box::pin(decide(broker, &self.who, client_id, ask)).await;
         if !d.allowed {
             info!(
                 tenant = %self.who.tenant,

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::Broker;
@@ -22,7 +22,7 @@ impl Broker {
         client_id: Arc<str>,
         clean_start: bool,
         info: ClientInfo,
-        will: Option<Will>,
+        will: Option<Box<Will>>,
     ) -> Attach {
         // One CONNECT per client id at a time: a racing second one waits and then takes
         // over the first, instead of both attaching.
@@ -76,7 +76,7 @@ impl Broker {
         } else {
             session.persistent.store(persistent, Ordering::Release);
         }
-        let (tx, control) = mpsc::unbounded_channel();
+        let (tx, control) = crate::session::mailbox();
         let generation = self.next_id();
         *session.conn.lock() = Some(ConnHandle { generation, tx });
         session.online.store(true, Ordering::Release);
@@ -155,7 +155,7 @@ impl Broker {
                 *s.will.lock() = Some(w);
                 self.arm_will(s, epoch, Duration::from_secs(u64::from(delay)));
             } else {
-                self.publish_will(w);
+                self.publish_will(*w);
             }
         }
         if expiry == 0 {
@@ -224,7 +224,7 @@ impl Broker {
         }
         let will = s.will.lock().take();
         if let Some(w) = will {
-            self.publish_will(w);
+            self.publish_will(*w);
         }
     }
 

@@ -160,7 +160,7 @@ impl Broker {
                     delay_secs: w.delay_secs,
                     expiry: w.expiry_secs.and_then(NonZeroU32::new),
                 };
-                *session.will.lock() = Some(will);
+                *session.will.lock() = Some(Box::new(will));
                 let left = Duration::from_secs(u64::from(w.delay_secs)).saturating_sub(since);
                 self.arm_will(&session, epoch, left);
             }

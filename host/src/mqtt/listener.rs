@@ -141,7 +141,13 @@ pub async fn run(bound: Bound, broker: Broker, tls: Option<TlsAcceptor>, permits
         let tls = tls.clone();
         let kind = bound.kind;
         tokio::spawn(async move {
-            accept_one(broker, sock, peer, kind, tls).await;
+            if kind == Kind::Tcp {
+                super::serve(broker, StreamTransport(sock), peer, kind).await;
+            } else {
+                // Boxed: TLS and WebSocket handshakes' futures are tens of KB, and inline
+                // they would make every plain TCP connection's task as large.
+                Box::pin(accept_one(broker, sock, peer, kind, tls)).await;
+            }
             drop(permit);
         });
     }

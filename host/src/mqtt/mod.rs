@@ -36,13 +36,31 @@ impl Drop for OpenGuard<'_> {
 }
 
 /// Serves one accepted connection from CONNECT to close.
-pub async fn serve<T: Transport>(broker: Broker, mut io: T, peer: SocketAddr, kind: TransportKind) {
+pub async fn serve<T: Transport>(broker: Broker, io: T, peer: SocketAddr, kind: TransportKind) {
     let idx = transport_index(kind);
     broker.metrics.accepted[idx].fetch_add(1, Ordering::Relaxed);
     broker.metrics.open[idx].fetch_add(1, Ordering::Relaxed);
     let _open = OpenGuard(&broker.metrics.open[idx]);
+    // Boxed, and freed once CONNACK is sent: the handshake's future (auth plugin calls
+    // among it) is many times the size of the connection loop's, and a task is as large
+    // as the largest future it ever awaits inline. The connection is boxed too, so the
+    // task does not hold it twice (the handshake's result and the running connection).
+    let conn = Box::pin(connect(broker.clone(), io, peer, kind)).await;
+    if let Some(mut conn) = conn {
+        conn.run().await;
+    }
+}
+
+/// CONNECT to CONNACK: the connection to run, or None when it was refused or failed.
+async fn connect<T: Transport>(
+    broker: Broker,
+    mut io: T,
+    peer: SocketAddr,
+    kind: TransportKind,
+) -> Option<Box<Connection<T>>> {
     let cfg = &broker.config;
-    let mut rbuf = BytesMut::with_capacity(8192);
+    // Empty: the transport allocates it to the size of what arrives.
+    let mut rbuf = BytesMut::new();
     let timeout = Duration::from_secs(cfg.listeners.connect_timeout_secs.max(1));
     let (wire, req) = match read_connect(&mut io, &mut rbuf, cfg.mqtt.max_packet_size, timeout)
         .await
@@ -60,7 +78,7 @@ pub async fn serve<T: Transport>(broker: Broker, mut io: T, peer: SocketAddr, ki
             };
             let _ = io.write(&mut BytesMut::from(ack)).await;
             io.close().await;
-            return;
+            return None;
         }
         Err(e) => {
             if matches!(e, HandshakeError::Malformed(_) | HandshakeError::NotConnect) {
@@ -79,12 +97,10 @@ pub async fn serve<T: Transport>(broker: Broker, mut io: T, peer: SocketAddr, ki
             }
             debug!(%peer, error = %e, "connection closed during CONNECT");
             io.close().await;
-            return;
+            return None;
         }
     };
-    if let Some(conn) = establish(broker.clone(), io, wire, req, rbuf, peer, kind).await {
-        conn.run().await;
-    }
+    establish(broker.clone(), io, wire, req, rbuf, peer, kind).await
 }
 
 /// A CONNECT refusal: v5 reason code, and the 3.1.1 return code for the same cause.
@@ -278,9 +294,9 @@ async fn establish<T: Transport>(
     rbuf: BytesMut,
     peer: SocketAddr,
     kind: TransportKind,
-) -> Option<Connection<T>> {
+) -> Option<Box<Connection<T>>> {
     let cfg = &broker.config;
-    let mut wbuf = BytesMut::with_capacity(8192);
+    let mut wbuf = BytesMut::with_capacity(64);
     let mut rbuf = rbuf;
     let mut auth_data = None;
     let checked = match check(&broker, &req, peer) {
@@ -370,11 +386,11 @@ async fn establish<T: Transport>(
     let will = req.will.clone().map(|w| {
         let mut msg = Message::new(tenant.clone(), w.topic, w.payload, w.qos, w.retain);
         msg.props = w.props;
-        Will {
+        Box::new(Will {
             msg,
             delay_secs: w.delay_secs,
             expiry: w.expiry,
-        }
+        })
     });
     let attach = broker
         .attach(tenant, client_id, req.clean_start, info, will)
@@ -414,7 +430,7 @@ async fn establish<T: Transport>(
         );
     }
 
-    Some(Connection::new(connection::Accepted {
+    Some(Box::new(Connection::new(connection::Accepted {
         broker: broker.clone(),
         io,
         wire,
@@ -433,5 +449,5 @@ async fn establish<T: Transport>(
                 conv: None,
             })
         }),
-    }))
+    })))
 }

@@ -2,12 +2,15 @@
 //! in binary frames. The connection loop is generic over [`Transport`] so one code path
 //! serves all four listeners.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
@@ -22,15 +25,38 @@ pub trait Transport: Send + 'static {
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 }
 
+/// Bytes one read into an empty connection buffer takes at most.
+const SCRATCH_BYTES: usize = 8192;
+
+thread_local! {
+    /// Where a connection with nothing buffered reads (borrowed only inside one poll):
+    /// waiting connections share it instead of each holding a read buffer.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
+}
+
 /// A plain byte stream (TCP, TLS).
 pub struct StreamTransport<S>(pub S);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for StreamTransport<S> {
     async fn read(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(8192);
+        if !buf.is_empty() {
+            // A packet in progress: read straight in after it.
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(8192);
+            }
+            return self.0.read_buf(buf).await;
         }
-        self.0.read_buf(buf).await
+        // Nothing buffered: wait for data holding no buffer of our own (an idle connection
+        // owns none), then copy what came into one of exactly its size.
+        std::future::poll_fn(|cx| {
+            SCRATCH.with_borrow_mut(|s| {
+                let mut rb = ReadBuf::new(&mut s[..]);
+                std::task::ready!(Pin::new(&mut self.0).poll_read(cx, &mut rb))?;
+                buf.extend_from_slice(rb.filled());
+                Poll::Ready(Ok(rb.filled().len()))
+            })
+        })
+        .await
     }
 
     async fn write(&mut self, buf: &mut BytesMut) -> io::Result<()> {

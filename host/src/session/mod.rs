@@ -4,6 +4,7 @@
 //! connection task, when there is one, is woken to drain it. Attaching and detaching
 //! connections is the broker's (`broker::lifecycle`).
 
+mod control;
 mod state;
 
 use std::net::SocketAddr;
@@ -12,8 +13,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
+pub use control::{mailbox, ControlRx, ControlTx};
 pub use state::{EnqueueOutcome, Inflight, InflightState, Outgoing, SessionState, SubOptions};
 
 use crate::message::Message;
@@ -177,16 +179,16 @@ pub struct Attach {
     /// Generation of this connection.
     pub generation: u64,
     /// Control commands for this connection.
-    pub control: mpsc::UnboundedReceiver<Control>,
+    pub control: ControlRx,
 }
 
 /// Handle to the connection attached to a session.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnHandle {
     /// Generation of that connection, to detect stale detaches.
     pub generation: u64,
     /// Control channel.
-    pub tx: mpsc::UnboundedSender<Control>,
+    pub tx: ControlTx,
 }
 
 /// One session, online or offline.
@@ -210,8 +212,9 @@ pub struct Session {
     pub notify: Notify,
     /// The attached connection, if online.
     pub conn: Mutex<Option<ConnHandle>>,
-    /// The will to publish if the connection ends abnormally.
-    pub will: Mutex<Option<Will>>,
+    /// The will to publish if the connection ends abnormally (boxed: most sessions have
+    /// none, and inline it would double the size of every session).
+    pub will: Mutex<Option<Box<Will>>>,
     /// Pending will-delay and expiry timers, aborted when a connection attaches or the
     /// session ends (so reconnect loops do not pile up sleeping tasks).
     pub timers: Mutex<Vec<tokio::task::AbortHandle>>,
@@ -265,7 +268,7 @@ impl Session {
     /// Sends a control command to the attached connection; false if offline.
     pub fn control(&self, c: Control) -> bool {
         match &*self.conn.lock() {
-            Some(h) => h.tx.send(c).is_ok(),
+            Some(h) => h.tx.send(c),
             None => false,
         }
     }

@@ -92,6 +92,19 @@ pub enum Outgoing {
     PubRel(u16),
 }
 
+impl Outgoing {
+    /// About how many bytes it takes on the wire (without v5 properties), to size the
+    /// write buffer for a batch at once.
+    pub fn encoded_estimate(&self) -> usize {
+        match self {
+            Outgoing::Publish { delivery, .. } => {
+                delivery.msg.topic.len() + delivery.msg.payload.len() + 9
+            }
+            Outgoing::PubRel(_) => 4,
+        }
+    }
+}
+
 /// Result of offering a delivery to the queue.
 #[derive(Debug, PartialEq, Eq)]
 pub enum EnqueueOutcome {

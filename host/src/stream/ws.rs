@@ -218,7 +218,7 @@ impl Conn {
     async fn run<S>(
         &mut self,
         ws: WebSocketStream<S>,
-        mut control: mpsc::UnboundedReceiver<Control>,
+        mut control: crate::session::ControlRx,
         mut out: mpsc::Receiver<Out>,
         ping: Duration,
     ) -> End

@@ -14,7 +14,7 @@ use bytestring::ByteString;
 use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::{PublishProperties, ToReasonCode};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Sleep;
 use tracing::debug;
 
@@ -37,6 +37,9 @@ use outbound::{durable_changed, PendingAck};
 
 /// A read at least this big is followed by a yield to other connections.
 const YIELD_AFTER_BYTES: usize = 4096;
+
+/// A write smaller than this frees the write buffer afterwards (see `flush`).
+const KEEP_WBUF_AFTER: usize = 4096;
 
 /// Why a connection's loop ended.
 #[derive(Debug)]
@@ -70,7 +73,7 @@ pub(crate) struct Connection<T: Transport> {
     wbuf: BytesMut,
     session: Arc<Session>,
     generation: u64,
-    control: mpsc::UnboundedReceiver<Control>,
+    control: crate::session::ControlRx,
     /// 1.5 × keepalive, None when keepalive is 0.
     keepalive: Option<Duration>,
     ka_timer: Pin<Box<Sleep>>,
@@ -124,9 +127,11 @@ fn control_exit(c: Control) -> Exit {
 
 impl<T: Transport> Connection<T> {
     /// Runs until the connection ends, then detaches from the session.
-    pub async fn run(mut self) {
+    pub async fn run(&mut self) {
         let exit = self.serve().await;
-        self.finish(exit).await;
+        // Boxed: closing happens once, and its future (a timed write and close) would
+        // otherwise be part of the task for the connection's whole life.
+        Box::pin(self.finish(exit)).await;
     }
 
     async fn serve(&mut self) -> Exit {
@@ -158,6 +163,11 @@ impl<T: Transport> Connection<T> {
                         self.last_recv = Instant::now();
                         if let Err(exit) = self.process().await {
                             return exit;
+                        }
+                        if self.rbuf.is_empty() {
+                            // Everything read was handled: the next read allocates one of
+                            // its own size, so a waiting connection holds no read buffer.
+                            self.rbuf = BytesMut::new();
                         }
                         if let Err(exit) = self.release_acks() {
                             return exit;
@@ -222,6 +232,12 @@ impl<T: Transport> Connection<T> {
                 return Err(Exit::WriteTimeout);
             }
         }
+        if n < KEEP_WBUF_AFTER as u64 {
+            // A small write (acks, a ping answer, a few messages): free the buffer rather
+            // than keep it for a connection that may now idle for minutes. Busy ones,
+            // writing big batches, keep theirs.
+            self.wbuf = BytesMut::new();
+        }
         self.count_wbuf();
         let c = &self.session.counters;
         Counters::add(&c.send_oct, n);
@@ -237,6 +253,10 @@ impl<T: Transport> Connection<T> {
     /// Decodes and handles every complete packet in the read buffer. Awaits only when an
     /// ACL decision is not cached.
     async fn process(&mut self) -> Result<(), Exit> {
+        if self.wbuf.capacity() == 0 {
+            // Room for the acks a batch of packets usually needs, in one allocation.
+            self.wbuf.reserve(256);
+        }
         loop {
             match self.wire.decode(&mut self.rbuf) {
                 Ok(Some((pkt, _))) => {
@@ -267,7 +287,8 @@ impl<T: Transport> Connection<T> {
 
     async fn handle(&mut self, pkt: Incoming) -> Result<(), Exit> {
         match pkt {
-            Incoming::Publish(p) => self.on_publish(*p).await?,
+            // Kept boxed: unboxed, the packet would be part of every task's state.
+            Incoming::Publish(p) => self.on_publish(p).await?,
             Incoming::PubAck(pid) => {
                 let done = self.session.state.lock().puback(pid);
                 if let Some(i) = done {
@@ -314,7 +335,11 @@ impl<T: Transport> Connection<T> {
                     self.store_delete(i.delivery.seq);
                 }
             }
-            Incoming::Subscribe { pid, filters, .. } => self.on_subscribe(pid, filters).await?,
+            // Boxed, as AUTH below: rare next to PUBLISH, and inline their futures would
+            // make every connection's task as large as theirs.
+            Incoming::Subscribe { pid, filters, .. } => {
+                Box::pin(self.on_subscribe(pid, filters)).await?
+            }
             Incoming::Unsubscribe { pid, filters } => {
                 let levels = self.broker.config.mqtt.max_topic_levels;
                 let codes: Vec<u8> = filters
@@ -348,7 +373,7 @@ impl<T: Transport> Connection<T> {
                     will: reason == 0x04,
                 });
             }
-            Incoming::Auth(a) => self.on_auth(*a).await?,
+            Incoming::Auth(a) => Box::pin(self.on_auth(*a)).await?,
             Incoming::Unexpected(what) => {
                 return Err(self.protocol_error(0x82, format!("unexpected {what} from a client")))
             }
@@ -356,7 +381,7 @@ impl<T: Transport> Connection<T> {
         Ok(())
     }
 
-    async fn on_publish(&mut self, mut p: Publish) -> Result<(), Exit> {
+    async fn on_publish(&mut self, mut p: Box<Publish>) -> Result<(), Exit> {
         Counters::add(&self.session.counters.recv_msg, 1);
         Counters::add(&self.tenant_counters.received, 1);
         if let Some(store) = self.broker.store.as_ref().filter(|s| s.is_full()) {
@@ -478,8 +503,8 @@ impl<T: Transport> Connection<T> {
             .map(|s| now + Duration::from_secs(u64::from(s.get())));
         let msg = Message {
             tenant: self.session.tenant.clone(),
-            topic: p.topic,
-            payload: p.payload,
+            topic: std::mem::take(&mut p.topic),
+            payload: std::mem::take(&mut p.payload),
             qos: p.qos,
             retain: p.retain,
             props,
@@ -615,7 +640,7 @@ impl<T: Transport> Connection<T> {
         Ok(())
     }
 
-    async fn finish(mut self, exit: Exit) {
+    async fn finish(&mut self, exit: Exit) {
         let (code, publish_will, reason): (Option<u8>, bool, String) = match &exit {
             Exit::ClientDisconnect { will } => (None, *will, "normal".into()),
             Exit::Closed => (None, true, "closed".into()),

@@ -182,6 +182,11 @@ impl<T: Transport> Connection<T> {
             std::mem::take(&mut st.store_dels)
         };
         self.broker.store_deletes(&self.session, dels);
+        if !out.is_empty() {
+            // One allocation for the batch (the buffer is freed after small writes).
+            let need: usize = out.iter().map(Outgoing::encoded_estimate).sum();
+            self.wbuf.reserve(need.min(WRITE_BUDGET + 4096));
+        }
         for o in out.drain(..) {
             match o {
                 Outgoing::Publish { pid, dup, delivery } => {
