@@ -202,6 +202,12 @@ pub struct SessionConfig {
     pub max_queued_bytes: usize,
     /// What happens when a queue is full.
     pub queue_full: QueueFullPolicy,
+    /// A full queue of an online session makes the MQTT publishers of its QoS 1/2
+    /// messages wait (they stop being read) instead of dropping (decision 0018).
+    pub backpressure: bool,
+    /// How long one publisher waits for one session's queue before that session falls
+    /// back to `queue_full` (until its queue is down to half), in milliseconds.
+    pub backpressure_timeout_ms: u64,
     /// Queue QoS 0 messages for offline persistent sessions too (EMQX does, Mosquitto does not).
     pub queue_qos0_offline: bool,
     /// Session expiry for MQTT 3.1.1 sessions with clean session = 0, in seconds.
@@ -220,6 +226,8 @@ impl Default for SessionConfig {
             max_queued_messages: 1000,
             max_queued_bytes: 16 << 20,
             queue_full: QueueFullPolicy::DropOldest,
+            backpressure: true,
+            backpressure_timeout_ms: 2000,
             queue_qos0_offline: true,
             v3_session_expiry_secs: u32::MAX,
             max_session_expiry_secs: u32::MAX,

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub dropped_expired: AtomicU64,
     /// Messages not sent because they exceeded the client's maximum packet size.
     pub dropped_too_large: AtomicU64,
+    /// Times an MQTT publisher stopped being read because a queue it fed was full.
+    pub backpressure_waits: AtomicU64,
+    /// Times a wait timed out and the session fell back to `queue_full`.
+    pub backpressure_timeouts: AtomicU64,
     /// Publishes refused for an invalid topic.
     pub invalid_topic: AtomicU64,
     /// Current subscriptions (router entries).
@@ -296,6 +300,16 @@ impl Metrics {
             "apiary_retained_refused_total",
             "Retained publishes refused (0x97) because their tenant was at its retained limits.",
             g(&self.retained_refused),
+        );
+        counter(
+            "apiary_backpressure_waits_total",
+            "Times an MQTT publisher stopped being read because a session queue it fed was full.",
+            g(&self.backpressure_waits),
+        );
+        counter(
+            "apiary_backpressure_timeouts_total",
+            "Times a publisher's wait for a full queue timed out and that session fell back to queue_full.",
+            g(&self.backpressure_timeouts),
         );
         counter(
             "apiary_retained_expired_total",

@@ -37,7 +37,7 @@ fn cases(quick: bool) -> Vec<Case> {
             "fan-out --qos 0 -n 20 --duration {d}",
         ),
         c(
-            "fan-in, QoS 1, 20 to 1",
+            "overload: fan-in, QoS 1, 20 to 1",
             "fan-in --qos 1 -n 20 --duration {d}",
         ),
         c(
@@ -51,6 +51,15 @@ fn cases(quick: bool) -> Vec<Case> {
         c(
             "connections, 1000 at 500/s",
             "conn -n 1000 --rate 500 --duration {d}",
+        ),
+        // 10k: what the machine's 20,000 open files per process leave room for.
+        c(
+            "idle: 10k connections, 3.1.1, keepalive 60",
+            "conn -n 10000 --rate 2500 --duration 8",
+        ),
+        c(
+            "idle: 10k connections, MQTT 5, keepalive 60",
+            "conn -n 10000 --rate 2500 --duration 8 --v5",
         ),
     ];
     if !quick {
@@ -165,6 +174,7 @@ fn run_case(
         bail!("apiary bench failed ({status})");
     }
     let mut v: Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+    v["base_rss_mb"] = Value::from(rss0 as f64 / 1024.0);
     v["peak_rss_mb"] = Value::from(peak as f64 / 1024.0);
     v["cpu_percent"] = Value::from(ticks as f64 / 100.0 / wall * 100.0);
     Ok(v)

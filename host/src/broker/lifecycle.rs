@@ -131,6 +131,8 @@ impl Broker {
             if conn.as_ref().is_some_and(|c| c.generation == generation) {
                 *conn = None;
                 s.online.store(false, Ordering::Release);
+                // Publishers waiting for its queue go on: offline, it does not drain.
+                s.space.notify_waiters();
             } else {
                 return; // Taken over: the new connection owns the session now.
             }

@@ -199,6 +199,17 @@ impl Broker {
     /// A retained message its tenant has no room for is refused whole (not routed), as
     /// any other refusal: MQTT 5 publishers see 0x97 (docs/decisions/0009).
     pub fn publish(&self, msg: Message) -> Result<usize, PublishRefused> {
+        self.publish_from(msg, None)
+    }
+
+    /// [`Broker::publish`] for a publisher that can be made to wait (an MQTT connection):
+    /// with `held`, full queues of online sessions take its QoS 1/2 deliveries past their
+    /// limit (`[session] backpressure`) and are listed there, for it to wait on.
+    pub fn publish_from(
+        &self,
+        msg: Message,
+        mut held: Option<&mut Vec<Arc<Session>>>,
+    ) -> Result<usize, PublishRefused> {
         let msg = Arc::new(msg);
         self.metrics
             .messages_received
@@ -243,7 +254,12 @@ impl Broker {
                     j += 1;
                 }
                 if let Some(d) = merge(&msg, &subs[i..j]) {
-                    self.deliver(&subs[i].session, d);
+                    let s = &subs[i].session;
+                    if self.offer(s, d, held.is_some()) == EnqueueOutcome::Held {
+                        if let Some(h) = held.as_deref_mut() {
+                            h.push(s.clone());
+                        }
+                    }
                     matched += 1;
                 }
                 i = j;
@@ -275,12 +291,19 @@ impl Broker {
 
     /// Queues one delivery for a session and wakes its connection. False if dropped.
     /// QoS 1/2 deliveries to a persistent session go to the store as well.
-    pub fn deliver(&self, session: &Arc<Session>, mut d: Delivery) -> bool {
+    pub fn deliver(&self, session: &Arc<Session>, d: Delivery) -> bool {
+        self.offer(session, d, false) != EnqueueOutcome::Dropped
+    }
+
+    /// Queues one delivery; with `hold`, a QoS 1/2 delivery to a full queue of an online
+    /// session is taken past the limit (Held) when backpressure is on.
+    fn offer(&self, session: &Arc<Session>, mut d: Delivery, hold: bool) -> EnqueueOutcome {
         let cfg = &self.config.session;
         let online = session.is_online();
+        let hold = hold && cfg.backpressure && online && d.qos != QoS::AtMostOnce;
         if !online && d.qos == QoS::AtMostOnce && !cfg.queue_qos0_offline {
             self.dropped(session, &d.msg, "qos0_offline");
-            return false;
+            return EnqueueOutcome::Dropped;
         }
         let msg = d.msg.clone();
         let store = self
@@ -291,14 +314,14 @@ impl Broker {
             let mut st = session.state.lock();
             if st.ended {
                 // Matched a session that ended a moment ago: nobody will read it.
-                return false;
+                return EnqueueOutcome::Dropped;
             }
             let put = store.map(|_| {
                 st.next_seq += 1;
                 d.seq = st.next_seq;
                 d.clone()
             });
-            let outcome = st.enqueue(d, cfg);
+            let outcome = st.offer(d, cfg, hold);
             // Submitted under the session lock: the connection may take the message and
             // store its packet id the moment the lock is released, and that write must
             // come after this one.
@@ -317,17 +340,17 @@ impl Broker {
         };
         self.store_deletes(session, dels);
         match outcome {
-            EnqueueOutcome::Queued => {}
+            EnqueueOutcome::Queued | EnqueueOutcome::Held => {}
             EnqueueOutcome::QueuedDroppedOldest => self.dropped(session, &msg, "queue_full"),
             EnqueueOutcome::Dropped => {
                 self.dropped(session, &msg, "queue_full");
-                return false;
+                return outcome;
             }
         }
         // Unconditional: a connection attaching right now must not miss it (a permit is
         // stored when nobody waits).
         session.notify.notify_one();
-        true
+        outcome
     }
 
     /// Removes stored inbox entries that left a session without an ack.

@@ -78,6 +78,7 @@ async fn connect<T: Transport>(
             };
             let _ = io.write(&mut BytesMut::from(ack)).await;
             io.close().await;
+            transport::linger(&mut io, broker.stopped()).await;
             return None;
         }
         Err(e) => {
@@ -343,6 +344,7 @@ async fn establish<T: Transport>(
             }
             let _ = io.write(&mut wbuf).await;
             io.close().await;
+            transport::linger(&mut io, broker.stopped()).await;
             return None;
         }
     };

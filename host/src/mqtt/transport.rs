@@ -111,3 +111,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for WsTranspo
         let _ = self.0.close(None).await;
     }
 }
+
+/// How long a lingering close reads what the client still sends.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+/// How much a lingering close reads at most.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// After the broker's last packet (a DISCONNECT or CONNACK with a reason code) and
+/// `close`: reads and discards what the client still sends until it closes too, for at
+/// most [`LINGER_TIME`] and [`LINGER_BYTES`]. Closing a socket with unread input makes
+/// the kernel answer with a reset, which discards what it has not sent yet (the reason
+/// code among it) and can make the client lose what it has not read; HTTP servers
+/// linger for the same reason.
+/// It ends early when `stop` resolves (the broker shutting down: a lingering task must
+/// not keep it, and its store, alive).
+pub async fn linger<T: Transport>(io: &mut T, stop: impl Future<Output = ()>) {
+    let mut buf = BytesMut::new();
+    let mut total = 0;
+    let drain = tokio::time::timeout(LINGER_TIME, async {
+        while total < LINGER_BYTES {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    total += n;
+                    buf.clear();
+                }
+            }
+        }
+    });
+    tokio::select! {
+        _ = drain => {}
+        _ = stop => {}
+    }
+}

@@ -5,6 +5,7 @@
 //! connections is the broker's (`broker::lifecycle`).
 
 mod control;
+mod pressure;
 mod state;
 
 use std::net::SocketAddr;
@@ -210,6 +211,8 @@ pub struct Session {
     pub counters: Counters,
     /// Wakes the attached connection when deliveries are queued.
     pub notify: Notify,
+    /// Wakes publishers waiting for room in this session's queue (backpressure).
+    pub space: Notify,
     /// The attached connection, if online.
     pub conn: Mutex<Option<ConnHandle>>,
     /// The will to publish if the connection ends abnormally (boxed: most sessions have
@@ -239,6 +242,7 @@ impl Session {
             state: Mutex::new(SessionState::default()),
             counters: Counters::default(),
             notify: Notify::new(),
+            space: Notify::new(),
             conn: Mutex::new(None),
             will: Mutex::new(None),
             epoch: AtomicU64::new(0),
@@ -256,6 +260,12 @@ impl Session {
     /// Whether a connection is attached.
     pub fn is_online(&self) -> bool {
         self.online.load(Ordering::Acquire)
+    }
+
+    /// Whether publishers that overfilled this session's queue should wait for it: it is
+    /// online (an offline queue does not drain) and not shedding load.
+    pub fn blocks_publishers(&self) -> bool {
+        self.is_online() && self.state.lock().pressure.is_blocking()
     }
 
     /// Cancels pending will and expiry timers.

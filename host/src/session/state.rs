@@ -114,6 +114,8 @@ pub enum EnqueueOutcome {
     QueuedDroppedOldest,
     /// Refused: queue full.
     Dropped,
+    /// Queued past the limit for a publisher that now waits (backpressure).
+    Held,
 }
 
 /// Mutable session state, guarded by the session's mutex.
@@ -145,11 +147,19 @@ pub struct SessionState {
     /// The session was discarded: it takes no subscriptions and no deliveries any more
     /// (set under this lock, so a racing subscribe cannot outlive the session).
     pub ended: bool,
+    /// Whether publishers wait for this queue (backpressure).
+    pub pressure: super::pressure::Pressure,
 }
 
 impl SessionState {
     /// Offers a delivery to the queue, applying the limits.
     pub fn enqueue(&mut self, d: Delivery, cfg: &SessionConfig) -> EnqueueOutcome {
+        self.offer(d, cfg, false)
+    }
+
+    /// Offers a delivery; with `hold`, a full queue takes it past its limit (up to twice
+    /// the limit) and the publisher is to wait for room, unless the queue sheds load.
+    pub fn offer(&mut self, d: Delivery, cfg: &SessionConfig, hold: bool) -> EnqueueOutcome {
         let len = d.msg.payload.len();
         if cfg.max_queued_bytes > 0 && len > cfg.max_queued_bytes {
             // Larger than the whole queue may hold: refuse it rather than empty the queue.
@@ -163,6 +173,13 @@ impl SessionState {
         if !full(self) {
             self.push(d);
             return EnqueueOutcome::Queued;
+        }
+        let within_twice = self.queue.len() < 2 * cfg.max_queued_messages
+            && (cfg.max_queued_bytes == 0 || self.queue_bytes + len <= 2 * cfg.max_queued_bytes);
+        if hold && within_twice && self.pressure.may_overfill() {
+            self.push(d);
+            self.pressure.overfilled(cfg.max_queued_messages);
+            return EnqueueOutcome::Held;
         }
         if cfg.queue_full == QueueFullPolicy::DropNewest || cfg.max_queued_messages == 0 {
             self.dropped += 1;
@@ -186,6 +203,12 @@ impl SessionState {
         }
         self.push(d);
         EnqueueOutcome::QueuedDroppedOldest
+    }
+
+    /// After the queue shrank: true when publishers waiting for room should be woken
+    /// (through the session's `space`, once the lock is released).
+    pub fn relieve(&mut self) -> bool {
+        self.pressure.relieve(self.queue.len())
     }
 
     fn push(&mut self, d: Delivery) {

@@ -315,9 +315,10 @@ pub(crate) async fn drain(
 ) -> Result<Vec<Frame>, String> {
     const BUDGET: usize = 256 << 10;
     let mut out = Vec::new();
-    let more = {
+    let (more, relieved) = {
         let mut st = session.state.lock();
         let more = st.take_outgoing(usize::MAX, std::time::Instant::now(), BUDGET, &mut out);
+        let relieved = st.relieve();
         // A stream has no acknowledgements: a QoS 1/2 delivery is sent once, as QoS 0
         // would be, and must not wait in the inflight window for an ack never coming.
         for o in &out {
@@ -325,8 +326,11 @@ pub(crate) async fn drain(
                 st.forget(*pid);
             }
         }
-        more
+        (more, relieved)
     };
+    if relieved {
+        session.space.notify_waiters();
+    }
     if more {
         // The rest after whatever else is waiting: one busy stream cannot starve kicks.
         session.notify.notify_one();

@@ -16,6 +16,7 @@ mod limits;
 mod mqtt_v3;
 mod mqtt_v5;
 mod octave;
+mod overload;
 mod plugin_grants;
 mod plugins;
 mod process;

@@ -21,6 +21,7 @@ use tracing::debug;
 // The outbound half of the connection (its write path) and its construction: children,
 // so they share the connection's private state.
 mod outbound;
+mod pressure;
 mod setup;
 
 pub(crate) use setup::Accepted;
@@ -107,6 +108,8 @@ pub(crate) struct Connection<T: Transport> {
     /// Set when the client authenticated with an MQTT 5 authentication method, which it
     /// may use again to re-authenticate.
     reauth: Option<Box<ReAuth>>,
+    /// Sessions whose full queues this connection waits for before reading on.
+    blocked: Option<Box<pressure::Blocked>>,
 }
 
 /// What re-authentication needs: the method, the CONNECT the plugin sees, and the
@@ -183,6 +186,17 @@ impl<T: Transport> Connection<T> {
                 },
                 _ = self.session.notify.notified() => {}
                 _ = durable_changed(&mut self.durable), if !self.pending_acks.is_empty() => {}
+                _ = pressure::space_or_deadline(&self.blocked), if self.blocked.is_some() => {
+                    // Packets read before the wait go on once nothing is waited for.
+                    if self.recheck_blocked() {
+                        if let Err(exit) = self.process().await {
+                            return exit;
+                        }
+                        if self.rbuf.is_empty() {
+                            self.rbuf = BytesMut::new();
+                        }
+                    }
+                }
                 _ = &mut self.ka_timer, if self.keepalive.is_some() => {
                     let ka = self.keepalive.unwrap_or_default();
                     if paused {
@@ -262,6 +276,10 @@ impl<T: Transport> Connection<T> {
                 Ok(Some((pkt, _))) => {
                     Counters::add(&self.session.counters.recv_pkt, 1);
                     self.handle(pkt).await?;
+                    if self.blocked.is_some() {
+                        // A queue this publish fed is full: the rest waits (backpressure).
+                        return Ok(());
+                    }
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -514,11 +532,13 @@ impl<T: Transport> Connection<T> {
             expires_at,
         };
         let before = self.ticket();
-        let reason = match self.broker.publish(msg) {
+        let mut held = Vec::new();
+        let reason = match self.broker.publish_from(msg, Some(&mut held)) {
             Ok(0) => 0x10,
             Ok(_) => 0x00,
             Err(refused) => refused.reason_code(),
         };
+        self.wait_for(held);
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
@@ -659,6 +679,10 @@ impl<T: Transport> Connection<T> {
             Exit::Shutdown => (Some(0x8B), true, "shutdown".into()),
         };
         debug!(client_id = %self.session.client_id, %reason, "connection closed");
+        // A reason code went out: read on (bounded) so the client gets to read it.
+        // Not at shutdown: the broker is going away, and the task must let go of it.
+        let linger =
+            code.is_some() && self.wire.v5 && !self.write_broken && !matches!(exit, Exit::Shutdown);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             if !self.write_broken {
                 if let Some(c) = code {
@@ -684,6 +708,11 @@ impl<T: Transport> Connection<T> {
             }
             Exit::Kick { end_session: true } => self.broker.discard(&self.session, "kicked"),
             _ => {}
+        }
+        // After detaching: a takeover does not wait for the old client to stop sending.
+        if linger {
+            let stop = self.broker.stopped();
+            crate::mqtt::transport::linger(&mut self.io, stop).await;
         }
     }
 }

@@ -118,10 +118,12 @@ impl<T: Transport> Connection<T> {
         Ok(())
     }
 
-    /// Whether reading from the client waits: as many of its QoS 1/2 publishes as the
-    /// receive maximum are awaiting their (held) acknowledgements.
+    /// Whether reading from the client waits: a queue it fed is full (backpressure), or
+    /// as many of its QoS 1/2 publishes as the receive maximum are awaiting their (held)
+    /// acknowledgements.
     pub(crate) fn reading_paused(&self) -> bool {
-        self.pending_acks.len() >= usize::from(self.broker.config.mqtt.receive_maximum)
+        self.blocked.is_some()
+            || self.pending_acks.len() >= usize::from(self.broker.config.mqtt.receive_maximum)
     }
 
     pub(crate) fn store_op(&self, op: impl FnOnce(Arc<str>, Arc<str>) -> Op) {
@@ -168,10 +170,11 @@ impl<T: Transport> Connection<T> {
         }
         let now = Instant::now();
         let mut out = std::mem::take(&mut self.outgoing);
-        let dels = {
+        let (dels, relieved) = {
             let mut st = self.session.state.lock();
             let expired_before = st.expired;
             self.more_out = st.take_outgoing(self.window, now, budget, &mut out);
+            let relieved = st.relieve();
             let n = st.expired - expired_before;
             if n > 0 {
                 self.broker
@@ -179,8 +182,11 @@ impl<T: Transport> Connection<T> {
                     .dropped_expired
                     .fetch_add(n, Ordering::Relaxed);
             }
-            std::mem::take(&mut st.store_dels)
+            (std::mem::take(&mut st.store_dels), relieved)
         };
+        if relieved {
+            self.session.space.notify_waiters();
+        }
         self.broker.store_deletes(&self.session, dels);
         if !out.is_empty() {
             // One allocation for the batch (the buffer is freed after small writes).

@@ -95,6 +95,7 @@ impl<T: Transport> Connection<T> {
             tenant_counters,
             acl,
             reauth,
+            blocked: None,
         };
         // CONNECT itself, read before the session existed.
         crate::session::Counters::add(&conn.session.counters.recv_pkt, 1);

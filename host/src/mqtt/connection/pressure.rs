@@ -1,0 +1,84 @@
+//! The publisher's half of backpressure (`[session] backpressure`, decision 0018): a
+//! publish that a full queue took past its limit makes this connection stop reading
+//! until that queue has room, or until the wait times out and the session falls back to
+//! dropping. Packets already read wait in the read buffer; the client's receive maximum
+//! holds the rest at the client.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Connection;
+use crate::mqtt::transport::Transport;
+use crate::session::Session;
+
+/// The sessions this connection waits for, and until when.
+#[derive(Debug)]
+pub(crate) struct Blocked {
+    on: Vec<Arc<Session>>,
+    until: Instant,
+}
+
+/// Resolves when the first session waited for may have room, or at the deadline; never
+/// when nothing is waited for.
+pub(crate) async fn space_or_deadline(b: &Option<Box<Blocked>>) {
+    let Some(b) = b else {
+        return std::future::pending().await;
+    };
+    let s = &b.on[0];
+    let woken = s.space.notified();
+    tokio::pin!(woken);
+    // Registered before the check, so a wake-up between the two is not lost.
+    woken.as_mut().enable();
+    if !s.blocks_publishers() {
+        return;
+    }
+    let _ = tokio::time::timeout_at(b.until.into(), woken).await;
+}
+
+impl<T: Transport> Connection<T> {
+    /// After a publish: wait for the sessions it overfilled, if any.
+    pub(crate) fn wait_for(&mut self, sessions: Vec<Arc<Session>>) {
+        if sessions.is_empty() {
+            return;
+        }
+        self.broker
+            .metrics
+            .backpressure_waits
+            .fetch_add(1, Ordering::Relaxed);
+        let ms = self.broker.config.session.backpressure_timeout_ms;
+        self.blocked = Some(Box::new(Blocked {
+            on: sessions,
+            until: Instant::now() + Duration::from_millis(ms),
+        }));
+    }
+
+    /// After a wake-up or the deadline: forgets sessions that have room (or went
+    /// offline); past the deadline, the rest fall back to `queue_full`. True once
+    /// nothing is waited for.
+    pub(crate) fn recheck_blocked(&mut self) -> bool {
+        let Some(b) = self.blocked.as_mut() else {
+            return true;
+        };
+        b.on.retain(|s| s.blocks_publishers());
+        if !b.on.is_empty() && Instant::now() >= b.until {
+            let limit = self.broker.config.session.max_queued_messages;
+            for s in b.on.drain(..) {
+                if s.state.lock().pressure.shed(limit) {
+                    self.broker
+                        .metrics
+                        .backpressure_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(client_id = %s.client_id, "backpressure wait timed out: the session drops at its limit until half its queue is left");
+                }
+                // Other publishers waiting for it go on too.
+                s.space.notify_waiters();
+            }
+        }
+        if b.on.is_empty() {
+            self.blocked = None;
+            return true;
+        }
+        false
+    }
+}
