@@ -384,7 +384,12 @@ async fn conn(o: Arc<Opts>, st: Arc<Stats>, tag: &str) -> Result<Report, BenchEr
         );
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            match Conn::open(&o, &id).await {
+            // A broker that never answers must not hold the run past its duration.
+            let opened = tokio::select! {
+                r = Conn::open(&o, &id) => r,
+                _ = stop.changed() => return,
+            };
+            match opened {
                 Ok(mut c) => {
                     let us = t.elapsed().as_micros() as u64;
                     Stats::add(&st.connected, 1);

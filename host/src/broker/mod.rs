@@ -204,11 +204,12 @@ impl Broker {
 
     /// [`Broker::publish`] for a publisher that can be made to wait (an MQTT connection):
     /// with `held`, full queues of online sessions take its QoS 1/2 deliveries past their
-    /// limit (`[session] backpressure`) and are listed there, for it to wait on.
+    /// limit (`[session] backpressure`) and are listed there with their pressure epoch,
+    /// for it to wait on.
     pub fn publish_from(
         &self,
         msg: Message,
-        mut held: Option<&mut Vec<Arc<Session>>>,
+        mut held: Option<&mut Vec<(Arc<Session>, u64)>>,
     ) -> Result<usize, PublishRefused> {
         let msg = Arc::new(msg);
         self.metrics
@@ -255,9 +256,11 @@ impl Broker {
                 }
                 if let Some(d) = merge(&msg, &subs[i..j]) {
                     let s = &subs[i].session;
-                    if self.offer(s, d, held.is_some()) == EnqueueOutcome::Held {
+                    // Never on its own queue: that drains only as it reads its acks.
+                    let hold = held.is_some() && s.id != msg.publisher;
+                    if let EnqueueOutcome::Held(epoch) = self.offer(s, d, hold) {
                         if let Some(h) = held.as_deref_mut() {
-                            h.push(s.clone());
+                            h.push((s.clone(), epoch));
                         }
                     }
                     matched += 1;
@@ -340,7 +343,7 @@ impl Broker {
         };
         self.store_deletes(session, dels);
         match outcome {
-            EnqueueOutcome::Queued | EnqueueOutcome::Held => {}
+            EnqueueOutcome::Queued | EnqueueOutcome::Held(_) => {}
             EnqueueOutcome::QueuedDroppedOldest => self.dropped(session, &msg, "queue_full"),
             EnqueueOutcome::Dropped => {
                 self.dropped(session, &msg, "queue_full");

@@ -82,15 +82,23 @@ impl ControlRx {
     }
 }
 
-impl Drop for ControlRx {
-    fn drop(&mut self) {
+impl ControlRx {
+    /// The connection is ending: later commands fail at once, and pending ones are
+    /// dropped (a takeover's acknowledgement wakes its sender).
+    pub fn close(&mut self) {
         let pending = {
             let mut s = self.0.slots.lock();
             s.rx_closed = true;
             std::mem::take(&mut s.pending)
         };
-        // Dropped outside the lock: a takeover's acknowledgement wakes its sender.
+        // Dropped outside the lock.
         drop(pending);
+    }
+}
+
+impl Drop for ControlRx {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

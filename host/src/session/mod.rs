@@ -262,10 +262,11 @@ impl Session {
         self.online.load(Ordering::Acquire)
     }
 
-    /// Whether publishers that overfilled this session's queue should wait for it: it is
-    /// online (an offline queue does not drain) and not shedding load.
-    pub fn blocks_publishers(&self) -> bool {
-        self.is_online() && self.state.lock().pressure.is_blocking()
+    /// Whether a publisher that overfilled this session's queue in pressure `epoch`
+    /// should still wait: it is online (an offline queue does not drain), not shedding
+    /// load, and its queue has not had room since.
+    pub fn blocks_publishers(&self, epoch: u64) -> bool {
+        self.is_online() && self.state.lock().pressure.blocks(epoch)
     }
 
     /// Cancels pending will and expiry timers.

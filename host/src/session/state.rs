@@ -114,8 +114,9 @@ pub enum EnqueueOutcome {
     QueuedDroppedOldest,
     /// Refused: queue full.
     Dropped,
-    /// Queued past the limit for a publisher that now waits (backpressure).
-    Held,
+    /// Queued past the limit for a publisher that now waits (backpressure), in this
+    /// pressure epoch.
+    Held(u64),
 }
 
 /// Mutable session state, guarded by the session's mutex.
@@ -178,8 +179,10 @@ impl SessionState {
             && (cfg.max_queued_bytes == 0 || self.queue_bytes + len <= 2 * cfg.max_queued_bytes);
         if hold && within_twice && self.pressure.may_overfill() {
             self.push(d);
-            self.pressure.overfilled(cfg.max_queued_messages);
-            return EnqueueOutcome::Held;
+            let epoch = self
+                .pressure
+                .overfilled(cfg.max_queued_messages, cfg.max_queued_bytes);
+            return EnqueueOutcome::Held(epoch);
         }
         if cfg.queue_full == QueueFullPolicy::DropNewest || cfg.max_queued_messages == 0 {
             self.dropped += 1;
@@ -208,7 +211,7 @@ impl SessionState {
     /// After the queue shrank: true when publishers waiting for room should be woken
     /// (through the session's `space`, once the lock is released).
     pub fn relieve(&mut self) -> bool {
-        self.pressure.relieve(self.queue.len())
+        self.pressure.relieve(self.queue.len(), self.queue_bytes)
     }
 
     fn push(&mut self, d: Delivery) {

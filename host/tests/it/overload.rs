@@ -65,13 +65,18 @@ async fn flood(tb: &TestBroker, id: &str) -> u32 {
         }
     });
     let mut acked = 0;
-    while acked < N {
-        match p.next().await {
-            Ok(Packet::PubAck(_)) => acked += 1,
-            Ok(_) => {}
-            Err(e) => panic!("publisher failed: {e}"),
+    // Bounded: a lost wake-up must fail the test, not hang it.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while acked < N {
+            match p.next().await {
+                Ok(Packet::PubAck(_)) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("publisher failed: {e}"),
+            }
         }
-    }
+    })
+    .await
+    .expect("every publish acknowledged within 60 s");
     send.await.unwrap();
     acked
 }
@@ -131,6 +136,87 @@ async fn a_flooding_publisher_waits_for_a_slow_subscriber_and_nothing_acknowledg
         longest <= 40,
         "queue stayed within twice its limit: {longest}"
     );
+}
+
+#[tokio::test]
+async fn a_queue_full_by_bytes_holds_the_publisher_too() {
+    // 1000 messages allowed but only 40 payload bytes: 10 of these 4-byte messages.
+    let tb = TestBroker::start_with(|c| {
+        small_queues(true)(c);
+        c.session.max_queued_messages = 1000;
+        c.session.max_queued_bytes = 40;
+    })
+    .await;
+    let sub = slow_subscriber(&tb, "slow", Duration::from_micros(500)).await;
+    let (acked, longest) = watch_queue(&tb, "slow", flood(&tb, "pub")).await;
+    assert_eq!(acked, N);
+    let got = tokio::time::timeout(Duration::from_secs(60), sub)
+        .await
+        .expect("the subscriber got everything")
+        .unwrap();
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    assert_eq!(
+        metric(&tb, "apiary_messages_dropped_total{reason=\"queue_full\"}"),
+        0
+    );
+    assert!(metric(&tb, "apiary_backpressure_waits_total") > 0);
+    assert!(longest <= 20, "within twice the byte limit: {longest}");
+}
+
+#[tokio::test]
+async fn a_publisher_that_also_subscribes_is_not_held_by_its_own_queue() {
+    // A client publishing to a topic it subscribes to, with a slow subscriber beside it:
+    // the slow one's queue holds it (nothing lost there), its own never does (that queue
+    // drains only as the client's acks are read, and they wait behind its publishes), so
+    // its own deliveries keep queue_full: each one arrives or is counted as dropped.
+    let tb = TestBroker::start_with(small_queues(true)).await;
+    let sub = slow_subscriber(&tb, "slow", Duration::from_micros(500)).await;
+    let (mut p, _) = v3::connect(v3::opts(&tb, "echo", Tr::Tcp)).await;
+    p.c.subscribe("flood", QoS::AtLeastOnce).await.unwrap();
+    p.suback().await;
+    let sender = p.c.clone();
+    tokio::spawn(async move {
+        for i in 0..N {
+            sender
+                .publish("flood", QoS::AtLeastOnce, false, i.to_be_bytes().to_vec())
+                .await
+                .unwrap();
+        }
+    });
+    let (mut own, mut acked) = (0u64, 0u32);
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while acked < N {
+            match p.next().await {
+                Ok(Packet::Publish(_)) => own += 1,
+                Ok(Packet::PubAck(_)) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("every publish acknowledged");
+    // The rest of its own deliveries: they arrive or are counted as dropped.
+    let dropped = || metric(&tb, "apiary_messages_dropped_total{reason=\"queue_full\"}");
+    while own + dropped() < u64::from(N) {
+        match tokio::time::timeout(Duration::from_secs(2), p.next()).await {
+            Ok(Ok(Packet::Publish(_))) => own += 1,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        own + dropped(),
+        u64::from(N),
+        "each own delivery arrived or was counted"
+    );
+    let got = tokio::time::timeout(Duration::from_secs(60), sub)
+        .await
+        .expect("the slow subscriber got everything")
+        .unwrap();
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    assert_eq!(metric(&tb, "apiary_backpressure_timeouts_total"), 0);
+    drop(tb);
 }
 
 #[tokio::test]

@@ -272,14 +272,15 @@ impl<T: Transport> Connection<T> {
             self.wbuf.reserve(256);
         }
         loop {
+            if self.blocked.is_some() && self.rbuf.first().is_some_and(|b| b >> 4 == 3) {
+                // A queue an earlier publish fed is full: publishes wait (backpressure);
+                // acks and pings before them were handled.
+                return Ok(());
+            }
             match self.wire.decode(&mut self.rbuf) {
                 Ok(Some((pkt, _))) => {
                     Counters::add(&self.session.counters.recv_pkt, 1);
                     self.handle(pkt).await?;
-                    if self.blocked.is_some() {
-                        // A queue this publish fed is full: the rest waits (backpressure).
-                        return Ok(());
-                    }
                 }
                 Ok(None) => return Ok(()),
                 Err(e) => {
@@ -709,7 +710,9 @@ impl<T: Transport> Connection<T> {
             Exit::Kick { end_session: true } => self.broker.discard(&self.session, "kicked"),
             _ => {}
         }
-        // After detaching: a takeover does not wait for the old client to stop sending.
+        // After detaching (and closing the mailbox, so a takeover arriving now is not
+        // kept waiting): a new connection does not wait for the old client to stop sending.
+        self.control.close();
         if linger {
             let stop = self.broker.stopped();
             crate::mqtt::transport::linger(&mut self.io, stop).await;

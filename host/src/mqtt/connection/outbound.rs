@@ -122,7 +122,7 @@ impl<T: Transport> Connection<T> {
     /// as many of its QoS 1/2 publishes as the receive maximum are awaiting their (held)
     /// acknowledgements.
     pub(crate) fn reading_paused(&self) -> bool {
-        self.blocked.is_some()
+        (self.blocked.is_some() && self.rbuf.len() >= super::pressure::BLOCKED_READ_MAX)
             || self.pending_acks.len() >= usize::from(self.broker.config.mqtt.receive_maximum)
     }
 

@@ -12,10 +12,16 @@ use super::Connection;
 use crate::mqtt::transport::Transport;
 use crate::session::Session;
 
-/// The sessions this connection waits for, and until when.
+/// While waiting, the connection reads on (acks, pings: a subscriber that also publishes
+/// must still acknowledge its deliveries) until this much is buffered; it stops at the
+/// first PUBLISH.
+pub(crate) const BLOCKED_READ_MAX: usize = 64 << 10;
+
+/// The sessions this connection waits for (with the pressure epoch it blocked in), and
+/// until when.
 #[derive(Debug)]
 pub(crate) struct Blocked {
-    on: Vec<Arc<Session>>,
+    on: Vec<(Arc<Session>, u64)>,
     until: Instant,
 }
 
@@ -25,12 +31,12 @@ pub(crate) async fn space_or_deadline(b: &Option<Box<Blocked>>) {
     let Some(b) = b else {
         return std::future::pending().await;
     };
-    let s = &b.on[0];
+    let (s, epoch) = &b.on[0];
     let woken = s.space.notified();
     tokio::pin!(woken);
     // Registered before the check, so a wake-up between the two is not lost.
     woken.as_mut().enable();
-    if !s.blocks_publishers() {
+    if !s.blocks_publishers(*epoch) {
         return;
     }
     let _ = tokio::time::timeout_at(b.until.into(), woken).await;
@@ -38,7 +44,7 @@ pub(crate) async fn space_or_deadline(b: &Option<Box<Blocked>>) {
 
 impl<T: Transport> Connection<T> {
     /// After a publish: wait for the sessions it overfilled, if any.
-    pub(crate) fn wait_for(&mut self, sessions: Vec<Arc<Session>>) {
+    pub(crate) fn wait_for(&mut self, sessions: Vec<(Arc<Session>, u64)>) {
         if sessions.is_empty() {
             return;
         }
@@ -60,11 +66,19 @@ impl<T: Transport> Connection<T> {
         let Some(b) = self.blocked.as_mut() else {
             return true;
         };
-        b.on.retain(|s| s.blocks_publishers());
+        b.on.retain(|(s, e)| s.blocks_publishers(*e));
         if !b.on.is_empty() && Instant::now() >= b.until {
-            let limit = self.broker.config.session.max_queued_messages;
-            for s in b.on.drain(..) {
-                if s.state.lock().pressure.shed(limit) {
+            let cfg = &self.broker.config.session;
+            for (s, e) in b.on.drain(..) {
+                let first = {
+                    let mut st = s.state.lock();
+                    // Only if it still had no room for us, decided under one lock.
+                    st.pressure.blocks(e)
+                        && st
+                            .pressure
+                            .shed(cfg.max_queued_messages, cfg.max_queued_bytes)
+                };
+                if first {
                     self.broker
                         .metrics
                         .backpressure_timeouts
