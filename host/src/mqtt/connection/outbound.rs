@@ -193,6 +193,7 @@ impl<T: Transport> Connection<T> {
             let need: usize = out.iter().map(Outgoing::encoded_estimate).sum();
             self.wbuf.reserve(need.min(WRITE_BUDGET + 4096));
         }
+        let mut sent = 0u64;
         for o in out.drain(..) {
             match o {
                 Outgoing::Publish { pid, dup, delivery } => {
@@ -204,12 +205,23 @@ impl<T: Transport> Connection<T> {
                         };
                         self.store_delivery(&delivery, p, state);
                     }
-                    self.write_publish(pid, dup, delivery, now)
+                    sent += u64::from(self.write_publish(pid, dup, delivery, now));
                 }
                 Outgoing::PubRel(pid) => self.wire.pubrel(pid, true, &mut self.wbuf),
             }
         }
         self.outgoing = out;
+        if sent > 0 {
+            // Once per pump, not per message: the tenant's and the broker's counters are
+            // shared by every connection, and an atomic add per delivery on both cores
+            // keeps their cache lines moving between them.
+            Counters::add(&self.session.counters.send_msg, sent);
+            Counters::add(&self.tenant_counters.sent, sent);
+            self.broker
+                .metrics
+                .messages_sent
+                .fetch_add(sent, Ordering::Relaxed);
+        }
         self.count_wbuf();
     }
 
@@ -225,8 +237,15 @@ impl<T: Transport> Connection<T> {
         self.wbuf_counted = now;
     }
 
-    /// Encodes one delivery for this client (aliases, properties, limits).
-    pub fn write_publish(&mut self, pid: Option<u16>, dup: bool, d: Delivery, now: Instant) {
+    /// Encodes one delivery for this client (aliases, properties, limits); whether it
+    /// was written (the caller counts it).
+    pub fn write_publish(
+        &mut self,
+        pid: Option<u16>,
+        dup: bool,
+        d: Delivery,
+        now: Instant,
+    ) -> bool {
         let m = &d.msg;
         let plain = !self.wire.v5
             || (m.props.is_none()
@@ -276,26 +295,22 @@ impl<T: Transport> Connection<T> {
             properties,
         };
         let r = self.wire.publish(p, &mut self.wbuf);
-        self.published(r, pid, new_alias, &d.msg);
+        self.published(r, pid, new_alias, &d.msg)
     }
 
-    /// Counts a written PUBLISH, or handles one that could not be encoded.
+    /// Notes a written PUBLISH (true; the pump counts them), or handles one that could
+    /// not be encoded (false).
     fn published(
         &mut self,
         r: Result<(), EncodeError>,
         pid: Option<u16>,
         new_alias: bool,
         m: &crate::message::Message,
-    ) {
+    ) -> bool {
         match r {
             Ok(()) => {
                 self.wire.count_encoded();
-                Counters::add(&self.session.counters.send_msg, 1);
-                Counters::add(&self.tenant_counters.sent, 1);
-                self.broker
-                    .metrics
-                    .messages_sent
-                    .fetch_add(1, Ordering::Relaxed);
+                true
             }
             Err(e) => {
                 // MQTT 5 §3.1.2.25: a packet over the client's maximum is discarded.
@@ -316,6 +331,7 @@ impl<T: Transport> Connection<T> {
                     "encode_error"
                 };
                 self.broker.dropped(&self.session, m, reason);
+                false
             }
         }
     }
