@@ -18,7 +18,7 @@ fn throughput(v: &Value) -> Option<f64> {
 
 /// KB of broker RSS per connection held (connection scenarios): peak RSS over the RSS
 /// before the scenario, divided by the connections established.
-pub(crate) fn kb_per_conn(v: &Value) -> Option<f64> {
+fn kb_per_conn(v: &Value) -> Option<f64> {
     if v["scenario"] != "conn" {
         return None;
     }

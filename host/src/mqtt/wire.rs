@@ -94,6 +94,11 @@ pub fn frame_ready(buf: &[u8], max: u32) -> bool {
     true
 }
 
+/// Whether the next packet in `buf` is a PUBLISH (packet type 3), before decoding it.
+pub fn starts_with_publish(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|b| b >> 4 == 3)
+}
+
 fn pid(p: NonZeroU16) -> u16 {
     p.get()
 }

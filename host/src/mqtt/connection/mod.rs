@@ -167,11 +167,6 @@ impl<T: Transport> Connection<T> {
                         if let Err(exit) = self.process().await {
                             return exit;
                         }
-                        if self.rbuf.is_empty() {
-                            // Everything read was handled: the next read allocates one of
-                            // its own size, so a waiting connection holds no read buffer.
-                            self.rbuf = BytesMut::new();
-                        }
                         if let Err(exit) = self.release_acks() {
                             return exit;
                         }
@@ -191,9 +186,6 @@ impl<T: Transport> Connection<T> {
                     if self.recheck_blocked() {
                         if let Err(exit) = self.process().await {
                             return exit;
-                        }
-                        if self.rbuf.is_empty() {
-                            self.rbuf = BytesMut::new();
                         }
                     }
                 }
@@ -272,7 +264,7 @@ impl<T: Transport> Connection<T> {
             self.wbuf.reserve(256);
         }
         loop {
-            if self.blocked.is_some() && self.rbuf.first().is_some_and(|b| b >> 4 == 3) {
+            if self.blocked.is_some() && super::wire::starts_with_publish(&self.rbuf) {
                 // A queue an earlier publish fed is full: publishes wait (backpressure);
                 // acks and pings before them were handled.
                 return Ok(());
@@ -282,7 +274,14 @@ impl<T: Transport> Connection<T> {
                     Counters::add(&self.session.counters.recv_pkt, 1);
                     self.handle(pkt).await?;
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    if self.rbuf.is_empty() {
+                        // Everything read was handled: the next read allocates one of its
+                        // own size, so a waiting connection holds no read buffer.
+                        self.rbuf = BytesMut::new();
+                    }
+                    return Ok(());
+                }
                 Err(e) => {
                     let m = &self.broker.metrics;
                     if matches!(e, DecodeError::MaxSizeExceeded { .. }) {
