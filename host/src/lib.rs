@@ -122,6 +122,10 @@ pub async fn start_with_backend(
         let n = keys.load_file(f)?;
         tracing::info!(file = %f.display(), keys = n, "loaded API keys");
     }
+    let managed = keys.open_managed(&data_dir)?;
+    if managed > 0 {
+        tracing::info!(keys = managed, "loaded managed API keys");
+    }
     first_admin_key(&keys, &data_dir)?;
     // Durable state first: the registry, router and retained set are whole before any
     // listener accepts a connection.
@@ -253,6 +257,7 @@ pub async fn start_with_backend(
             .subscribe_events(manager.events_want_messages())
     });
     tasks.spawn(manager.clone().pump_events(initial_events));
+    tasks.spawn(save_key_use(broker.clone(), Duration::from_secs(60)));
     if sys_interval > 0 {
         tasks.spawn(sys::run(broker.clone(), Duration::from_secs(sys_interval)));
     }
@@ -262,6 +267,26 @@ pub async fn start_with_backend(
         addrs,
         tasks,
     })
+}
+
+/// Saves the managed API keys' last-used times every `every` and at shutdown (a crash
+/// loses at most `every` of them; a key's use never waits for a disk write).
+async fn save_key_use(broker: Broker, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        let stop = tokio::select! {
+            _ = tick.tick() => false,
+            _ = broker.stopped() => true,
+        };
+        let b = broker.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || b.api_keys.save_last_used()).await {
+            tracing::warn!(error = %e, "could not save API keys' last-used times");
+        }
+        if stop {
+            return;
+        }
+    }
 }
 
 /// Removes expired retained messages every `every` until shutdown.

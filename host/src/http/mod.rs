@@ -1,6 +1,6 @@
 //! The native HTTP API (axum): `/healthz` open, the broker-wide routes behind an API key
 //! with tenant `*` (HTTP basic auth `key:secret`): `/metrics` with `metrics:read` (or
-//! `admin`), `/plugins` with `admin`. Requests under a plugin's mount go to it (see
+//! `admin`), `/plugins` and `/api/v5/api_key` (managed keys) with `admin`. Requests under a plugin's mount go to it (see
 //! `gateway`), which authenticates its callers itself.
 
 use std::net::SocketAddr;
@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::apikeys::{ApiKey, Right};
 use crate::broker::Broker;
 
+mod api_keys;
 mod gateway;
 
 /// Builds the native API router.
@@ -30,6 +31,7 @@ pub fn router(broker: Broker) -> Router {
         .route("/metrics", get(metrics))
         .route("/plugins", get(gateway::list))
         .route("/plugins/{name}/reload", post(gateway::reload))
+        .merge(api_keys::routes())
         .fallback(gateway::mounted)
         .with_state(broker)
 }

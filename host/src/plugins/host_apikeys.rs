@@ -127,7 +127,7 @@ impl apikeys::Host for PluginState {
             self.acting
                 .as_ref()
                 .filter(|k| k.key == key)
-                .map(|k| k.mac(alg(algorithm), &message))
+                .and_then(|k| k.mac(alg(algorithm), &message))
         }))
     }
 }

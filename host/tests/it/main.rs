@@ -5,6 +5,7 @@
 
 mod common;
 
+mod api_keys;
 mod auth;
 mod beebotte;
 mod bench;
