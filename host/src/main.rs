@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+mod ctl;
+
 /// Apiary: an MQTT 3.1.1 + 5 broker whose extensions are WebAssembly components.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -100,6 +102,13 @@ enum Cmd {
         /// No progress line.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Administers a running broker over its admin API (`apiary ctl --help`).
+    Ctl(ctl::CtlArgs),
+    /// Prints a shell completion script: `apiary completions bash > /etc/bash_completion.d/apiary`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
     /// Prints an argon2id PHC hash of a password for `password_hash` in auth-file.toml
     /// (reads the password from stdin unless --password is given).
@@ -208,6 +217,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     match args.cmd {
+        Some(Cmd::Ctl(c)) => std::process::exit(ctl::run(c)),
+        Some(Cmd::Completions { shell }) => {
+            use clap::CommandFactory;
+            let mut cmd = Args::command();
+            clap_complete::generate(shell, &mut cmd, "apiary", &mut std::io::stdout());
+            return Ok(());
+        }
         Some(Cmd::Passwd { password }) => return passwd(password),
         Some(cmd @ Cmd::Bench { .. }) => return bench(cmd),
         None => {}

@@ -141,6 +141,35 @@ impl Broker {
         Ok(self.publish(msg)?)
     }
 
+    /// Removes the retained message of `topic_name` (memory and store) without routing
+    /// anything, as EMQX's retainer API does. False if there was none.
+    pub fn delete_retained(&self, tenant: &str, topic_name: &str) -> Result<bool, OpError> {
+        topic::validate_name(topic_name, self.config.mqtt.max_topic_levels)?;
+        if self.retained.matching(tenant, topic_name).is_empty() {
+            return Ok(false);
+        }
+        let clear = Message::new(
+            Arc::from(tenant),
+            ByteString::from(topic_name),
+            Bytes::new(),
+            QoS::AtMostOnce,
+            true,
+        );
+        let stored = |m: &Arc<Message>| {
+            if let Some(store) = &self.store {
+                store.submit(crate::store::Op::DeleteRetained(
+                    m.tenant.clone(),
+                    m.topic.clone(),
+                ));
+            }
+        };
+        // Clearing is never refused by limits.
+        let _ = self
+            .retained
+            .set(Arc::new(clear), &self.config.retained, stored);
+        Ok(true)
+    }
+
     /// Ends the tenant's persistent sessions inactive for more than `secs` seconds
     /// (disconnected that long ago), with their queues and subscriptions. `secs == 0`
     /// ends every persistent session of the tenant, online ones included, whose

@@ -2,10 +2,11 @@
 //! listener) become calls of its `http` role; plugin faults become JSON errors, never a
 //! hung request. Also the native plugin admin routes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use axum::body::{to_bytes, Body};
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -225,6 +226,29 @@ pub async fn list(
     }
     let list = b.plugins().map(|m| m.list()).unwrap_or_default();
     Json(list).into_response()
+}
+
+/// `GET /plugins/{name}/logs?limit=N` (admin, tenant `*`): the plugin's last log lines,
+/// oldest first (its `log` calls at info and above, its loads and load failures).
+pub async fn logs(
+    State(b): State<Broker>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize_global(&b, &headers, peer, Right::Admin) {
+        return e.into_response();
+    }
+    let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+    match b.plugins().and_then(|m| m.logs(&name)) {
+        Some(ring) => Json(json!({"name": name, "lines": ring.tail(limit)})).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("no plugin {name} has loaded or logged"),
+        ),
+    }
 }
 
 /// `POST /plugins/{name}/reload` (admin, tenant `*`).

@@ -23,6 +23,7 @@ use crate::broker::Broker;
 
 mod api_keys;
 mod gateway;
+mod retained;
 
 /// Builds the native API router.
 pub fn router(broker: Broker) -> Router {
@@ -32,6 +33,8 @@ pub fn router(broker: Broker) -> Router {
         .route("/plugins", get(gateway::list))
         .route("/plugins/{name}/reload", post(gateway::reload))
         .merge(api_keys::routes())
+        .merge(retained::routes())
+        .route("/plugins/{name}/logs", get(gateway::logs))
         .fallback(gateway::mounted)
         .with_state(broker)
 }

@@ -403,6 +403,21 @@ impl broker::Host for PluginState {
 impl log::Host for PluginState {
     async fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
         let name = &self.ctx.name;
+        let kept = match level {
+            log::Level::Trace => "trace",
+            log::Level::Debug => "debug",
+            log::Level::Info => "info",
+            log::Level::Warn => "warn",
+            log::Level::Error => "error",
+        };
+        // Info and above always; finer levels when the broker's filter shows them.
+        if matches!(
+            level,
+            log::Level::Info | log::Level::Warn | log::Level::Error
+        ) || level_enabled(level)
+        {
+            self.ctx.logs.push(kept, &message);
+        }
         match level {
             log::Level::Trace => tracing::trace!(plugin = %name, "{message}"),
             log::Level::Debug => tracing::debug!(plugin = %name, "{message}"),

@@ -72,6 +72,8 @@ pub struct PluginManager {
     attempted: Mutex<HashMap<String, [u8; 32]>>,
     /// Every plugin's kv usage, kept across reloads.
     kv_accounts: super::kv::Accounts,
+    /// Every plugin's last log lines, kept across reloads.
+    logs: super::logs::Logs,
     /// Signalled when the loaded set changes (the events pump starts or stops on it).
     pub(crate) changed: tokio::sync::Notify,
 }
@@ -104,6 +106,7 @@ impl PluginManager {
             serial: tokio::sync::Mutex::new(()),
             attempted: Mutex::new(HashMap::new()),
             kv_accounts: super::kv::Accounts::default(),
+            logs: super::logs::Logs::default(),
             changed: tokio::sync::Notify::new(),
         }))
     }
@@ -174,6 +177,8 @@ impl PluginManager {
                 m.plugin_loads
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.load_errors.write().remove(name);
+                let msg = format!("loaded version {}", &p.hash[..12]);
+                self.logs.of(name).push("info", &msg);
                 info!(plugin = name, version = &p.hash[..12], roles = ?p.roles(), "plugin loaded");
             }
             Err(e) => {
@@ -183,6 +188,8 @@ impl PluginManager {
                 self.load_errors
                     .write()
                     .insert(name.to_string(), e.to_string());
+                let msg = format!("failed to load: {e}");
+                self.logs.of(name).push("error", &msg);
             }
         }
         r.map(Some)
@@ -218,6 +225,7 @@ impl PluginManager {
             manifest,
             broker: self.broker.clone(),
             kv: self.kv_accounts.of(name),
+            logs: self.logs.of(name),
         });
         let plugin = LoadedPlugin::new(ctx, prepared, hash, &self.runtime).await?;
         // A new listen address is bound before the swap: if it fails, the old version
@@ -293,6 +301,11 @@ impl PluginManager {
             );
         }
         gone
+    }
+
+    /// A plugin's last log lines (None: it never loaded nor logged).
+    pub fn logs(&self, name: &str) -> Option<Arc<super::logs::Ring>> {
+        self.logs.get(name)
     }
 
     /// The serving version of a plugin.

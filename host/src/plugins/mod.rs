@@ -17,6 +17,7 @@ mod host_passwords;
 mod host_streams;
 mod http_calls;
 pub mod kv;
+pub mod logs;
 pub mod manager;
 pub mod manifest;
 pub mod runtime;

@@ -67,6 +67,8 @@ pub struct PluginContext {
     pub broker: Broker,
     /// Its kv usage (shared by every version of the plugin).
     pub kv: Arc<super::kv::Account>,
+    /// Its last log lines (shared by every version of the plugin).
+    pub logs: Arc<super::logs::Ring>,
 }
 
 /// Store data of one instance.

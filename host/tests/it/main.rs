@@ -10,6 +10,7 @@ mod auth;
 mod beebotte;
 mod bench;
 mod bifromq;
+mod ctl;
 mod durability;
 mod emqx;
 mod http;
