@@ -49,6 +49,18 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Every value of a repeated query parameter, in order, percent-decoded.
+    pub fn query_all(&self, name: &str) -> Vec<String> {
+        self.query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (decode(k) == name).then(|| decode(v))
+            })
+            .collect()
+    }
+
     /// Query parameters, percent-decoded (`+` as space). Later duplicates win.
     pub fn query_params(&self) -> HashMap<String, String> {
         self.query

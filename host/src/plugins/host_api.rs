@@ -170,7 +170,9 @@ fn to_query(q: registry::SessionFilter) -> Result<Query, Error> {
     Ok(Query {
         tenant: q.tenant,
         client_id: q.client_id,
+        client_ids: Vec::new(),
         username: q.username,
+        usernames: Vec::new(),
         user_id: q.user_id,
         ip,
         proto_name: q.proto_name,
@@ -249,6 +251,53 @@ impl registry::Host for PluginState {
                 items: r.items.into_iter().map(session).collect(),
                 count: r.count as u64,
                 has_next: r.has_next,
+            })
+        };
+        Ok(run())
+    }
+
+    async fn list_sessions(
+        &mut self,
+        q: registry::SessionFilter,
+        set: registry::SessionSet,
+        start: registry::Start,
+        limit: u32,
+    ) -> wasmtime::Result<Result<registry::Listing, Error>> {
+        let run = || -> Result<registry::Listing, Error> {
+            let tenant = q.tenant.clone().unwrap_or_else(|| "*".into());
+            self.check(Capability::RegistryRead, Some(&tenant))?;
+            let b = &self.ctx.broker;
+            let mut query = to_query(q)?;
+            query.client_ids = set.client_ids;
+            query.usernames = set.usernames;
+            Ok(match start {
+                registry::Start::Page(page) => {
+                    let r = b.registry.query(&query, paging(page, limit)?, &b.config);
+                    registry::Listing {
+                        items: r.items.into_iter().map(session).collect(),
+                        count: Some(r.count as u64),
+                        has_next: r.has_next,
+                        cursor: None,
+                    }
+                }
+                registry::Start::After(cursor) => {
+                    let after = cursor
+                        .map(|c| {
+                            crate::registry::Cursor::decode(&c)
+                                .ok_or_else(|| Error::InvalidArgument(format!("bad cursor {c:?}")))
+                        })
+                        .transpose()?;
+                    let limit = paging(1, limit)?.limit;
+                    let r = b
+                        .registry
+                        .query_after(&query, after.as_ref(), limit, &b.config);
+                    registry::Listing {
+                        items: r.items.into_iter().map(session).collect(),
+                        count: None,
+                        has_next: r.next.is_some(),
+                        cursor: r.next.map(|c| c.encode()),
+                    }
+                }
             })
         };
         Ok(run())

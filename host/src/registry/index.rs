@@ -64,29 +64,49 @@ impl Row {
     }
 }
 
+/// A row's place: its insertion number (rising; cursors name it) and the row, or a
+/// tombstone.
+#[derive(Debug)]
+struct Slot {
+    seq: u64,
+    row: Option<Row>,
+}
+
 /// Sessions of one tenant.
 #[derive(Debug, Default)]
 pub struct TenantIndex {
     by_id: HashMap<Arc<str>, usize>,
-    rows: Vec<Option<Row>>,
+    rows: Vec<Slot>,
     dead: usize,
+    /// The next row's insertion number.
+    next_seq: u64,
 }
 
 impl TenantIndex {
     /// The session with this client id.
     pub fn get(&self, client_id: &str) -> Option<&Arc<Session>> {
         let pos = *self.by_id.get(client_id)?;
-        self.rows[pos].as_ref().map(|r| &r.session)
+        self.rows[pos].row.as_ref().map(|r| &r.session)
     }
 
     /// Live rows in creation order.
     pub fn rows(&self) -> impl Iterator<Item = &Row> {
-        self.rows.iter().flatten()
+        self.rows.iter().filter_map(|s| s.row.as_ref())
     }
 
-    /// The live row for this client id.
-    pub fn row(&self, client_id: &str) -> Option<&Row> {
-        self.rows[*self.by_id.get(client_id)?].as_ref()
+    /// Live rows inserted after insertion number `seq`, with theirs, in creation order:
+    /// what a cursor resumes from, however many rows came or went since.
+    pub fn rows_after(&self, seq: Option<u64>) -> impl Iterator<Item = (u64, &Row)> {
+        let start = seq.map_or(0, |q| self.rows.partition_point(|s| s.seq <= q));
+        self.rows[start..]
+            .iter()
+            .filter_map(|s| s.row.as_ref().map(|r| (s.seq, r)))
+    }
+
+    /// The live row for this client id, with its insertion number.
+    pub fn row_seq(&self, client_id: &str) -> Option<(u64, &Row)> {
+        let slot = &self.rows[*self.by_id.get(client_id)?];
+        slot.row.as_ref().map(|r| (slot.seq, r))
     }
 
     /// Number of live sessions.
@@ -103,10 +123,14 @@ impl TenantIndex {
     pub fn insert(&mut self, s: Arc<Session>) -> Option<Arc<Session>> {
         let old = self.by_id.remove(&s.client_id).and_then(|pos| {
             self.dead += 1;
-            self.rows[pos].take().map(|r| r.session)
+            self.rows[pos].row.take().map(|r| r.session)
         });
         self.by_id.insert(s.client_id.clone(), self.rows.len());
-        self.rows.push(Some(Row::new(s)));
+        self.rows.push(Slot {
+            seq: self.next_seq,
+            row: Some(Row::new(s)),
+        });
+        self.next_seq += 1;
         self.maybe_compact();
         old
     }
@@ -114,7 +138,7 @@ impl TenantIndex {
     /// Re-reads a session's info into its row.
     pub fn refresh(&mut self, s: &Session) {
         if let Some(&pos) = self.by_id.get(&s.client_id) {
-            if let Some(r) = self.rows[pos].as_mut().filter(|r| r.session.id == s.id) {
+            if let Some(r) = self.rows[pos].row.as_mut().filter(|r| r.session.id == s.id) {
                 *r = Row::new(r.session.clone());
             }
         }
@@ -125,10 +149,14 @@ impl TenantIndex {
         let Some(&pos) = self.by_id.get(&s.client_id) else {
             return false;
         };
-        if self.rows[pos].as_ref().is_none_or(|r| r.session.id != s.id) {
+        if self.rows[pos]
+            .row
+            .as_ref()
+            .is_none_or(|r| r.session.id != s.id)
+        {
             return false;
         }
-        self.rows[pos] = None;
+        self.rows[pos].row = None;
         self.by_id.remove(&s.client_id);
         self.dead += 1;
         self.maybe_compact();
@@ -140,9 +168,9 @@ impl TenantIndex {
         if self.dead < 64 || self.dead * 4 < self.rows.len() {
             return;
         }
-        self.rows.retain(Option::is_some);
-        for (i, r) in self.rows.iter().enumerate() {
-            if let Some(r) = r {
+        self.rows.retain(|s| s.row.is_some());
+        for (i, s) in self.rows.iter().enumerate() {
+            if let Some(r) = &s.row {
                 if let Some(p) = self.by_id.get_mut(&*r.session.client_id) {
                     *p = i;
                 }

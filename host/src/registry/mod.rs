@@ -2,6 +2,7 @@
 //! tenant, online or offline, with what the EMQX clients API shows about it. Admin API
 //! plugins query it and act through it; connections register and update it.
 
+mod cursor;
 mod index;
 mod ops;
 mod query;
@@ -15,6 +16,7 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+pub use cursor::{Cursor, CursorPage};
 use index::TenantIndex;
 pub use ops::{KickTarget, OpError, Via};
 pub use query::{Page, PageResult, Query, SessionSnapshot, SubscriptionSnapshot};

@@ -21,8 +21,12 @@ pub struct Query {
     pub tenant: Option<String>,
     /// Exact client id.
     pub client_id: Option<String>,
+    /// One of these client ids (empty: any).
+    pub client_ids: Vec<String>,
     /// Exact username.
     pub username: Option<String>,
+    /// One of these usernames (empty: any).
+    pub usernames: Vec<String>,
     /// Exact user id.
     pub user_id: Option<String>,
     /// Peer IP.
@@ -164,12 +168,39 @@ pub struct SessionSnapshot {
 }
 
 impl Query {
+    /// The rows of `t` a query needs to look at, after insertion number `from`, in
+    /// creation order: exact client ids are point lookups, not a scan.
+    pub(super) fn rows<'a>(
+        &'a self,
+        t: &'a TenantIndex,
+        from: Option<u64>,
+    ) -> Box<dyn Iterator<Item = (u64, &'a Row)> + 'a> {
+        let after = move |seq: &u64| from.is_none_or(|f| *seq > f);
+        match (&self.client_id, self.client_ids.is_empty()) {
+            (Some(cid), _) => Box::new(t.row_seq(cid).filter(|(s, _)| after(s)).into_iter()),
+            (None, false) => {
+                let mut rows: Vec<_> = self
+                    .client_ids
+                    .iter()
+                    .filter_map(|c| t.row_seq(c))
+                    .filter(|(s, _)| after(s))
+                    .collect();
+                rows.sort_unstable_by_key(|(s, _)| *s);
+                rows.dedup_by_key(|(s, _)| *s);
+                Box::new(rows.into_iter())
+            }
+            (None, true) => Box::new(t.rows_after(from)),
+        }
+    }
+
     /// True when only the tenant is set: counting and paging need no scan.
     fn is_unfiltered(&self) -> bool {
         let Query {
             tenant: _,
             client_id,
+            client_ids,
             username,
+            usernames,
             user_id,
             ip,
             proto_name,
@@ -185,7 +216,9 @@ impl Query {
             connected_to,
         } = self;
         client_id.is_none()
+            && client_ids.is_empty()
             && username.is_none()
+            && usernames.is_empty()
             && user_id.is_none()
             && ip.is_none()
             && proto_name.is_none()
@@ -201,11 +234,17 @@ impl Query {
             && connected_to.is_none()
     }
 
-    fn matches(&self, r: &Row) -> bool {
+    pub(super) fn matches(&self, r: &Row) -> bool {
         fn eq(want: &Option<String>, have: &Option<compact_str::CompactString>) -> bool {
             want.as_deref().is_none_or(|w| have.as_deref() == Some(w))
         }
         self.client_id.as_deref().is_none_or(|c| r.client_id == c)
+            && (self.client_ids.is_empty() || self.client_ids.iter().any(|c| r.client_id == c))
+            && (self.usernames.is_empty()
+                || self
+                    .usernames
+                    .iter()
+                    .any(|u| r.username.as_deref() == Some(u.as_str())))
             && self
                 .like_client_id
                 .as_deref()
@@ -263,12 +302,7 @@ impl Registry {
                 count += t.len();
                 continue;
             }
-            let rows: Box<dyn Iterator<Item = &Row>> = match &q.client_id {
-                // An exact client id is a point lookup, not a scan.
-                Some(cid) => Box::new(t.row(cid).into_iter()),
-                None => Box::new(t.rows()),
-            };
-            for r in rows.filter(|r| q.matches(r)) {
+            for (_, r) in q.rows(t, None).filter(|(_, r)| q.matches(r)) {
                 if count >= skip && items.len() < page.limit {
                     items.push(snapshot(&r.session, cfg));
                 }

@@ -11,10 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{self, v3, v5, TestBroker, Tr};
 
-const ADMIN: (&str, &str) = ("ops", "s3cret");
+pub(crate) const ADMIN: (&str, &str) = ("ops", "s3cret");
 const READER: (&str, &str) = ("ro", "ropw");
 
-async fn start() -> (TestBroker, tempfile::TempDir) {
+pub(crate) async fn start() -> (TestBroker, tempfile::TempDir) {
     let emqx = common::stock_toml("emqx");
     common::with_plugins(
         &[("emqx", "emqx", &emqx)],
@@ -25,7 +25,7 @@ async fn start() -> (TestBroker, tempfile::TempDir) {
 }
 
 /// One HTTP request; returns the status and the body as JSON (Null when empty).
-async fn call(
+pub(crate) async fn call(
     tb: &TestBroker,
     method: &str,
     path: &str,
@@ -62,7 +62,7 @@ async fn call(
     )
 }
 
-async fn get(tb: &TestBroker, path: &str) -> (u16, Value) {
+pub(crate) async fn get(tb: &TestBroker, path: &str) -> (u16, Value) {
     call(tb, "GET", &format!("/api/v5{path}"), Some(ADMIN), None).await
 }
 
@@ -132,7 +132,7 @@ fn check(doc: &Value, schema: &Value, v: &Value, at: &str) {
 }
 
 /// Checks a real response against the document's schema for that path, method, status.
-fn conforms(doc: &Value, path: &str, method: &str, status: u16, body: &Value) {
+pub(crate) fn conforms(doc: &Value, path: &str, method: &str, status: u16, body: &Value) {
     let op = &doc["paths"][path][method];
     assert!(op.is_object(), "{method} {path} is not in the document");
     let r = &op["responses"][status.to_string()];

@@ -13,6 +13,7 @@ mod bifromq;
 mod ctl;
 mod durability;
 mod emqx;
+mod emqx_v2;
 mod http;
 mod limits;
 mod mqtt_v3;

@@ -9,6 +9,57 @@ use crate::time::rfc3339;
 use crate::Right;
 use crate::{client_not_found, host_error, node, Caller};
 
+/// Every field `client_json` shows, for `fields=` (host/tests/it/emqx.rs asks for each).
+const FIELDS: &[&str] = &[
+    "node",
+    "clientid",
+    "username",
+    "proto_name",
+    "proto_ver",
+    "ip_address",
+    "port",
+    "is_bridge",
+    "connected",
+    "connected_at",
+    "disconnected_at",
+    "created_at",
+    "zone",
+    "listener",
+    "keepalive",
+    "clean_start",
+    "expiry_interval",
+    "is_persistent",
+    "enable_authn",
+    "subscriptions_cnt",
+    "subscriptions_max",
+    "max_subscriptions",
+    "inflight_cnt",
+    "inflight",
+    "inflight_max",
+    "max_inflight",
+    "mqueue_len",
+    "mqueue_max",
+    "max_mqueue",
+    "mqueue_dropped",
+    "awaiting_rel_cnt",
+    "awaiting_rel",
+    "awaiting_rel_max",
+    "max_awaiting_rel",
+    "recv_oct",
+    "recv_cnt",
+    "recv_pkt",
+    "recv_msg",
+    "send_oct",
+    "send_cnt",
+    "send_pkt",
+    "send_msg",
+    "send_msg.dropped",
+    "send_msg.dropped.queue_full",
+    "mailbox_len",
+    "heap_size",
+    "reductions",
+];
+
 /// A session as EMQX shows a client: the EMQX 5 field names, plus the older names the
 /// seed's field table uses (max_inflight, inflight, ...) so scripts of either work.
 pub fn client_json(s: &types::Session) -> Value {
@@ -87,22 +138,109 @@ pub fn paged(page: u32, limit: u32, count: u64, hasnext: bool, data: Vec<Value>)
     )
 }
 
-/// `GET /clients`.
+/// The filter and set of a clients listing: `clientid` and `username` may repeat (any of
+/// them matches, EMQX #4502); None when nothing can match.
+fn filter_and_set(
+    c: &Caller,
+    r: &Request,
+) -> Result<Option<(registry::SessionFilter, registry::SessionSet)>, HttpError> {
+    let q = r.query_params();
+    let Some(mut f) = client_filter(&q, &c.tenant)? else {
+        return Ok(None);
+    };
+    let mut set = registry::SessionSet {
+        client_ids: r.query_all("clientid"),
+        usernames: r.query_all("username"),
+    };
+    // One value stays an exact filter (a point lookup); several go to the set.
+    if set.client_ids.len() > 1 {
+        f.client_id = None;
+    } else {
+        set.client_ids.clear();
+    }
+    if set.usernames.len() > 1 {
+        f.username = None;
+    } else {
+        set.usernames.clear();
+    }
+    Ok(Some((f, set)))
+}
+
+/// `GET /clients`: page paging with a count; `fields=` picks the fields shown.
 pub fn list(c: &Caller, r: &Request) -> Result<Response, HttpError> {
     c.need(Right::ConnectionsRead)?;
     let q = r.query_params();
     let (page, limit) = paging(&q)?;
-    let Some(f) = client_filter(&q, &c.tenant)? else {
+    let fields = fields(r)?;
+    let Some((f, set)) = filter_and_set(c, r)? else {
         return Ok(paged(page, limit, 0, false, vec![]));
     };
-    let p = registry::query(&f, page, limit).map_err(host_error)?;
-    Ok(paged(
-        page,
-        limit,
-        p.count,
-        p.has_next,
-        p.items.iter().map(client_json).collect(),
-    ))
+    let start = registry::Start::Page(page);
+    let p = registry::list_sessions(&f, &set, &start, limit).map_err(host_error)?;
+    let data = p
+        .items
+        .iter()
+        .map(|s| pick(client_json(s), &fields))
+        .collect();
+    Ok(paged(page, limit, p.count.unwrap_or(0), p.has_next, data))
+}
+
+/// `GET /clients_v2`: cursor paging, stable while clients come and go (EMQX #7870);
+/// `meta.cursor` only when a later page has clients (EMQX #18531).
+pub fn list_v2(c: &Caller, r: &Request) -> Result<Response, HttpError> {
+    c.need(Right::ConnectionsRead)?;
+    let q = r.query_params();
+    let (_, limit) = paging(&q)?;
+    let fields = fields(r)?;
+    let cursor = q.get("cursor").filter(|c| !c.is_empty()).cloned();
+    let Some((f, set)) = filter_and_set(c, r)? else {
+        let meta = json!({"limit": limit, "hasnext": false});
+        return Ok(Response::json(200, &json!({"meta": meta, "data": []})));
+    };
+    let start = registry::Start::After(cursor);
+    let p = registry::list_sessions(&f, &set, &start, limit).map_err(host_error)?;
+    let mut meta = json!({"limit": limit, "hasnext": p.has_next});
+    if let Some(next) = p.cursor {
+        meta["cursor"] = json!(next);
+    }
+    let data: Vec<Value> = p
+        .items
+        .iter()
+        .map(|s| pick(client_json(s), &fields))
+        .collect();
+    Ok(Response::json(200, &json!({"meta": meta, "data": data})))
+}
+
+/// `fields=a,b` (repeatable; `all` or absent: every field). Unknown names are an error.
+fn fields(r: &Request) -> Result<Option<Vec<String>>, HttpError> {
+    let asked: Vec<String> = r
+        .query_all("fields")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+        .collect();
+    if asked.is_empty() || asked.iter().any(|f| f == "all") {
+        return Ok(None);
+    }
+    if let Some(bad) = asked.iter().find(|f| !FIELDS.contains(&f.as_str())) {
+        return Err(HttpError::bad_request(format!(
+            "unknown field {bad:?} in fields (known: {})",
+            FIELDS.join(", ")
+        )));
+    }
+    Ok(Some(asked))
+}
+
+/// Only `fields` of a client's JSON (all of it for None).
+fn pick(v: Value, fields: &Option<Vec<String>>) -> Value {
+    match (fields, v) {
+        (Some(f), Value::Object(mut m)) => {
+            m.retain(|k, _| f.iter().any(|x| x == k));
+            Value::Object(m)
+        }
+        (_, v) => v,
+    }
 }
 
 fn clientid(p: &Params) -> &str {

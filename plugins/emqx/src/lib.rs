@@ -126,8 +126,10 @@ impl Handler for Emqx {
         let c = || caller.clone();
         let (c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12) =
             (c(), c(), c(), c(), c(), c(), c(), c(), c(), c(), c(), c());
+        let c13 = c();
         Router::new()
             .get("/clients", move |r, _| reply(clients::list(&c1, r)))
+            .get("/clients_v2", move |r, _| reply(clients::list_v2(&c13, r)))
             .post("/clients/kickout/bulk", move |r, _| {
                 reply(clients::kick_bulk(&c2, r))
             })

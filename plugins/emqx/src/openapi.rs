@@ -164,8 +164,21 @@ fn page_of(item: &str) -> Value {
 /// The document.
 pub fn document() -> Value {
     let client_filters = vec![
-        query("clientid", string(), "Exact client id"),
-        query("username", string(), "Exact username"),
+        query(
+            "clientid",
+            string(),
+            "Exact client id (repeat it: any of them)",
+        ),
+        query(
+            "username",
+            string(),
+            "Exact username (repeat it: any of them)",
+        ),
+        query(
+            "fields",
+            string(),
+            "Comma-separated fields to return (default: all)",
+        ),
         query("zone", string(), "Zone (Apiary has one: default)"),
         query("ip_address", string(), "Client IP address"),
         query(
@@ -203,6 +216,15 @@ pub fn document() -> Value {
             "Connected at or before (also _lte_connected_at)",
         ),
     ];
+    let mut v2_params = vec![
+        query("limit", int(), "Clients per page, 1 to 10000 (default 100)"),
+        query(
+            "cursor",
+            string(),
+            "meta.cursor of the previous page (absent: the first)",
+        ),
+    ];
+    v2_params.extend(client_filters.iter().cloned());
     let mut list_params = paging();
     list_params.extend(client_filters);
     let mut sub_params = paging();
@@ -238,6 +260,18 @@ pub fn document() -> Value {
                 "Error": {"type": "object", "required": ["code", "message"], "properties": {"code": string(), "message": string()}},
                 "Client": client_schema(),
                 "Clients": page_of("Client"),
+                "ClientsV2": {
+                    "type": "object",
+                    "required": ["meta", "data"],
+                    "properties": {
+                        "meta": {
+                            "type": "object",
+                            "required": ["limit", "hasnext"],
+                            "properties": {"limit": int(), "hasnext": boolean(), "cursor": string()},
+                        },
+                        "data": {"type": "array", "items": reference("Client")},
+                    },
+                },
                 "Subscription": {
                     "type": "object",
                     "required": ["clientid", "topic", "qos", "node", "nl", "rap", "rh"],
@@ -269,6 +303,8 @@ pub fn document() -> Value {
         "paths": {
             "/clients": {"get": op("List clients", list_params, None,
                 with(vec![ok("200", "A page of clients", Some(reference("Clients")))], &["400", "401", "403"]))},
+            "/clients_v2": {"get": op("List clients by cursor: stable while clients come and go", v2_params, None,
+                with(vec![ok("200", "A page of clients; meta.cursor when more follow", Some(reference("ClientsV2")))], &["400", "401", "403"]))},
             "/clients/{clientid}": {
                 "get": op("One client", vec![path_clientid()], None,
                     with(vec![ok("200", "The client", Some(reference("Client")))], &["401", "403", "404"])),
