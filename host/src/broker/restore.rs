@@ -109,12 +109,16 @@ impl Broker {
                     };
                     stats.messages += 1;
                     match (e.pid, state_of(e.state)) {
-                        (Some(pid), Some(state)) => st.inflight.push_back(Inflight {
-                            pid,
-                            state,
-                            delivery: d,
-                            unsent: false,
-                        }),
+                        (Some(pid), Some(state)) => {
+                            let pos = st.next_inflight_pos();
+                            st.inflight.push_back(Inflight {
+                                pid,
+                                state,
+                                delivery: d,
+                                unsent: false,
+                                pos,
+                            })
+                        }
                         _ => {
                             st.queue_bytes += d.msg.payload.len();
                             st.queue.push_back(d);

@@ -158,6 +158,25 @@ pub(crate) fn session(s: SessionSnapshot) -> types::Session {
     }
 }
 
+/// A listed delivery as the WIT shows it; `now` dates its publish time.
+fn session_message(
+    i: crate::session::Listed,
+    now: (SystemTime, std::time::Instant),
+) -> registry::SessionMessage {
+    let m = &i.delivery.msg;
+    let at = now.0 - now.1.saturating_duration_since(m.received);
+    registry::SessionMessage {
+        position: i.pos,
+        topic: m.topic.to_string(),
+        payload: m.payload.to_vec(),
+        qos: i.delivery.qos as u8,
+        retain: i.delivery.retain,
+        packet_id: i.pid,
+        published_at: to_ms(at),
+        from_client_id: m.publisher_client.as_deref().map(str::to_string),
+    }
+}
+
 fn to_query(q: registry::SessionFilter) -> Result<Query, Error> {
     let ip = match q.ip_address {
         Some(s) => Some(
@@ -251,6 +270,44 @@ impl registry::Host for PluginState {
                 items: r.items.into_iter().map(session).collect(),
                 count: r.count as u64,
                 has_next: r.has_next,
+            })
+        };
+        Ok(run())
+    }
+
+    async fn session_messages(
+        &mut self,
+        tenant: String,
+        client_id: String,
+        inflight: bool,
+        after: Option<u64>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<registry::MessagePage, Error>> {
+        let run = || -> Result<registry::MessagePage, Error> {
+            self.check(Capability::RegistryRead, Some(&tenant))?;
+            let limit = paging(1, limit)?.limit;
+            let s = self
+                .ctx
+                .broker
+                .registry
+                .get(&tenant, &client_id)
+                .ok_or_else(|| Error::NotFound(format!("no session for client id {client_id}")))?;
+            let l = {
+                let st = s.state.lock();
+                if inflight {
+                    st.inflight_after(after, limit)
+                } else {
+                    st.queued_after(after, limit)
+                }
+            };
+            let now = (SystemTime::now(), std::time::Instant::now());
+            Ok(registry::MessagePage {
+                items: l
+                    .items
+                    .into_iter()
+                    .map(|i| session_message(i, now))
+                    .collect(),
+                has_next: l.has_next,
             })
         };
         Ok(run())

@@ -5,6 +5,7 @@
 //! connections is the broker's (`broker::lifecycle`).
 
 mod control;
+mod listing;
 mod pressure;
 mod state;
 
@@ -17,6 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, Notify};
 
 pub use control::{mailbox, ControlRx, ControlTx};
+pub use listing::{Listed, Listing};
 pub use state::{EnqueueOutcome, Inflight, InflightState, Outgoing, SessionState, SubOptions};
 
 use crate::message::Message;

@@ -61,6 +61,8 @@ pub struct Inflight {
     pub delivery: Delivery,
     /// Not yet resent on the current connection (it reconnected with a smaller window).
     pub unsent: bool,
+    /// Its place in send order (for listing it after a cursor).
+    pub pos: u64,
 }
 
 impl Inflight {
@@ -150,9 +152,20 @@ pub struct SessionState {
     pub ended: bool,
     /// Whether publishers wait for this queue (backpressure).
     pub pressure: super::pressure::Pressure,
+    /// Position of `queue[0]` among every delivery ever queued, so that a listing's
+    /// cursor survives the queue draining (`listing.rs`).
+    pub(super) queue_base: u64,
+    /// Next `Inflight::pos`.
+    inflight_pos: u64,
 }
 
 impl SessionState {
+    /// The place in send order of the next inflight message.
+    pub fn next_inflight_pos(&mut self) -> u64 {
+        self.inflight_pos += 1;
+        self.inflight_pos
+    }
+
     /// Offers a delivery to the queue, applying the limits.
     pub fn enqueue(&mut self, d: Delivery, cfg: &SessionConfig) -> EnqueueOutcome {
         self.offer(d, cfg, false)
@@ -191,6 +204,7 @@ impl SessionState {
         while full(self) {
             match self.queue.pop_front() {
                 Some(old) => {
+                    self.queue_base += 1;
                     self.queue_bytes -= old.msg.payload.len();
                     self.dropped += 1;
                     if old.seq != 0 {
@@ -251,6 +265,7 @@ impl SessionState {
         while let Some(front) = self.queue.front() {
             if front.msg.expired(now) {
                 let d = self.queue.pop_front().expect("front exists");
+                self.queue_base += 1;
                 self.queue_bytes -= d.msg.payload.len();
                 self.expired += 1;
                 if d.seq != 0 {
@@ -265,6 +280,7 @@ impl SessionState {
                 return true;
             }
             let d = self.queue.pop_front().expect("front exists");
+            self.queue_base += 1;
             let len = d.msg.payload.len();
             self.queue_bytes -= len;
             bytes += len;
@@ -279,6 +295,7 @@ impl SessionState {
             let Some(pid) = self.next_pid() else {
                 // Every id is in use: put it back and wait for acks.
                 self.queue_bytes += len;
+                self.queue_base -= 1;
                 self.queue.push_front(d);
                 return false;
             };
@@ -287,11 +304,13 @@ impl SessionState {
             } else {
                 InflightState::AwaitRec
             };
+            let pos = self.next_inflight_pos();
             self.inflight.push_back(Inflight {
                 pid,
                 state,
                 delivery: d.clone(),
                 unsent: false,
+                pos,
             });
             sent += 1;
             out.push(Outgoing::Publish {
@@ -377,6 +396,7 @@ impl SessionState {
 
     /// Drops everything queued and inflight (used when a session is discarded).
     pub fn clear_messages(&mut self) {
+        self.queue_base += self.queue.len() as u64;
         self.queue.clear();
         self.queue_bytes = 0;
         self.inflight.clear();

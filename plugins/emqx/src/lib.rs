@@ -5,6 +5,7 @@
 //! See this crate's README for what matches EMQX and what differs.
 
 mod clients;
+mod messages;
 mod openapi;
 mod params;
 mod publish;
@@ -126,7 +127,7 @@ impl Handler for Emqx {
         let c = || caller.clone();
         let (c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12) =
             (c(), c(), c(), c(), c(), c(), c(), c(), c(), c(), c(), c());
-        let c13 = c();
+        let (c13, c14, c15) = (c(), c(), c());
         Router::new()
             .get("/clients", move |r, _| reply(clients::list(&c1, r)))
             .get("/clients_v2", move |r, _| reply(clients::list_v2(&c13, r)))
@@ -138,6 +139,12 @@ impl Handler for Emqx {
             })
             .delete("/clients/{clientid}", move |_, p| {
                 reply(clients::kick(&c4, p))
+            })
+            .get("/clients/{clientid}/mqueue_messages", move |r, p| {
+                reply(messages::list(&c14, r, p, false))
+            })
+            .get("/clients/{clientid}/inflight_messages", move |r, p| {
+                reply(messages::list(&c15, r, p, true))
             })
             .get("/clients/{clientid}/subscriptions", move |_, p| {
                 reply(subs::of_client(&c5, p))

@@ -225,6 +225,20 @@ pub fn document() -> Value {
         ),
     ];
     v2_params.extend(client_filters.iter().cloned());
+    let msg_params = vec![
+        path_clientid(),
+        query(
+            "limit",
+            int(),
+            "Messages per page, 1 to 10000 (default 100)",
+        ),
+        query(
+            "position",
+            string(),
+            "meta.position of the previous page (absent: the oldest)",
+        ),
+        query("payload", string(), "base64 (default), plain or none"),
+    ];
     let mut list_params = paging();
     list_params.extend(client_filters);
     let mut sub_params = paging();
@@ -260,6 +274,27 @@ pub fn document() -> Value {
                 "Error": {"type": "object", "required": ["code", "message"], "properties": {"code": string(), "message": string()}},
                 "Client": client_schema(),
                 "Clients": page_of("Client"),
+                "Messages": {
+                    "type": "object",
+                    "required": ["meta", "data"],
+                    "properties": {
+                        "meta": {
+                            "type": "object",
+                            "required": ["limit", "hasnext"],
+                            "properties": {"limit": int(), "hasnext": boolean(), "count": int(), "start": string(), "position": string()},
+                        },
+                        "data": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["msgid", "topic", "qos", "publish_at"],
+                            "properties": {
+                                "msgid": string(), "topic": string(), "qos": int(), "retain": boolean(),
+                                "publish_at": int(), "from_clientid": {"type": "string", "nullable": true},
+                                "inserted_at": string(), "mqueue_priority": int(), "packet_id": int(),
+                                "payload": string(),
+                            },
+                        }},
+                    },
+                },
                 "ClientsV2": {
                     "type": "object",
                     "required": ["meta", "data"],
@@ -314,6 +349,10 @@ pub fn document() -> Value {
             "/clients/kickout/bulk": {"post": op("Kick several clients", vec![],
                 Some(body(json!({"type": "array", "items": string()}))),
                 with(vec![ok("204", "Kicked", None)], &["400", "401", "403"]))},
+            "/clients/{clientid}/mqueue_messages": {"get": op("A client's queued messages, oldest first", msg_params.clone(), None,
+                with(vec![ok("200", "A page; meta.position when more follow", Some(reference("Messages")))], &["400", "401", "403", "404"]))},
+            "/clients/{clientid}/inflight_messages": {"get": op("A client's messages sent and not yet acknowledged", msg_params, None,
+                with(vec![ok("200", "A page; meta.position when more follow", Some(reference("Messages")))], &["400", "401", "403", "404"]))},
             "/clients/{clientid}/subscriptions": {"get": op("A client's subscriptions", vec![path_clientid()], None,
                 with(vec![ok("200", "Subscriptions", Some(json!({"type": "array", "items": reference("Subscription")})))], &["401", "403", "404"]))},
             "/clients/{clientid}/subscribe": {"post": op("Subscribe on the client's behalf (online or offline persistent)",
