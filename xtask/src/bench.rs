@@ -241,6 +241,43 @@ fn apiary_config(dir: &Path, plugins: &Path) -> Result<PathBuf> {
 }
 
 /// The whole run.
+/// The admin API's deep pages at 200k sessions and subscriptions (issue 15): the
+/// `admin_pages` benchmark, in process over HTTP through the stock emqx plugin, as a
+/// markdown table.
+fn admin_pages(root: &Path, work: &Path) -> Result<String> {
+    let out = work.join("admin-pages.json");
+    let status = Command::new("cargo")
+        .current_dir(root)
+        .args([
+            "bench",
+            "-q",
+            "-p",
+            "apiary",
+            "--bench",
+            "admin_pages",
+            "--",
+            "--bench",
+        ])
+        .env("APIARY_BENCH_JSON", &out)
+        .status()?;
+    anyhow::ensure!(status.success(), "the admin_pages benchmark failed");
+    let rows: Vec<Value> = serde_json::from_slice(&std::fs::read(&out)?)?;
+    let mut md = String::from(
+        "\n### Admin API pages at 200k sessions and subscriptions (goal: p99 under 10 ms)\n\n\
+         | request | p50 ms | p99 ms | requests |\n|---|---:|---:|---:|\n",
+    );
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {} |\n",
+            r["case"].as_str().unwrap_or("?"),
+            r["p50_ms"].as_f64().unwrap_or(0.0),
+            r["p99_ms"].as_f64().unwrap_or(0.0),
+            r["requests"]
+        ));
+    }
+    Ok(md)
+}
+
 pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     crate::step(
@@ -363,7 +400,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
                 .collect::<Vec<_>>(),
         )?,
     )?;
-    let report = crate::bench_report::markdown(&names, &labels, &results, quick);
+    let mut report = crate::bench_report::markdown(&names, &labels, &results, quick);
+    report.push_str(&admin_pages(root, &work)?);
     std::fs::write(work.join("report.md"), &report)?;
     crate::bench_report::chart(&work.join("throughput.svg"), &names, &labels, &results)?;
     println!("{report}");

@@ -49,6 +49,14 @@ pub fn populate(b: &apiary::Broker, n: usize) {
 /// keep-alive connection; returns the status.
 #[allow(dead_code)] // not every benchmark speaks HTTP
 pub async fn read_answer(conn: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> u16 {
+    read_answer_body(conn).await.0
+}
+
+/// [`read_answer`], with the body as text.
+#[allow(dead_code)] // not every benchmark speaks HTTP
+pub async fn read_answer_body(
+    conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> (u16, String) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let mut line = String::new();
     conn.read_line(&mut line).await.unwrap();
@@ -69,7 +77,7 @@ pub async fn read_answer(conn: &mut tokio::io::BufReader<tokio::net::TcpStream>)
     }
     let mut body = vec![0u8; len];
     conn.read_exact(&mut body).await.unwrap();
-    status
+    (status, String::from_utf8_lossy(&body).to_string())
 }
 
 /// A broker serving one stock plugin (built by `cargo xtask plugins`) from `dir/plugins`,

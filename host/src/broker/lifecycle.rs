@@ -246,6 +246,7 @@ impl Broker {
             let mut st = s.state.lock();
             st.ended = true;
             let subs = std::mem::take(&mut st.subscriptions);
+            s.set_subscription_count(0);
             for f in subs.keys() {
                 self.unroute(s, f);
             }

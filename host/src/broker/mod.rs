@@ -430,6 +430,10 @@ impl Broker {
                 return Err(SubscribeError::QuotaExceeded);
             }
             st.subscriptions.insert(raw.to_string(), opts);
+            if !exists {
+                session.set_subscription_count(st.subscriptions.len());
+                self.registry.note_subscriptions(session);
+            }
             if let (Some(store), true) = (&self.store, session.is_persistent()) {
                 store.submit(Op::PutSub(
                     session.tenant.clone(),
@@ -488,6 +492,8 @@ impl Broker {
             let mut st = session.state.lock();
             let existed = st.subscriptions.remove(raw).is_some();
             if existed {
+                session.set_subscription_count(st.subscriptions.len());
+                self.registry.note_subscriptions(session);
                 self.unroute(session, raw);
                 if let (Some(store), true) = (&self.store, session.is_persistent()) {
                     store.submit(Op::DeleteSub(

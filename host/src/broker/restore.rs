@@ -135,6 +135,7 @@ impl Broker {
                     };
                     st.subscriptions.insert(sub.filter.clone(), opts);
                 }
+                session.set_subscription_count(st.subscriptions.len());
             }
             for sub in &subs {
                 let Ok(parsed) = topic::parse_filter(&sub.filter, max_levels) else {

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -40,6 +41,8 @@ pub struct Row {
     pub created_at: SystemTime,
     /// Last connected.
     pub connected_at: Option<SystemTime>,
+    /// Its subscriptions, as last noted (`TenantIndex::note_subscriptions`).
+    pub subs: AtomicU64,
 }
 
 impl Row {
@@ -57,6 +60,7 @@ impl Row {
             clean_start: i.clean_start,
             created_at: s.created_at,
             connected_at: i.connected_at,
+            subs: AtomicU64::new(s.subscription_count() as u64),
             session: s.clone(),
         };
         drop(i);
@@ -72,6 +76,27 @@ struct Slot {
     row: Option<Row>,
 }
 
+/// Slots per block.
+const BLOCK: usize = 1024;
+
+/// Sums over `BLOCK` slots, so that a deep page skips whole blocks instead of walking
+/// 100k rows (sessions) or locking 100k sessions (subscriptions).
+#[derive(Debug, Default)]
+struct Block {
+    live: usize,
+    subs: AtomicU64,
+}
+
+impl Block {
+    fn add_subs(&self, old: u64, new: u64) {
+        if new >= old {
+            self.subs.fetch_add(new - old, Ordering::Relaxed);
+        } else {
+            self.subs.fetch_sub(old - new, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Sessions of one tenant.
 #[derive(Debug, Default)]
 pub struct TenantIndex {
@@ -80,6 +105,8 @@ pub struct TenantIndex {
     dead: usize,
     /// The next row's insertion number.
     next_seq: u64,
+    /// Live rows and subscriptions per `BLOCK` slots.
+    blocks: Vec<Block>,
 }
 
 impl TenantIndex {
@@ -92,6 +119,80 @@ impl TenantIndex {
     /// Live rows in creation order.
     pub fn rows(&self) -> impl Iterator<Item = &Row> {
         self.rows.iter().filter_map(|s| s.row.as_ref())
+    }
+
+    /// Live rows from the `n`th on (0-based), skipping whole blocks to get there.
+    pub fn rows_from(&self, n: usize) -> impl Iterator<Item = &Row> {
+        let (mut left, mut b) = (n, 0);
+        while b < self.blocks.len() && left >= self.blocks[b].live {
+            left -= self.blocks[b].live;
+            b += 1;
+        }
+        let start = (b * BLOCK).min(self.rows.len());
+        self.rows[start..]
+            .iter()
+            .filter_map(|s| s.row.as_ref())
+            .skip(left)
+    }
+
+    /// Subscriptions of every live row, as noted.
+    pub fn subscription_total(&self) -> u64 {
+        self.blocks
+            .iter()
+            .map(|b| b.subs.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Live rows from the first whose subscriptions do not all come before the `n`th
+    /// subscription, with how many subscriptions the rows skipped had.
+    pub fn rows_from_subscription(&self, n: u64) -> (u64, impl Iterator<Item = &Row>) {
+        let (mut before, mut b) = (0, 0);
+        while b < self.blocks.len() {
+            let subs = self.blocks[b].subs.load(Ordering::Relaxed);
+            if before + subs > n {
+                break;
+            }
+            before += subs;
+            b += 1;
+        }
+        let start = (b * BLOCK).min(self.rows.len());
+        (
+            before,
+            self.rows[start..].iter().filter_map(|s| s.row.as_ref()),
+        )
+    }
+
+    /// Records `s`'s number of subscriptions in its row and block.
+    pub fn note_subscriptions(&self, s: &Session) {
+        let Some(&pos) = self.by_id.get(&s.client_id) else {
+            return;
+        };
+        if let Some(r) = self.rows[pos].row.as_ref().filter(|r| r.session.id == s.id) {
+            let new = s.subscription_count() as u64;
+            let old = r.subs.swap(new, Ordering::Relaxed);
+            self.blocks[pos / BLOCK].add_subs(old, new);
+        }
+    }
+
+    /// Takes the row at `pos` out of its block's sums.
+    fn unaccount(&mut self, pos: usize) {
+        if let Some(r) = &self.rows[pos].row {
+            let b = &mut self.blocks[pos / BLOCK];
+            b.live -= 1;
+            b.add_subs(r.subs.load(Ordering::Relaxed), 0);
+        }
+    }
+
+    /// Adds the row at `pos` to its block's sums.
+    fn account(&mut self, pos: usize) {
+        while self.blocks.len() <= pos / BLOCK {
+            self.blocks.push(Block::default());
+        }
+        if let Some(r) = &self.rows[pos].row {
+            let b = &mut self.blocks[pos / BLOCK];
+            b.live += 1;
+            b.add_subs(0, r.subs.load(Ordering::Relaxed));
+        }
     }
 
     /// Live rows inserted after insertion number `seq`, with theirs, in creation order:
@@ -123,13 +224,16 @@ impl TenantIndex {
     pub fn insert(&mut self, s: Arc<Session>) -> Option<Arc<Session>> {
         let old = self.by_id.remove(&s.client_id).and_then(|pos| {
             self.dead += 1;
+            self.unaccount(pos);
             self.rows[pos].row.take().map(|r| r.session)
         });
-        self.by_id.insert(s.client_id.clone(), self.rows.len());
+        let pos = self.rows.len();
+        self.by_id.insert(s.client_id.clone(), pos);
         self.rows.push(Slot {
             seq: self.next_seq,
             row: Some(Row::new(s)),
         });
+        self.account(pos);
         self.next_seq += 1;
         self.maybe_compact();
         old
@@ -138,8 +242,15 @@ impl TenantIndex {
     /// Re-reads a session's info into its row.
     pub fn refresh(&mut self, s: &Session) {
         if let Some(&pos) = self.by_id.get(&s.client_id) {
-            if let Some(r) = self.rows[pos].row.as_mut().filter(|r| r.session.id == s.id) {
+            if self.rows[pos]
+                .row
+                .as_ref()
+                .is_some_and(|r| r.session.id == s.id)
+            {
+                self.unaccount(pos);
+                let r = self.rows[pos].row.as_mut().expect("checked");
                 *r = Row::new(r.session.clone());
+                self.account(pos);
             }
         }
     }
@@ -156,6 +267,7 @@ impl TenantIndex {
         {
             return false;
         }
+        self.unaccount(pos);
         self.rows[pos].row = None;
         self.by_id.remove(&s.client_id);
         self.dead += 1;
@@ -177,5 +289,9 @@ impl TenantIndex {
             }
         }
         self.dead = 0;
+        self.blocks.clear();
+        for pos in 0..self.rows.len() {
+            self.account(pos);
+        }
     }
 }

@@ -180,6 +180,14 @@ impl Registry {
         }
     }
 
+    /// Records a change in `s`'s number of subscriptions (after
+    /// `Session::set_subscription_count`), for paging subscriptions without a scan.
+    pub fn note_subscriptions(&self, s: &Session) {
+        if let Some(t) = self.tenants.read().get(&s.tenant) {
+            t.note_subscriptions(s);
+        }
+    }
+
     /// Removes `s` if it is still the registered session for its client id.
     pub fn remove(&self, s: &Session) -> bool {
         let mut map = self.tenants.write();

@@ -293,8 +293,7 @@ impl Registry {
                 let want = page.limit - items.len();
                 if want > 0 && start < t.len() {
                     items.extend(
-                        t.rows()
-                            .skip(start)
+                        t.rows_from(start)
                             .take(want)
                             .map(|r| snapshot(&r.session, cfg)),
                     );

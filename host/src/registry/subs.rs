@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::query::{Page, SubscriptionSnapshot};
 use super::Registry;
+use crate::session::Session;
 
 /// Which subscriptions to list; every field set must match.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +47,84 @@ pub struct SubPage {
     pub has_next: bool,
 }
 
+impl Registry {
+    /// Every subscription of a tenant (or of all), one page: whole blocks of sessions
+    /// before the page are skipped by their noted counts, and only the sessions on the
+    /// page are locked, so the last page costs what the first does.
+    fn subscriptions_unfiltered(&self, tenant: Option<&str>, page: Page) -> SubPage {
+        let skip = (page.page.max(1) - 1).saturating_mul(page.limit) as u64;
+        let mut count = 0u64;
+        // (sessions on the page, subscriptions before the first of them)
+        let mut on_page: Vec<(Vec<Arc<Session>>, u64)> = Vec::new();
+        {
+            let map = self.tenants.read();
+            let mut tenants: Vec<_> = match tenant {
+                Some(t) => map.get_key_value(t).into_iter().collect(),
+                None => map.iter().collect(),
+            };
+            tenants.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let mut wanted = page.limit as u64;
+            for (_, t) in tenants {
+                let total = t.subscription_total();
+                if wanted > 0 && count + total > skip {
+                    let (before, rows) = t.rows_from_subscription(skip.saturating_sub(count));
+                    let mut seen = count + before;
+                    let mut sessions = Vec::new();
+                    for r in rows {
+                        if seen >= skip + wanted {
+                            break;
+                        }
+                        seen += r.subs.load(std::sync::atomic::Ordering::Relaxed);
+                        sessions.push(r.session.clone());
+                    }
+                    wanted = (skip + wanted).saturating_sub(seen);
+                    on_page.push((sessions, count + before));
+                }
+                count += total;
+            }
+        }
+        let mut items = Vec::with_capacity(page.limit.min(1024));
+        for (sessions, mut at) in on_page {
+            for s in sessions {
+                let st = s.state.lock();
+                let mut subs: Vec<_> = st.subscriptions.iter().collect();
+                subs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (topic, o) in subs {
+                    if at >= skip && items.len() < page.limit {
+                        items.push(entry(&s, topic, o));
+                    }
+                    at += 1;
+                }
+            }
+        }
+        SubPage {
+            has_next: count > skip + items.len() as u64,
+            items,
+            count: count as usize,
+        }
+    }
+}
+
+/// A subscription with its owner, as listed.
+fn entry(s: &Session, topic: &str, o: &crate::session::SubOptions) -> SubEntry {
+    SubEntry {
+        tenant: s.tenant.clone(),
+        client_id: s.client_id.clone(),
+        sub: SubscriptionSnapshot {
+            topic: topic.to_string(),
+            qos: o.qos.value(),
+            nl: u8::from(o.no_local),
+            rap: u8::from(o.retain_as_published),
+            rh: o.retain_handling,
+        },
+    }
+}
+
+/// Whether `q` filters single subscriptions (not only tenant and client id).
+fn self_filters(q: &SubQuery) -> bool {
+    q.topic.is_some() || q.qos.is_some() || q.share_group.is_some() || q.match_topic.is_some()
+}
+
 impl SubQuery {
     fn matches(&self, topic: &str, qos: u8) -> bool {
         let (group, filter) = crate::topic::split_share(topic);
@@ -62,6 +141,9 @@ impl SubQuery {
 impl Registry {
     /// Subscriptions matching `q`, one page of them.
     pub fn subscriptions(&self, q: &SubQuery, page: Page) -> SubPage {
+        if q.client_id.is_none() && !self_filters(q) {
+            return self.subscriptions_unfiltered(q.tenant.as_deref(), page);
+        }
         let skip = (page.page.max(1) - 1).saturating_mul(page.limit);
         let mut items = Vec::new();
         let mut count = 0usize;
@@ -87,8 +169,19 @@ impl Registry {
                 }
             },
         };
+        // Without per-subscription filters a session before the page only adds its count:
+        // no copy, no sort (a deep page costs a lock per session, not a sort).
+        let per_sub = self_filters(q);
         for s in sessions {
             let st = s.state.lock();
+            if !per_sub && count + st.subscriptions.len() <= skip {
+                count += st.subscriptions.len();
+                continue;
+            }
+            if !per_sub && items.len() >= page.limit {
+                count += st.subscriptions.len();
+                continue;
+            }
             let mut subs: Vec<(&String, &crate::session::SubOptions)> =
                 st.subscriptions.iter().collect();
             subs.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -98,17 +191,7 @@ impl Registry {
                     continue;
                 }
                 if count >= skip && items.len() < page.limit {
-                    items.push(SubEntry {
-                        tenant: s.tenant.clone(),
-                        client_id: s.client_id.clone(),
-                        sub: SubscriptionSnapshot {
-                            topic: topic.clone(),
-                            qos,
-                            nl: u8::from(o.no_local),
-                            rap: u8::from(o.retain_as_published),
-                            rh: o.retain_handling,
-                        },
-                    });
+                    items.push(entry(&s, topic, o));
                 }
                 count += 1;
             }
@@ -118,5 +201,125 @@ impl Registry {
             items,
             count,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{ClientInfo, SubOptions};
+    use rmqtt_codec::types::QoS;
+
+    fn set_subs(r: &Registry, s: &Session, n: usize) {
+        let mut st = s.state.lock();
+        st.subscriptions.clear();
+        for k in 0..n {
+            let o = SubOptions::qos(QoS::AtMostOnce);
+            st.subscriptions.insert(format!("f/{}/{k}", s.client_id), o);
+        }
+        s.set_subscription_count(n);
+        r.note_subscriptions(s);
+    }
+
+    /// Every (client id, filter) in listing order, by brute force.
+    fn expected(r: &Registry) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for s in r.sessions_of(Some("t")) {
+            let st = s.state.lock();
+            let mut f: Vec<&String> = st.subscriptions.keys().collect();
+            f.sort();
+            out.extend(f.into_iter().map(|f| (s.client_id.to_string(), f.clone())));
+        }
+        out
+    }
+
+    fn check_every_page(r: &Registry, limit: usize) {
+        let want = expected(r);
+        let pages = want.len().div_ceil(limit) + 1;
+        for page in 1..=pages {
+            let p = r.subscriptions_unfiltered(Some("t"), Page { page, limit });
+            let got: Vec<(String, String)> = p
+                .items
+                .iter()
+                .map(|e| (e.client_id.to_string(), e.sub.topic.clone()))
+                .collect();
+            let lo = ((page - 1) * limit).min(want.len());
+            let hi = (page * limit).min(want.len());
+            assert_eq!(got, want[lo..hi], "page {page}");
+            assert_eq!(p.count, want.len());
+            assert_eq!(p.has_next, hi < want.len(), "page {page}");
+        }
+    }
+
+    #[test]
+    fn deep_pages_by_block_sums_equal_a_full_scan_as_sessions_and_subscriptions_change() {
+        let r = Registry::default();
+        let sessions: Vec<Arc<Session>> = (0..3000u64)
+            .map(|i| {
+                let s = Arc::new(Session::new(
+                    i,
+                    "t".into(),
+                    format!("c{i:05}").into(),
+                    ClientInfo::default(),
+                ));
+                r.insert(s.clone());
+                set_subs(&r, &s, (i % 4) as usize);
+                s
+            })
+            .collect();
+        check_every_page(&r, 97);
+        // A third go away (tombstones, then a compaction) and some change their count.
+        for (i, s) in sessions.iter().enumerate() {
+            if i % 3 == 0 {
+                r.remove(s);
+            } else if i % 7 == 0 {
+                set_subs(&r, s, 5);
+            }
+        }
+        check_every_page(&r, 97);
+        check_every_page(&r, 1000);
+        // Session pages skip whole blocks the same way.
+        let cfg = crate::config::Config::embedded();
+        let all: Vec<String> = r
+            .sessions_of(Some("t"))
+            .iter()
+            .map(|s| s.client_id.to_string())
+            .collect();
+        for page in 1..=all.len().div_ceil(97) {
+            let q = super::super::Query {
+                tenant: Some("t".into()),
+                ..Default::default()
+            };
+            let p = r.query(&q, Page { page, limit: 97 }, &cfg);
+            let got: Vec<String> = p.items.iter().map(|s| s.client_id.to_string()).collect();
+            let lo = (page - 1) * 97;
+            assert_eq!(
+                got,
+                all[lo..(lo + 97).min(all.len())],
+                "session page {page}"
+            );
+        }
+        // The general path agrees.
+        let q = SubQuery {
+            tenant: Some("t".into()),
+            ..Default::default()
+        };
+        let page = Page { page: 3, limit: 50 };
+        let slow = r.subscriptions(
+            &SubQuery {
+                qos: Some(0),
+                ..q.clone()
+            },
+            page,
+        );
+        let fast = r.subscriptions(&q, page);
+        assert_eq!(slow.count, fast.count);
+        let names = |p: &SubPage| {
+            p.items
+                .iter()
+                .map(|e| e.sub.topic.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&slow), names(&fast));
     }
 }

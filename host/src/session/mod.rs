@@ -230,6 +230,9 @@ pub struct Session {
     /// Bumped at every attach, so delayed-will and expiry timers started at a detach
     /// can tell whether the client came back since.
     pub epoch: AtomicU64,
+    /// `state.subscriptions.len()` as last noted, readable without the lock (the
+    /// registry's index pages subscriptions by it).
+    subs_count: std::sync::atomic::AtomicU32,
 }
 
 impl Session {
@@ -251,7 +254,19 @@ impl Session {
             persistent: std::sync::atomic::AtomicBool::new(false),
             online: std::sync::atomic::AtomicBool::new(false),
             timers: Mutex::new(Vec::new()),
+            subs_count: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+
+    /// Notes the number of subscriptions (call under the state lock after a change).
+    pub fn set_subscription_count(&self, n: usize) {
+        self.subs_count
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// The number of subscriptions as last noted.
+    pub fn subscription_count(&self) -> usize {
+        self.subs_count.load(Ordering::Relaxed) as usize
     }
 
     /// Whether the session's state is kept in the store.
