@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Every counter the broker exports.
 #[derive(Debug, Default)]
@@ -116,6 +117,28 @@ impl TenantStats {
         }
         self.map.write().entry(tenant.clone()).or_default().clone()
     }
+
+    /// Every tenant's (received, sent), by name.
+    pub fn snapshot(&self) -> Vec<(std::sync::Arc<str>, u64, u64)> {
+        let mut v: Vec<_> = self
+            .map
+            .read()
+            .iter()
+            .map(|(t, c)| {
+                let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                (t.clone(), ld(&c.received), ld(&c.sent))
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+pub fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Index of a transport in the per-transport arrays.
@@ -354,5 +377,56 @@ impl Metrics {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
         s
+    }
+}
+
+/// Upper bounds of the latency buckets, in seconds (Prometheus `le`).
+pub const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A latency histogram: counts per bucket (the last is +Inf) and the sum.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// [`Histogram::render`] for a histogram without labels.
+    pub fn render_unlabelled(&self, name: &str, out: &mut String) {
+        let mut cum = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cum += c.load(Ordering::Relaxed);
+            let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cum}");
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cum}");
+    }
+
+    /// Prometheus lines `name_bucket{labels,le=..}`, `name_sum`, `name_count`.
+    pub fn render(&self, name: &str, labels: &str, out: &mut String) {
+        let mut cum = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            cum += c.load(Ordering::Relaxed);
+            let le = BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cum}");
+        }
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cum}");
     }
 }

@@ -376,5 +376,74 @@ pub fn metrics_text(b: &Broker) -> String {
             ),
         ]);
     }
-    b.metrics.render(&gauges, &counters)
+    let mut text = b.metrics.render(&gauges, &counters);
+    if let Some(st) = b.store.as_ref().map(|s| s.stats()) {
+        text.push_str("# HELP apiary_store_batches_total Batches the store wrote.\n# TYPE apiary_store_batches_total counter\n");
+        text.push_str(&format!("apiary_store_batches_total {}\n", ld(&st.batches)));
+        text.push_str("# HELP apiary_store_fsync_seconds Time to make a batch durable (fsync).\n# TYPE apiary_store_fsync_seconds histogram\n");
+        st.fsync
+            .render_unlabelled("apiary_store_fsync_seconds", &mut text);
+    }
+    tenant_metrics(b, &mut text);
+    if let Some(m) = b.plugins() {
+        text.push_str(&crate::plugins::stats::render(&m.stats()));
+    }
+    text
+}
+
+/// Per tenant: sessions, connections and subscriptions (gauges), messages received from
+/// and sent to its MQTT clients (counters).
+fn tenant_metrics(b: &Broker, out: &mut String) {
+    use crate::metrics::label;
+    use std::fmt::Write as _;
+    let mut tenants = b.registry.tenants();
+    tenants.sort();
+    let counts: Vec<_> = tenants
+        .iter()
+        .map(|t| (t, b.registry.tenant_counts(t)))
+        .collect();
+    type Pick = fn(&(usize, usize, usize)) -> usize;
+    let gauges: [(&str, &str, Pick); 3] = [
+        (
+            "apiary_tenant_sessions",
+            "Sessions of the tenant, online or offline.",
+            |c| c.0,
+        ),
+        (
+            "apiary_tenant_connections",
+            "Connected sessions of the tenant.",
+            |c| c.1,
+        ),
+        (
+            "apiary_tenant_subscriptions",
+            "Subscriptions of the tenant's sessions.",
+            |c| c.2,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (t, c) in &counts {
+            let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {}", label(t), get(c));
+        }
+    }
+    let rates = b.tenant_stats.snapshot();
+    for (i, (name, help)) in [
+        (
+            "apiary_tenant_messages_received_total",
+            "PUBLISH packets received from the tenant's MQTT clients.",
+        ),
+        (
+            "apiary_tenant_messages_sent_total",
+            "PUBLISH packets sent to the tenant's MQTT clients.",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (t, rx, tx) in &rates {
+            let v = if i == 0 { rx } else { tx };
+            let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {v}", label(t));
+        }
+    }
 }

@@ -74,6 +74,8 @@ pub struct PluginManager {
     kv_accounts: super::kv::Accounts,
     /// Every plugin's last log lines, kept across reloads.
     logs: super::logs::Logs,
+    /// Every plugin's call figures, kept across reloads.
+    stats: Mutex<BTreeMap<String, Arc<super::stats::PluginStats>>>,
     /// Signalled when the loaded set changes (the events pump starts or stops on it).
     pub(crate) changed: tokio::sync::Notify,
 }
@@ -107,6 +109,7 @@ impl PluginManager {
             attempted: Mutex::new(HashMap::new()),
             kv_accounts: super::kv::Accounts::default(),
             logs: super::logs::Logs::default(),
+            stats: Mutex::new(BTreeMap::new()),
             changed: tokio::sync::Notify::new(),
         }))
     }
@@ -226,6 +229,12 @@ impl PluginManager {
             broker: self.broker.clone(),
             kv: self.kv_accounts.of(name),
             logs: self.logs.of(name),
+            stats: self
+                .stats
+                .lock()
+                .entry(name.to_string())
+                .or_default()
+                .clone(),
         });
         let plugin = LoadedPlugin::new(ctx, prepared, hash, &self.runtime).await?;
         // A new listen address is bound before the swap: if it fails, the old version
@@ -301,6 +310,17 @@ impl PluginManager {
             );
         }
         gone
+    }
+
+    /// Every loaded plugin's call figures, by name (for `/metrics`).
+    pub fn stats(&self) -> Vec<(String, Arc<super::stats::PluginStats>)> {
+        let loaded = self.plugins.read();
+        let stats = self.stats.lock();
+        stats
+            .iter()
+            .filter(|(n, _)| loaded.contains_key(*n))
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect()
     }
 
     /// A plugin's last log lines (None: it never loaded nor logged).

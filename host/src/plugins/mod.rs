@@ -21,6 +21,7 @@ pub mod logs;
 pub mod manager;
 pub mod manifest;
 pub mod runtime;
+pub mod stats;
 pub mod stream_calls;
 
 /// Generated bindings (host side) for the `full` world.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::exports::apiary::plugin::{
@@ -69,13 +69,15 @@ pub struct PluginContext {
     pub kv: Arc<super::kv::Account>,
     /// Its last log lines (shared by every version of the plugin).
     pub logs: Arc<super::logs::Ring>,
+    /// Its calls, errors, latency, instances and memory (shared by every version).
+    pub stats: Arc<super::stats::PluginStats>,
 }
 
 /// Store data of one instance.
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: super::stats::Limiter,
     /// Epoch ticks the current call may still run for.
     ticks_left: u64,
     /// Shared per-plugin context for host calls.
@@ -459,7 +461,7 @@ impl LoadedPlugin {
             PluginState {
                 wasi: wasi.build(),
                 table: ResourceTable::new(),
-                limits,
+                limits: super::stats::Limiter::new(limits, self.ctx.stats.clone()),
                 ticks_left: 0,
                 acting: None,
                 peer: None,
@@ -535,9 +537,29 @@ impl LoadedPlugin {
         })
     }
 
+    /// Runs `f` for `role` (see [`LoadedPlugin::call_inner`]), counted in the plugin's
+    /// figures: the call, its latency (waiting for an instance included), its failure.
+    pub async fn call<R>(
+        &self,
+        role: Role,
+        engine: &Engine,
+        f: impl for<'a> FnOnce(
+            &'a mut Instance,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = wasmtime::Result<R>> + Send + 'a>,
+        >,
+    ) -> Result<R, PluginError> {
+        let start = Instant::now();
+        let r = self.call_inner(engine, f).await;
+        self.ctx
+            .stats
+            .record(role, start.elapsed(), r.as_ref().map(|_| ()));
+        r
+    }
+
     /// Runs `f` on a pooled (or fresh) instance under the call deadline. A failed call
     /// drops its instance; repeated failures make the plugin back off.
-    pub async fn call<R>(
+    async fn call_inner<R>(
         &self,
         engine: &Engine,
         f: impl for<'a> FnOnce(
@@ -624,7 +646,7 @@ impl LoadedPlugin {
         if !self.serves(Role::Http) {
             return Err(PluginError::NoRole("http"));
         }
-        self.call(engine, move |i| {
+        self.call(Role::Http, engine, move |i| {
             Box::pin(async move {
                 i.store.data_mut().peer = peer;
                 let h = i.http.as_ref().expect("role checked");
@@ -643,7 +665,7 @@ impl LoadedPlugin {
         if !self.serves(Role::Auth) {
             return Err(PluginError::NoRole("auth"));
         }
-        self.call(engine, move |i| {
+        self.call(Role::Auth, engine, move |i| {
             Box::pin(async move {
                 let a = i.auth.as_ref().expect("role checked");
                 a.call_authenticate(&mut i.store, &req).await
@@ -661,7 +683,7 @@ impl LoadedPlugin {
         if !self.serves(Role::Auth) {
             return Err(PluginError::NoRole("auth"));
         }
-        self.call(engine, move |i| {
+        self.call(Role::Auth, engine, move |i| {
             Box::pin(async move {
                 let a = i.auth.as_ref().expect("role checked");
                 a.call_authenticate_step(&mut i.store, &step).await
@@ -679,7 +701,7 @@ impl LoadedPlugin {
         if !self.serves(Role::Auth) {
             return Err(PluginError::NoRole("auth"));
         }
-        self.call(engine, move |i| {
+        self.call(Role::Auth, engine, move |i| {
             Box::pin(async move {
                 let a = i.auth.as_ref().expect("role checked");
                 a.call_authorize(&mut i.store, &req).await
@@ -697,7 +719,7 @@ impl LoadedPlugin {
         if !self.serves(Role::Events) {
             return Err(PluginError::NoRole("events"));
         }
-        self.call(engine, move |i| {
+        self.call(Role::Events, engine, move |i| {
             Box::pin(async move {
                 let e = i.events.as_ref().expect("role checked");
                 e.call_on_events(&mut i.store, &batch).await

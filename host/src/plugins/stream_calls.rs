@@ -133,7 +133,7 @@ impl LoadedPlugin {
         if !self.serves(Role::Stream) {
             return Err(PluginError::NoRole("stream"));
         }
-        self.call(engine, move |i| {
+        self.call(Role::Stream, engine, move |i| {
             Box::pin(async move {
                 let s = i.stream.as_ref().expect("role checked");
                 s.call_handshake(&mut i.store, &req).await
@@ -150,7 +150,7 @@ impl LoadedPlugin {
         if !self.serves(Role::Stream) {
             return Err(PluginError::NoRole("stream"));
         }
-        self.call(engine, move |i| {
+        self.call(Role::Stream, engine, move |i| {
             Box::pin(async move {
                 let s = i.stream.as_ref().expect("role checked");
                 s.call_on_open(&mut i.store, &conn).await
@@ -168,7 +168,7 @@ impl LoadedPlugin {
         if !self.serves(Role::Stream) {
             return Err(PluginError::NoRole("stream"));
         }
-        self.call(engine, move |i| {
+        self.call(Role::Stream, engine, move |i| {
             Box::pin(async move {
                 let s = i.stream.as_ref().expect("role checked");
                 s.call_on_frame(&mut i.store, &conn, &frame).await
@@ -186,7 +186,7 @@ impl LoadedPlugin {
         if !self.serves(Role::Stream) {
             return Err(PluginError::NoRole("stream"));
         }
-        self.call(engine, move |i| {
+        self.call(Role::Stream, engine, move |i| {
             Box::pin(async move {
                 let s = i.stream.as_ref().expect("role checked");
                 s.call_on_close(&mut i.store, &conn, &reason).await
@@ -203,7 +203,7 @@ impl LoadedPlugin {
         let cell = self.rendered.cell(&msg);
         cell.get_or_init(|| async {
             let m = wit_message(&msg);
-            self.call(engine, move |i| {
+            self.call(Role::Stream, engine, move |i| {
                 Box::pin(async move {
                     let s = i.stream.as_ref().expect("role checked");
                     s.call_render(&mut i.store, &m).await

@@ -231,10 +231,11 @@ impl Registry {
         let Some(t) = map.get(tenant) else {
             return (0, 0, 0);
         };
-        t.rows().fold((0, 0, 0), |(n, c, subs), r| {
-            let k = r.session.state.lock().subscriptions.len();
-            (n + 1, c + usize::from(r.connected), subs + k)
-        })
+        let subs = t.subscription_total() as usize;
+        let (n, c) = t
+            .rows()
+            .fold((0, 0), |(n, c), r| (n + 1, c + usize::from(r.connected)));
+        (n, c, subs)
     }
 
     /// Number of connected sessions.

@@ -38,6 +38,10 @@ pub struct StoreStats {
     pub acks_held: AtomicU64,
     /// Milliseconds the oldest batch written last waited in the queue (the writer's lag).
     pub lag_ms: AtomicU64,
+    /// Batches written.
+    pub batches: AtomicU64,
+    /// How long making writes durable (fsync) took.
+    pub fsync: crate::metrics::Histogram,
 }
 
 struct Pending {
@@ -283,10 +287,16 @@ fn run(
         durable.send_modify(|_| {});
         q.room_async.notify_waiters();
     };
+    let fsync = |backend: &dyn Backend| {
+        let t = Instant::now();
+        let r = backend.flush(true);
+        q.stats.fsync.observe(t.elapsed());
+        r
+    };
     while let Some(oldest) = q.take(interval, &mut ops) {
         let Some(&(last, _)) = ops.last() else {
             if sync == SyncMode::Batch && dirty && last_sync.elapsed() >= interval {
-                if let Err(e) = backend.flush(true) {
+                if let Err(e) = fsync(backend) {
                     fail("fsync", &e);
                 }
                 last_sync = Instant::now();
@@ -311,7 +321,12 @@ fn run(
         let r = r.map_err(|e| ("write", e)).and_then(|()| {
             dirty = true;
             let durable_now = sync == SyncMode::Always;
-            let r = backend.flush(durable_now).map_err(|e| ("fsync", e));
+            let r = if durable_now {
+                fsync(backend)
+            } else {
+                backend.flush(false)
+            };
+            let r = r.map_err(|e| ("fsync", e));
             if durable_now {
                 last_sync = Instant::now();
                 dirty = false;
@@ -320,13 +335,14 @@ fn run(
         });
         match r {
             Ok(()) => {
+                q.stats.batches.fetch_add(1, Relaxed);
                 q.stats.count_written(n, bytes);
                 durable.send_replace(last);
             }
             Err((what, e)) => fail(what, &e),
         }
         if sync == SyncMode::Batch && dirty && last_sync.elapsed() >= interval {
-            if let Err(e) = backend.flush(true) {
+            if let Err(e) = fsync(backend) {
                 fail("fsync", &e);
             }
             last_sync = Instant::now();

@@ -167,3 +167,49 @@ async fn a_bad_api_keys_file_stops_startup_with_the_line() {
     let err = apiary::start(cfg).await.err().expect("refused").to_string();
     assert!(err.contains("line 2"), "{err}");
 }
+
+#[tokio::test]
+async fn metrics_show_tenants_and_the_stores_batches_and_fsyncs() {
+    use crate::common::{v3, Tr};
+    let tb = TestBroker::start().await;
+    let mut o = v3::opts(&tb, "metered", Tr::Tcp);
+    o.set_clean_session(false);
+    let (mut c, _) = v3::connect(o).await;
+    c.c.subscribe("m/t", v3::QoS::AtLeastOnce).await.unwrap();
+    c.suback().await;
+    c.c.publish("m/t", v3::QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    c.publish().await;
+    let value = |text: &str, line: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
+    };
+    crate::common::eventually("the store wrote and synced", || {
+        let t = apiary::http::metrics_text(tb.broker());
+        value(&t, "apiary_store_batches_total").is_some_and(|n| n > 0)
+            && value(&t, "apiary_store_fsync_seconds_count").is_some_and(|n| n > 0)
+    })
+    .await;
+    let t = apiary::http::metrics_text(tb.broker());
+    let d = "{tenant=\"default\"}";
+    assert_eq!(
+        value(&t, &format!("apiary_tenant_connections{d}")),
+        Some(1),
+        "{t}"
+    );
+    assert_eq!(value(&t, &format!("apiary_tenant_sessions{d}")), Some(1));
+    assert_eq!(
+        value(&t, &format!("apiary_tenant_subscriptions{d}")),
+        Some(1)
+    );
+    assert_eq!(
+        value(&t, &format!("apiary_tenant_messages_received_total{d}")),
+        Some(1)
+    );
+    assert_eq!(
+        value(&t, &format!("apiary_tenant_messages_sent_total{d}")),
+        Some(1)
+    );
+    assert!(t.contains("apiary_store_fsync_seconds_bucket{le=\"+Inf\"}"));
+}

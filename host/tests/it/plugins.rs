@@ -257,6 +257,63 @@ async fn misbehaving_plugins_fail_only_their_own_call() {
         .unwrap();
     assert_eq!(faulty["errors"], 4, "{faulty}");
 
+    // The same calls in /metrics, per plugin and role, errors by kind.
+    let text = apiary::http::metrics_text(tb.broker());
+    let value = |line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {line} in\n{text}"))
+    };
+    let faulty = "{plugin=\"faulty\",role=\"http\"";
+    // Four failing, four fine and the forbidden one (a call that answered 403).
+    assert_eq!(value(&format!("apiary_plugin_calls_total{faulty}}}")), 9);
+    assert_eq!(
+        value(&format!(
+            "apiary_plugin_errors_total{faulty},kind=\"trap\"}}"
+        )),
+        2
+    );
+    assert_eq!(
+        value(&format!(
+            "apiary_plugin_errors_total{faulty},kind=\"timeout\"}}"
+        )),
+        2
+    );
+    assert_eq!(
+        value(&format!("apiary_plugin_call_seconds_count{faulty}}}")),
+        9
+    );
+    assert!(
+        value(&format!(
+            "apiary_plugin_call_seconds_bucket{faulty},le=\"0.1\"}}"
+        )) >= 7
+    );
+    assert!(value("apiary_plugin_instances_created_total{plugin=\"faulty\"}") >= 5);
+    assert!(value("apiary_plugin_memory_bytes{plugin=\"hello\"}") > 0);
+    assert!(value("apiary_plugin_instances{plugin=\"hello\"}") >= 1);
+
+    // The shipped Grafana dashboard asks only for families the broker exports.
+    let dash = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/grafana/apiary-dashboard.json");
+    let dash: serde_json::Value = serde_json::from_slice(&std::fs::read(dash).unwrap()).unwrap();
+    let mut asked = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            for name in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if let Some(n) = name.strip_prefix("apiary_") {
+                    let family = format!("apiary_{}", n.strip_suffix("_bucket").unwrap_or(n));
+                    assert!(
+                        text.contains(&format!("# TYPE {family} ")),
+                        "{family} in the dashboard is not exported"
+                    );
+                    asked += 1;
+                }
+            }
+        }
+    }
+    assert!(asked > 20, "{asked}");
+
     // Repeated failures back off (503) instead of burning CPU.
     for _ in 0..5 {
         http(a, "GET", "/faulty/trap", b"").await;
