@@ -16,7 +16,7 @@ fn populate(n: usize) -> Broker {
 
 fn bench(c: &mut Criterion) {
     let b = populate(100_000);
-    let cfg = b.config.clone();
+    let cfg = b.config().clone();
     let page = Page {
         page: 1,
         limit: 100,

@@ -47,7 +47,7 @@ pub struct Decision {
 pub async fn decide(broker: &Broker, who: &Identity, client_id: &str, ask: Ask<'_>) -> Decision {
     let m = &broker.metrics;
     let no_match = || Decision {
-        allowed: broker.config.auth.acl_no_match == NoMatch::Allow,
+        allowed: broker.config().auth.acl_no_match == NoMatch::Allow,
         why: "no auth plugin decided (auth.acl_no_match)".into(),
         failed: false,
     };
@@ -157,7 +157,7 @@ impl Acl {
         }
         let shared = &broker.acl;
         if shared.auth_plugins.load(Ordering::Relaxed) == 0 {
-            return broker.config.auth.acl_no_match == NoMatch::Allow;
+            return broker.config().auth.acl_no_match == NoMatch::Allow;
         }
         let generation = shared.generation.load(Ordering::Acquire);
         if generation != self.generation {

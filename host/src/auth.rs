@@ -341,7 +341,7 @@ async fn decide(broker: &Broker, req: &ConnectAttempt) -> Result<Identity, Denie
             message: "bad username or password (no auth plugin accepted this username)".into(),
         });
     }
-    let anonymous = broker.config.auth.allow_anonymous;
+    let anonymous = broker.config().auth.allow_anonymous;
     if anonymous.allows(peer.ip()) {
         Ok(Identity {
             tenant: "default".into(),

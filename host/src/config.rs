@@ -35,7 +35,7 @@ pub enum ConfigError {
 }
 
 /// The whole broker configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Network listeners.
@@ -65,6 +65,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Retained message limits.
     pub retained: RetainedConfig,
+    /// Log filter (`info`, `debug`, or per target as RUST_LOG takes it); None: RUST_LOG,
+    /// else `info`. Changes on reload.
+    pub log_level: Option<String>,
 }
 
 impl Default for Config {
@@ -83,12 +86,13 @@ impl Default for Config {
             sys_interval_secs: 10,
             auth: AuthConfig::default(),
             retained: RetainedConfig::default(),
+            log_level: None,
         }
     }
 }
 
 /// Listener addresses; an absent address disables that listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenersConfig {
     /// MQTT over TCP.
@@ -140,7 +144,7 @@ impl Default for ListenersConfig {
 }
 
 /// MQTT protocol limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// Maximum packet size in bytes accepted from clients (advertised in v5 CONNACK).
@@ -181,7 +185,7 @@ impl Default for MqttConfig {
 }
 
 /// What a full session queue does with the next message.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum QueueFullPolicy {
     /// Drop the oldest queued message to make room (EMQX's default).
@@ -191,7 +195,7 @@ pub enum QueueFullPolicy {
 }
 
 /// Session and queue limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// QoS 1/2 messages in flight to one client (capped by the client's receive maximum).
@@ -237,7 +241,7 @@ impl Default for SessionConfig {
 }
 
 /// What an action no auth plugin decided gets.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum NoMatch {
     /// Allowed (Mosquitto without an ACL file, EMQX's `no_match = allow`).
@@ -269,9 +273,19 @@ impl Anonymous {
     }
 }
 
+impl serde::Serialize for Anonymous {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Anonymous::Always => s.serialize_bool(true),
+            Anonymous::Never => s.serialize_bool(false),
+            Anonymous::Loopback => s.serialize_str("loopback"),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Anonymous {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
+        #[derive(Deserialize, serde::Serialize)]
         #[serde(untagged)]
         enum Raw {
             Bool(bool),
@@ -290,7 +304,7 @@ impl<'de> Deserialize<'de> for Anonymous {
 
 /// The auth chain: CONNECT authentication and publish/subscribe authorisation by the
 /// `auth` plugins (see `docs/plugins.md`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Accept a CONNECT that no auth plugin decided: true, false or "loopback".
@@ -315,7 +329,7 @@ impl Default for AuthConfig {
 }
 
 /// Native HTTP API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Listen address of the native API and the plugin HTTP gateway.
@@ -337,7 +351,7 @@ impl Default for HttpConfig {
 }
 
 /// Retained messages: limits per tenant, and pruning of expired ones.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetainedConfig {
     /// Retained messages one tenant may keep (0 = unlimited).
@@ -439,7 +453,7 @@ impl Config {
 }
 
 /// When writes become durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncMode {
     /// fsync every group of writes before acknowledging the publishes they carry.
@@ -451,7 +465,7 @@ pub enum SyncMode {
 }
 
 /// Store settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Durability policy.

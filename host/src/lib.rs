@@ -20,6 +20,7 @@ pub mod passwords;
 pub mod plugins;
 pub mod refusal;
 pub mod registry;
+pub mod reload;
 pub mod router;
 pub mod secrets;
 pub mod session;
@@ -171,6 +172,9 @@ pub async fn start_with_backend(
     let sys_interval = config.sys_interval_secs;
     let permits = Arc::new(Semaphore::new(l.max_connections.max(1)));
     let broker = Broker::with_store(config, keys, Some(store));
+    if let Some(t) = tls.clone() {
+        broker.set_tls(t);
+    }
     let stats = broker.restore(recovered);
     tracing::info!(
         path = %store_dir.display(),
@@ -182,14 +186,14 @@ pub async fn start_with_backend(
         elapsed_ms = stats.elapsed.as_millis() as u64,
         "recovered durable state"
     );
-    let plugins_dir = broker.config.plugins_dir.clone();
+    let plugins_dir = broker.config().plugins_dir.clone();
     let cache_dir = broker
-        .config
+        .config()
         .plugin_cache_dir
         .clone()
         .unwrap_or_else(|| data_dir.join("plugin-cache"));
     let key_path = broker
-        .config
+        .config()
         .plugin_cache_key_file
         .clone()
         .unwrap_or_else(|| data_dir.join("plugin-cache.key"));
@@ -206,7 +210,7 @@ pub async fn start_with_backend(
         .iter()
         .map(|p| p.ctx.name.clone())
         .collect();
-    match broker.config.auth.allow_anonymous {
+    match broker.config().auth.allow_anonymous {
         config::Anonymous::Always => {
             tracing::warn!(plugins = ?auth_plugins, "auth: anonymous clients are accepted from anywhere ([auth] allow_anonymous = true)")
         }
@@ -233,18 +237,15 @@ pub async fn start_with_backend(
             Transport::Tls => addrs.tls = Some(b.addr),
             Transport::Wss => addrs.wss = Some(b.addr),
         }
-        let tls = matches!(b.kind, Transport::Tls | Transport::Wss)
-            .then(|| tls.clone())
-            .flatten();
-        tasks.spawn(listener::run(b, broker.clone(), tls, permits.clone()));
+        tasks.spawn(listener::run(b, broker.clone(), permits.clone()));
     }
     if let Some(h) = http_listener {
         tasks.spawn(http::serve(h, broker.clone()));
     }
-    if let (Some(h), Some(tls)) = (https_listener, tls.clone()) {
-        tasks.spawn(http::serve_tls(h, tls, broker.clone()));
+    if let (Some(h), true) = (https_listener, tls.is_some()) {
+        tasks.spawn(http::serve_tls(h, broker.clone()));
     }
-    let prune = broker.config.retained.prune_interval_secs;
+    let prune = broker.config().retained.prune_interval_secs;
     if prune > 0 {
         tasks.spawn(prune_retained(broker.clone(), Duration::from_secs(prune)));
     }

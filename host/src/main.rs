@@ -205,14 +205,63 @@ fn passwd(password: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The default log filter: the store engine's own info lines (one per keyspace at every
+/// start) are noise to an operator; RUST_LOG or `log_level` shows them when asked.
+const DEFAULT_LOG: &str = "info,fjall=warn,lsm_tree=warn";
+
+/// The configuration: the file (or the embedded defaults) with the command line's
+/// overrides. Read at start and again at every reload.
+#[derive(Debug, Clone)]
+struct Source {
+    file: Option<PathBuf>,
+    mqtt: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
+    tls: Option<SocketAddr>,
+    wss: Option<SocketAddr>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    http: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    plugins_dir: Option<PathBuf>,
+    api_keys: Option<PathBuf>,
+}
+
+impl Source {
+    fn load(&self) -> anyhow::Result<apiary::Config> {
+        let mut cfg = match &self.file {
+            Some(p) => apiary::Config::load(p)?,
+            None => apiary::Config::embedded(),
+        };
+        let s = self.clone();
+        let l = &mut cfg.listeners;
+        l.tcp = s.mqtt.or(l.tcp);
+        l.ws = s.ws.or(l.ws);
+        l.tls = s.tls.or(l.tls);
+        l.wss = s.wss.or(l.wss);
+        l.cert = s.cert.or(l.cert.take());
+        l.key = s.key.or(l.key.take());
+        cfg.http.listen = s.http.or(cfg.http.listen);
+        cfg.data_dir = s.data_dir.unwrap_or(cfg.data_dir);
+        cfg.plugins_dir = s.plugins_dir.unwrap_or(cfg.plugins_dir);
+        cfg.api_keys_file = s.api_keys.or(cfg.api_keys_file);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter(
-            // The store engine's own info lines (one per keyspace at every start) are noise
-            // to an operator; RUST_LOG shows them when asked.
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn")),
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let (filter, log_handle) = tracing_subscriber::reload::Layer::new(
+        from_env.unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG)),
+    );
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
         )
         .init();
     let args = Args::parse();
@@ -228,34 +277,63 @@ fn main() -> anyhow::Result<()> {
         Some(cmd @ Cmd::Bench { .. }) => return bench(cmd),
         None => {}
     }
-    let mut cfg = match &args.config {
-        Some(p) => apiary::Config::load(p)?,
-        None => apiary::Config::embedded(),
+    let source = Source {
+        file: args.config,
+        mqtt: args.mqtt,
+        ws: args.ws,
+        tls: args.tls,
+        wss: args.wss,
+        cert: args.cert,
+        key: args.key,
+        http: args.http,
+        data_dir: args.data_dir,
+        plugins_dir: args.plugins_dir,
+        api_keys: args.api_keys,
     };
-    let l = &mut cfg.listeners;
-    l.tcp = args.mqtt.or(l.tcp);
-    l.ws = args.ws.or(l.ws);
-    l.tls = args.tls.or(l.tls);
-    l.wss = args.wss.or(l.wss);
-    l.cert = args.cert.or(l.cert.take());
-    l.key = args.key.or(l.key.take());
-    cfg.http.listen = args.http.or(cfg.http.listen);
-    cfg.data_dir = args.data_dir.unwrap_or(cfg.data_dir);
-    cfg.plugins_dir = args.plugins_dir.unwrap_or(cfg.plugins_dir);
-    cfg.api_keys_file = args.api_keys.or(cfg.api_keys_file);
-    cfg.validate()?;
+    let cfg = source.load()?;
+    let set_filter = move |f: &str| -> Result<(), String> {
+        let filter = EnvFilter::try_new(f).map_err(|e| format!("log_level {f:?}: {e}"))?;
+        log_handle.reload(filter).map_err(|e| e.to_string())
+    };
+    // RUST_LOG wins at start; a reload's log_level applies over it.
+    if let (Some(level), false) = (&cfg.log_level, env_set) {
+        set_filter(level).map_err(|e| anyhow::anyhow!(e))?;
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("building the tokio runtime")?;
     rt.block_on(async move {
+        // Installed before the start: a SIGHUP during it is a reload once started, never
+        // the default action (which ends the process).
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
         let server = apiary::start(cfg).await?;
+        let b = server.broker.clone();
+        b.set_config_source(Box::new(move || {
+            source.load().map_err(|e| format!("{e:#}"))
+        }));
+        b.set_log_filter(Box::new(set_filter));
+        tokio::spawn(reload_on_hangup(b, hup));
         wait_for_signal().await;
         tracing::info!("shutting down");
         server.shutdown().await;
         Ok(())
     })
+}
+
+/// SIGHUP: reload the configuration (what it applied, or why not, is logged).
+async fn reload_on_hangup(broker: apiary::Broker, mut hup: tokio::signal::unix::Signal) {
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        let b = broker.clone();
+        match tokio::task::spawn_blocking(move || b.reload()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "reload failed; nothing changed"),
+            Err(e) => tracing::error!(error = %e, "reload failed"),
+        }
+    }
 }
 
 async fn wait_for_signal() {

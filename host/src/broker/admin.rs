@@ -72,7 +72,7 @@ impl Broker {
         opts: SubOptions,
     ) -> Result<bool, OpError> {
         let client_id = &*s.client_id;
-        let parsed = topic::parse_filter(filter, self.config.mqtt.max_topic_levels)
+        let parsed = topic::parse_filter(filter, self.config().mqtt.max_topic_levels)
             .map_err(SubscribeError::from)?;
         let who = {
             let i = s.info.read();
@@ -130,7 +130,7 @@ impl Broker {
         qos: QoS,
         retain: bool,
     ) -> Result<usize, OpError> {
-        topic::validate_name(topic_name, self.config.mqtt.max_topic_levels)?;
+        topic::validate_name(topic_name, self.config().mqtt.max_topic_levels)?;
         let msg = Message::new(
             Arc::from(tenant),
             ByteString::from(topic_name),
@@ -144,7 +144,7 @@ impl Broker {
     /// Removes the retained message of `topic_name` (memory and store) without routing
     /// anything, as EMQX's retainer API does. False if there was none.
     pub fn delete_retained(&self, tenant: &str, topic_name: &str) -> Result<bool, OpError> {
-        topic::validate_name(topic_name, self.config.mqtt.max_topic_levels)?;
+        topic::validate_name(topic_name, self.config().mqtt.max_topic_levels)?;
         if self.retained.matching(tenant, topic_name).is_empty() {
             return Ok(false);
         }
@@ -166,7 +166,7 @@ impl Broker {
         // Clearing is never refused by limits.
         let _ = self
             .retained
-            .set(Arc::new(clear), &self.config.retained, stored);
+            .set(Arc::new(clear), &self.config().retained, stored);
         Ok(true)
     }
 

@@ -32,8 +32,10 @@ pub use crate::refusal::{PublishRefused, SubscribeError};
 /// State shared by every task of one broker.
 #[derive(Debug)]
 pub struct Shared {
-    /// Configuration in force.
-    pub config: Config,
+    /// Configuration in force (`config()`; replaced whole by `apply_config`).
+    config: arc_swap::ArcSwap<Config>,
+    /// The TLS certificate in force and what a reload needs from the binary.
+    reloading: crate::reload::Hooks,
     /// Every session.
     pub registry: Registry,
     /// Subscriptions.
@@ -74,6 +76,46 @@ pub struct Shared {
 #[derive(Debug, Clone)]
 pub struct Broker(Arc<Shared>);
 
+impl Shared {
+    /// The configuration in force: a consistent snapshot, cheap to take (no lock).
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Puts `config` in force; later readers see it, snapshots taken before keep theirs.
+    pub(crate) fn set_config(&self, config: Config) {
+        self.config.store(Arc::new(config));
+    }
+
+    /// The TLS listeners' acceptor in force.
+    pub fn tls(&self) -> Option<Arc<tokio_rustls::TlsAcceptor>> {
+        self.reloading.tls.load_full()
+    }
+
+    /// Puts a TLS acceptor in force for the next handshakes.
+    pub(crate) fn set_tls(&self, tls: tokio_rustls::TlsAcceptor) {
+        self.reloading.tls.store(Some(Arc::new(tls)));
+    }
+
+    /// Sets where reloads read the configuration from (once).
+    pub fn set_config_source(&self, source: crate::reload::ConfigSource) {
+        let _ = self.reloading.source.set(source);
+    }
+
+    /// Sets how reloads change the log filter (once).
+    pub fn set_log_filter(&self, f: crate::reload::LogFilter) {
+        let _ = self.reloading.log.set(f);
+    }
+
+    pub(crate) fn config_source(&self) -> Option<&crate::reload::ConfigSource> {
+        self.reloading.source.get()
+    }
+
+    pub(crate) fn log_filter(&self) -> Option<&crate::reload::LogFilter> {
+        self.reloading.log.get()
+    }
+}
+
 impl std::ops::Deref for Broker {
     type Target = Shared;
     fn deref(&self) -> &Shared {
@@ -106,7 +148,8 @@ impl Broker {
             std::time::Duration::from_secs(60),
         );
         Broker(Arc::new(Shared {
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
+            reloading: crate::reload::Hooks::default(),
             registry: Registry::default(),
             router: Router::default(),
             retained: RetainedStore::default(),
@@ -212,10 +255,12 @@ impl Broker {
         mut held: Option<&mut Vec<(Arc<Session>, u64)>>,
     ) -> Result<usize, PublishRefused> {
         let msg = Arc::new(msg);
+        // One snapshot for the whole publish: every delivery sees the same limits.
+        let config = self.config();
         self.metrics
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
-        if msg.retain && self.config.mqtt.retain_available {
+        if msg.retain && config.mqtt.retain_available {
             // A compact copy: the decoded topic and payload are slices that would keep the
             // whole read buffer they arrived in alive for as long as the message is retained.
             let mut kept = (*msg).clone();
@@ -230,10 +275,7 @@ impl Broker {
                     });
                 }
             };
-            if let Err(e) = self
-                .retained
-                .set(Arc::new(kept), &self.config.retained, stored)
-            {
+            if let Err(e) = self.retained.set(Arc::new(kept), &config.retained, stored) {
                 self.metrics
                     .retained_refused
                     .fetch_add(1, Ordering::Relaxed);
@@ -258,7 +300,7 @@ impl Broker {
                     let s = &subs[i].session;
                     // Never on its own queue: that drains only as it reads its acks.
                     let hold = held.is_some() && s.id != msg.publisher;
-                    if let EnqueueOutcome::Held(epoch) = self.offer(s, d, hold) {
+                    if let EnqueueOutcome::Held(epoch) = self.offer(&config.session, s, d, hold) {
                         if let Some(h) = held.as_deref_mut() {
                             h.push((s.clone(), epoch));
                         }
@@ -295,13 +337,18 @@ impl Broker {
     /// Queues one delivery for a session and wakes its connection. False if dropped.
     /// QoS 1/2 deliveries to a persistent session go to the store as well.
     pub fn deliver(&self, session: &Arc<Session>, d: Delivery) -> bool {
-        self.offer(session, d, false) != EnqueueOutcome::Dropped
+        self.offer(&self.config().session, session, d, false) != EnqueueOutcome::Dropped
     }
 
     /// Queues one delivery; with `hold`, a QoS 1/2 delivery to a full queue of an online
     /// session is taken past the limit (Held) when backpressure is on.
-    fn offer(&self, session: &Arc<Session>, mut d: Delivery, hold: bool) -> EnqueueOutcome {
-        let cfg = &self.config.session;
+    fn offer(
+        &self,
+        cfg: &crate::config::SessionConfig,
+        session: &Arc<Session>,
+        mut d: Delivery,
+        hold: bool,
+    ) -> EnqueueOutcome {
         let online = session.is_online();
         let hold = hold && cfg.backpressure && online && d.qos != QoS::AtMostOnce;
         if !online && d.qos == QoS::AtMostOnce && !cfg.queue_qos0_offline {
@@ -409,7 +456,8 @@ impl Broker {
         raw: &str,
         opts: SubOptions,
     ) -> Result<bool, SubscribeError> {
-        let mcfg = &self.config.mqtt;
+        let config = self.config();
+        let mcfg = &config.mqtt;
         let parsed = topic::parse_filter(raw, mcfg.max_topic_levels)?;
         if parsed.group.is_some() && !mcfg.shared_subscription_available {
             return Err(SubscribeError::SharedNotSupported);
@@ -467,7 +515,7 @@ impl Broker {
         if opts.retain_handling == 2 || (opts.retain_handling == 1 && !new) {
             return;
         }
-        let Ok(parsed) = topic::parse_filter(raw, self.config.mqtt.max_topic_levels) else {
+        let Ok(parsed) = topic::parse_filter(raw, self.config().mqtt.max_topic_levels) else {
             return;
         };
         if parsed.group.is_some() {
@@ -517,7 +565,7 @@ impl Broker {
 
     /// Removes one of a session's filters from the router (caller holds its lock).
     pub(crate) fn unroute(&self, session: &Session, raw: &str) {
-        if let Ok(parsed) = topic::parse_filter(raw, self.config.mqtt.max_topic_levels) {
+        if let Ok(parsed) = topic::parse_filter(raw, self.config().mqtt.max_topic_levels) {
             if self
                 .router
                 .unsubscribe(&session.tenant, &parsed, session.id)

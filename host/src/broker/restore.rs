@@ -58,7 +58,7 @@ impl Broker {
                 stats.retained += 1;
             }
         }
-        let max_levels = self.config.mqtt.max_topic_levels;
+        let max_levels = self.config().mqtt.max_topic_levels;
         for mut ss in rec.sessions {
             // Releases before 0.1 kept subscriptions inside the record: move them out.
             let legacy = std::mem::take(&mut ss.record.subscriptions);
@@ -81,7 +81,7 @@ impl Broker {
                 keepalive: r.keepalive,
                 clean_start: r.clean_start,
                 expiry_interval: r.expiry_interval,
-                inflight_max: self.config.session.max_inflight,
+                inflight_max: self.config().session.max_inflight,
                 superuser: r.superuser,
                 description: None,
             };

@@ -82,6 +82,9 @@ enum CtlCmd {
     /// Retained messages: list, delete.
     #[command(subcommand)]
     Retained(RetainedCmd),
+    /// Re-reads the broker's configuration file (as SIGHUP does) and says what it applied
+    /// and what needs a restart.
+    Reload,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -323,6 +326,27 @@ fn dispatch(t: &Target, cmd: CtlCmd, json: bool) -> Result<String, CtlError> {
         CtlCmd::Plugins(p) => plugins(t, p, json),
         CtlCmd::Keys(k) => keys(t, k, json),
         CtlCmd::Retained(r) => retained(t, r, json),
+        CtlCmd::Reload => {
+            let v = t.call("POST", "/reload", None)?;
+            Ok(show(v, json, |v| {
+                let list = |k: &str| {
+                    let items: Vec<&str> = v[k]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    if items.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        items.join(", ")
+                    }
+                };
+                format!(
+                    "applied:       {}\nneeds restart: {}",
+                    list("applied"),
+                    list("needs_restart")
+                )
+            }))
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The native HTTP API (axum): `/healthz` open, the broker-wide routes behind an API key
 //! with tenant `*` (HTTP basic auth `key:secret`): `/metrics` with `metrics:read` (or
-//! `admin`), `/plugins` and `/api/v5/api_key` (managed keys) with `admin`. Requests under a plugin's mount go to it (see
+//! `admin`), `/plugins`, `/reload` and `/api/v5/api_key` (managed keys) with `admin`. Requests under a plugin's mount go to it (see
 //! `gateway`), which authenticates its callers itself.
 
 use std::net::SocketAddr;
@@ -16,7 +16,6 @@ use serde_json::json;
 
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::apikeys::{ApiKey, Right};
 use crate::broker::Broker;
@@ -35,6 +34,7 @@ pub fn router(broker: Broker) -> Router {
         .merge(api_keys::routes())
         .merge(retained::routes())
         .route("/plugins/{name}/logs", get(gateway::logs))
+        .route("/reload", post(reload))
         .fallback(gateway::mounted)
         .with_state(broker)
 }
@@ -93,7 +93,8 @@ impl axum::serve::Listener for TlsListener {
 const MAX_TLS_HANDSHAKES: usize = 256;
 
 /// Serves the router over TLS (the MQTT listeners' certificate) until shutdown.
-pub async fn serve_tls(listener: tokio::net::TcpListener, tls: TlsAcceptor, broker: Broker) {
+/// Each handshake uses the certificate in force when it starts (a reload swaps it).
+pub async fn serve_tls(listener: tokio::net::TcpListener, broker: Broker) {
     let Ok(addr) = listener.local_addr() else {
         return;
     };
@@ -103,7 +104,7 @@ pub async fn serve_tls(listener: tokio::net::TcpListener, tls: TlsAcceptor, brok
     // MQTT listeners bound theirs), so stalled handshakes cannot pile up.
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_TLS_HANDSHAKES));
     let timeout =
-        std::time::Duration::from_secs(broker.config.listeners.connect_timeout_secs.max(1));
+        std::time::Duration::from_secs(broker.config().listeners.connect_timeout_secs.max(1));
     let b = broker.clone();
     tokio::spawn(async move {
         loop {
@@ -123,7 +124,11 @@ pub async fn serve_tls(listener: tokio::net::TcpListener, tls: TlsAcceptor, brok
                 drop(sock);
                 continue;
             };
-            let (tls, tx, b) = (tls.clone(), tx.clone(), b.clone());
+            let Some(tls) = b.tls() else {
+                drop(sock);
+                continue;
+            };
+            let (tx, b) = (tx.clone(), b.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 match tokio::time::timeout(timeout, tls.accept(sock)).await {
@@ -173,6 +178,40 @@ async fn healthz(State(b): State<Broker>) -> Response {
             Json(json!({"status": "unhealthy", "store": why})),
         )
             .into_response(),
+    }
+}
+
+/// `POST /reload` (admin, tenant `*`): re-reads the configuration as SIGHUP does and
+/// answers what was applied and what needs a restart.
+async fn reload(
+    State(b): State<Broker>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authorize_global(&b, &headers, peer, Right::Admin) {
+        return e.into_response();
+    }
+    let r = tokio::task::spawn_blocking(move || b.reload()).await;
+    let fail = |status, code: &str, message: String| {
+        (status, Json(json!({"code": code, "message": message}))).into_response()
+    };
+    match r {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(e @ crate::reload::ReloadError::NoSource)) => fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NOT_SUPPORTED",
+            e.to_string(),
+        ),
+        Ok(Err(e)) => fail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "RELOAD_FAILED",
+            e.to_string(),
+        ),
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            e.to_string(),
+        ),
     }
 }
 

@@ -75,7 +75,7 @@ async fn list(
     };
     let tenant = q.tenant.unwrap_or_else(|| "default".into());
     let filter = q.topic.unwrap_or_else(|| "#".into());
-    if let Err(e) = crate::topic::validate_filter(&filter, b.config.mqtt.max_topic_levels) {
+    if let Err(e) = crate::topic::validate_filter(&filter, b.config().mqtt.max_topic_levels) {
         return refused(StatusCode::BAD_REQUEST, "BAD_REQUEST", e);
     }
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);

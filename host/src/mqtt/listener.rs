@@ -111,8 +111,9 @@ pub fn ensure_self_signed(
     Ok((cert, key))
 }
 
-/// Accepts connections until shutdown.
-pub async fn run(bound: Bound, broker: Broker, tls: Option<TlsAcceptor>, permits: Arc<Semaphore>) {
+/// Accepts connections until shutdown; TLS listeners handshake with the broker's
+/// certificate in force at each accept (a reload swaps it).
+pub async fn run(bound: Bound, broker: Broker, permits: Arc<Semaphore>) {
     info!(listener = bound.kind.as_str(), addr = %bound.addr, "listening");
     loop {
         let (sock, peer) = tokio::select! {
@@ -138,8 +139,10 @@ pub async fn run(bound: Bound, broker: Broker, tls: Option<TlsAcceptor>, permits
         };
         let _ = sock.set_nodelay(true);
         let broker = broker.clone();
-        let tls = tls.clone();
         let kind = bound.kind;
+        let tls = matches!(kind, Kind::Tls | Kind::Wss)
+            .then(|| broker.tls())
+            .flatten();
         tokio::spawn(async move {
             if kind == Kind::Tcp {
                 super::serve(broker, StreamTransport(sock), peer, kind).await;
@@ -158,15 +161,15 @@ async fn accept_one(
     sock: TcpStream,
     peer: SocketAddr,
     kind: Kind,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<TlsAcceptor>>,
 ) {
     let handshake_timeout =
-        std::time::Duration::from_secs(broker.config.listeners.connect_timeout_secs.max(1));
+        std::time::Duration::from_secs(broker.config().listeners.connect_timeout_secs.max(1));
     match (kind, tls) {
         (Kind::Tcp, _) => super::serve(broker, StreamTransport(sock), peer, kind).await,
         (Kind::Ws, _) => match tokio::time::timeout(
             handshake_timeout,
-            ws_accept(sock, broker.config.mqtt.max_packet_size),
+            ws_accept(sock, broker.config().mqtt.max_packet_size),
         )
         .await
         {
@@ -185,7 +188,7 @@ async fn accept_one(
             } else {
                 match tokio::time::timeout(
                     handshake_timeout,
-                    ws_accept(tls, broker.config.mqtt.max_packet_size),
+                    ws_accept(tls, broker.config().mqtt.max_packet_size),
                 )
                 .await
                 {

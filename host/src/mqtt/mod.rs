@@ -58,7 +58,7 @@ async fn connect<T: Transport>(
     peer: SocketAddr,
     kind: TransportKind,
 ) -> Option<Box<Connection<T>>> {
-    let cfg = &broker.config;
+    let cfg = broker.config();
     // Empty: the transport allocates it to the size of what arrives.
     let mut rbuf = BytesMut::new();
     let timeout = Duration::from_secs(cfg.listeners.connect_timeout_secs.max(1));
@@ -158,14 +158,14 @@ fn check(broker: &Broker, req: &ConnectReq, peer: SocketAddr) -> Result<(), Refu
         ));
     }
     if let Some(w) = &req.will {
-        if topic::validate_name(&w.topic, broker.config.mqtt.max_topic_levels).is_err() {
+        if topic::validate_name(&w.topic, broker.config().mqtt.max_topic_levels).is_err() {
             return Err(Refusal(
                 0x90,
                 R3::NotAuthorized,
                 "invalid will topic".into(),
             ));
         }
-        if w.retain && !broker.config.mqtt.retain_available {
+        if w.retain && !broker.config().mqtt.retain_available {
             return Err(Refusal(
                 0x9A,
                 R3::NotAuthorized,
@@ -194,7 +194,7 @@ async fn enhanced_connect<T: Transport>(
     // One deadline and a bounded number of rounds for the whole exchange, so a plugin
     // that keeps answering `continue` cannot hold an unauthenticated socket open.
     let deadline = tokio::time::Instant::now()
-        + Duration::from_secs(broker.config.listeners.connect_timeout_secs.max(1));
+        + Duration::from_secs(broker.config().listeners.connect_timeout_secs.max(1));
     let mut data = req.auth_data.as_ref().map(|d| d.to_vec());
     let mut conv = None;
     for _round in 0..MAX_AUTH_ROUNDS {
@@ -257,7 +257,7 @@ async fn will_allowed(
     req: &ConnectReq,
     client_id: &str,
 ) -> Result<crate::acl::Acl, Refusal> {
-    let mut acl = crate::acl::Acl::new(identity, &broker.config.auth);
+    let mut acl = crate::acl::Acl::new(identity, &broker.config().auth);
     if let Some(w) = &req.will {
         let ok = acl
             .check(
@@ -296,7 +296,7 @@ async fn establish<T: Transport>(
     peer: SocketAddr,
     kind: TransportKind,
 ) -> Option<Box<Connection<T>>> {
-    let cfg = &broker.config;
+    let cfg = broker.config();
     let mut wbuf = BytesMut::with_capacity(64);
     let mut rbuf = rbuf;
     let mut auth_data = None;

@@ -265,7 +265,7 @@ impl registry::Host for PluginState {
             self.check(Capability::RegistryRead, Some(&tenant))?;
             let paged = paging(page, limit)?;
             let b = &self.ctx.broker;
-            let r = b.registry.query(&to_query(q)?, paged, &b.config);
+            let r = b.registry.query(&to_query(q)?, paged, &b.config());
             Ok(registry::Page {
                 items: r.items.into_iter().map(session).collect(),
                 count: r.count as u64,
@@ -329,7 +329,7 @@ impl registry::Host for PluginState {
             query.usernames = set.usernames;
             Ok(match start {
                 registry::Start::Page(page) => {
-                    let r = b.registry.query(&query, paging(page, limit)?, &b.config);
+                    let r = b.registry.query(&query, paging(page, limit)?, &b.config());
                     registry::Listing {
                         items: r.items.into_iter().map(session).collect(),
                         count: Some(r.count as u64),
@@ -347,7 +347,7 @@ impl registry::Host for PluginState {
                     let limit = paging(1, limit)?.limit;
                     let r = b
                         .registry
-                        .query_after(&query, after.as_ref(), limit, &b.config);
+                        .query_after(&query, after.as_ref(), limit, &b.config());
                     registry::Listing {
                         items: r.items.into_iter().map(session).collect(),
                         count: None,
@@ -371,7 +371,7 @@ impl registry::Host for PluginState {
         let b = &self.ctx.broker;
         Ok(Ok(b
             .registry
-            .snapshot(&tenant, &client_id, &b.config)
+            .snapshot(&tenant, &client_id, &b.config())
             .map(session)))
     }
 

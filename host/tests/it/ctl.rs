@@ -126,6 +126,25 @@ async fn ctl_lists_kicks_publishes_and_manages_keys_with_meaningful_exit_codes()
     let (code, out, _) = ctl(&tb, ROOT, &["status"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("health   ok") && out.contains("emqx"), "{out}");
+
+    // Reload: without a configuration source the broker says so (exit 1); with one, the
+    // report of what changed.
+    assert_eq!(ctl(&tb, ROOT, &["reload"]).await.0, 1);
+    let mut next = (**tb.broker().config()).clone();
+    next.session.max_queued_messages = 11;
+    next.store.batch_interval_ms += 1;
+    tb.broker()
+        .set_config_source(Box::new(move || Ok(next.clone())));
+    let (code, out, err) = ctl(&tb, ROOT, &["reload"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("applied:       session.max_queued_messages"),
+        "{out}"
+    );
+    assert!(
+        out.contains("needs restart: store.batch_interval_ms"),
+        "{out}"
+    );
 }
 
 #[tokio::test]

@@ -236,7 +236,7 @@ async fn graceful_restart_restores_sessions_subscriptions_and_queues() {
     let snap = server
         .broker
         .registry
-        .snapshot("default", "p", &server.broker.config)
+        .snapshot("default", "p", &server.broker.config())
         .expect("session restored");
     assert_eq!(
         (snap.connected, snap.mqueue_len, snap.username.as_deref()),

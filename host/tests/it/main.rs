@@ -24,6 +24,7 @@ mod plugin_grants;
 mod plugins;
 mod process;
 mod registry;
+mod reload;
 mod robustness;
 mod socketio;
 mod store_limits;

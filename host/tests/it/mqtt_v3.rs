@@ -430,7 +430,7 @@ async fn queue_limit_drops_oldest_and_counts_per_session() {
             .unwrap();
     }
     eventually("dropped 2", || {
-        reg.snapshot("default", "q", &tb.broker().config)
+        reg.snapshot("default", "q", &tb.broker().config())
             .unwrap()
             .mqueue_dropped
             == 2

@@ -153,7 +153,7 @@ async fn receive_maximum_limits_what_is_in_flight() {
     let snap = tb
         .broker()
         .registry
-        .snapshot("default", "rm", &tb.broker().config)
+        .snapshot("default", "rm", &tb.broker().config())
         .unwrap();
     assert_eq!(
         (snap.inflight_cnt, snap.inflight_max, snap.mqueue_len),
@@ -348,7 +348,9 @@ async fn session_expiry_ends_offline_sessions() {
         reg.get("default", "one").is_some_and(|s| !s.is_online())
     })
     .await;
-    let snap = reg.snapshot("default", "one", &tb.broker().config).unwrap();
+    let snap = reg
+        .snapshot("default", "one", &tb.broker().config())
+        .unwrap();
     assert_eq!(snap.expiry_interval, 1);
     eventually("one expired", || reg.get("default", "one").is_none()).await;
     assert_eq!(metric(&tb, "apiary_sessions_expired_total"), 1);
@@ -409,7 +411,7 @@ async fn client_maximum_packet_size_is_respected() {
     );
     let reg = &tb.broker().registry;
     eventually("the dropped QoS 1 message left the inflight window", || {
-        reg.snapshot("default", "small", &tb.broker().config)
+        reg.snapshot("default", "small", &tb.broker().config())
             .unwrap()
             .inflight_cnt
             == 0

@@ -139,7 +139,7 @@ async fn hot_add_replace_and_remove_keep_mqtt_connections() {
     let connected_at = tb
         .broker()
         .registry
-        .snapshot("default", "stays", &tb.broker().config)
+        .snapshot("default", "stays", &tb.broker().config())
         .unwrap()
         .connected_at;
 
@@ -195,7 +195,7 @@ async fn hot_add_replace_and_remove_keep_mqtt_connections() {
     let snap = tb
         .broker()
         .registry
-        .snapshot("default", "stays", &tb.broker().config)
+        .snapshot("default", "stays", &tb.broker().config())
         .unwrap();
     assert!(
         snap.connected && snap.connected_at == connected_at,

@@ -223,3 +223,46 @@ async fn a_first_start_serves_local_clients_and_makes_an_admin_key_once() {
     );
     stop(child);
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file_without_dropping_connections() {
+    use crate::common::raw;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let (child, listening, _) = spawn(&cfg, &["tcp", "http"]);
+    let tcp: std::net::SocketAddr = listening["tcp"].parse().unwrap();
+    // v5 CONNECT without credentials: the CONNACK's reason code.
+    let anonymous = |id: &'static str| async move {
+        let mut r = raw::Raw::connect(tcp).await;
+        r.send(&raw::connect(5, id, true, 30)).await;
+        let head = r.read_n(2).await;
+        let rest = r.read_n(usize::from(head[1])).await;
+        (rest[1], r)
+    };
+    let (rc, mut kept) = anonymous("kept").await;
+    assert_eq!(rc, 0);
+    // The operator turns anonymous access off and sends SIGHUP.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("allow_anonymous = true", "allow_anonymous = false"),
+    )
+    .unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        if anonymous("late").await.0 == 0x87 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "after SIGHUP anonymous CONNECTs are refused");
+    // The connection made before is still served (PINGREQ, PINGRESP).
+    kept.send(&[0xC0, 0x00]).await;
+    assert_eq!(kept.read_n(2).await, [0xD0, 0x00]);
+    stop(child);
+}

@@ -43,7 +43,7 @@ async fn query_filters_and_paging() {
     })
     .await;
 
-    let q = |q: Query| b.registry.query(&q, page(100, 1), &b.config);
+    let q = |q: Query| b.registry.query(&q, page(100, 1), &b.config());
     let ids = |r: apiary::registry::PageResult| {
         r.items.into_iter().map(|s| s.client_id).collect::<Vec<_>>()
     };
@@ -124,9 +124,9 @@ async fn query_filters_and_paging() {
     );
 
     // Paging: stable order, has_next, empty page past the end.
-    let p1 = b.registry.query(&Query::default(), page(3, 1), &b.config);
-    let p2 = b.registry.query(&Query::default(), page(3, 2), &b.config);
-    let p3 = b.registry.query(&Query::default(), page(3, 3), &b.config);
+    let p1 = b.registry.query(&Query::default(), page(3, 1), &b.config());
+    let p2 = b.registry.query(&Query::default(), page(3, 2), &b.config());
+    let p3 = b.registry.query(&Query::default(), page(3, 3), &b.config());
     assert_eq!((p1.items.len(), p1.has_next), (3, true));
     assert_eq!((p2.items.len(), p2.has_next), (1, false));
     assert!(p3.items.is_empty() && p3.count == 4);
@@ -136,7 +136,7 @@ async fn query_filters_and_paging() {
             ..Default::default()
         },
         page(1, 2),
-        &b.config,
+        &b.config(),
     );
     assert_eq!(
         (ids(filtered.clone()), filtered.count, filtered.has_next),
@@ -144,7 +144,10 @@ async fn query_filters_and_paging() {
     );
 
     // The snapshot carries what the EMQX clients API shows.
-    let s = b.registry.snapshot("default", "gamma", &b.config).unwrap();
+    let s = b
+        .registry
+        .snapshot("default", "gamma", &b.config())
+        .unwrap();
     assert_eq!(
         (
             s.username.as_deref(),
@@ -470,7 +473,7 @@ async fn tenants_are_isolated() {
         tenant: Some("other".into()),
         ..Default::default()
     };
-    assert_eq!(b.registry.query(&q, page(10, 1), &b.config).count, 0);
+    assert_eq!(b.registry.query(&q, page(10, 1), &b.config()).count, 0);
     assert!(b.registry.get("other", "mine").is_none());
     assert_eq!(b.expire_inactive("other", 0), 0);
     assert!(b.registry.get("default", "mine").unwrap().is_online());

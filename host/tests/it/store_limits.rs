@@ -153,7 +153,7 @@ async fn a_slow_disk_slows_qos1_publishers_instead_of_growing_the_queue() {
     let snap = tb
         .broker()
         .registry
-        .snapshot("default", "sink", &tb.broker().config)
+        .snapshot("default", "sink", &tb.broker().config())
         .unwrap();
     assert_eq!(snap.mqueue_len, n, "nothing was lost on the way");
 }

@@ -27,7 +27,7 @@ async fn v3_over_every_transport() {
         let snap = tb
             .broker()
             .registry
-            .snapshot("default", &format!("v3-{t:?}"), &tb.broker().config)
+            .snapshot("default", &format!("v3-{t:?}"), &tb.broker().config())
             .unwrap();
         assert_eq!(snap.proto_ver, 4);
         assert_eq!(
@@ -62,7 +62,7 @@ async fn v5_over_every_transport() {
         let snap = tb
             .broker()
             .registry
-            .snapshot("default", &format!("v5-{t:?}"), &tb.broker().config)
+            .snapshot("default", &format!("v5-{t:?}"), &tb.broker().config())
             .unwrap();
         assert_eq!(snap.proto_ver, 5);
         assert!(snap.connected);

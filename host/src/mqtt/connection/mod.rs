@@ -359,7 +359,7 @@ impl<T: Transport> Connection<T> {
                 Box::pin(self.on_subscribe(pid, filters)).await?
             }
             Incoming::Unsubscribe { pid, filters } => {
-                let levels = self.broker.config.mqtt.max_topic_levels;
+                let levels = self.broker.config().mqtt.max_topic_levels;
                 let codes: Vec<u8> = filters
                     .iter()
                     .map(|f| {
@@ -385,7 +385,8 @@ impl<T: Transport> Connection<T> {
                             self.protocol_error(0x82, "DISCONNECT raised a zero session expiry")
                         );
                     }
-                    self.session_expiry = e.min(self.broker.config.session.max_session_expiry_secs);
+                    self.session_expiry =
+                        e.min(self.broker.config().session.max_session_expiry_secs);
                 }
                 return Err(Exit::ClientDisconnect {
                     will: reason == 0x04,
@@ -408,7 +409,7 @@ impl<T: Transport> Connection<T> {
             let store = store.clone();
             store.room().await;
         }
-        let cfg = &self.broker.config;
+        let cfg = self.broker.config();
         if self.wire.v5 {
             if let Some(alias) = p.properties.as_mut().and_then(|pr| pr.topic_alias.take()) {
                 let a = alias.get();
@@ -593,7 +594,7 @@ impl<T: Transport> Connection<T> {
                     ));
                 }
                 // Rights may have changed (superuser): start over with the new identity.
-                self.acl = Acl::new(id, &self.broker.config.auth);
+                self.acl = Acl::new(id, &self.broker.config().auth);
                 self.wire.auth(0x00, &method, d, &mut self.wbuf);
             }
             Step::Continue(d, c) => {

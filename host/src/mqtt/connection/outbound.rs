@@ -123,7 +123,7 @@ impl<T: Transport> Connection<T> {
     /// acknowledgements.
     pub(crate) fn reading_paused(&self) -> bool {
         (self.blocked.is_some() && self.rbuf.len() >= super::pressure::BLOCKED_READ_MAX)
-            || self.pending_acks.len() >= usize::from(self.broker.config.mqtt.receive_maximum)
+            || self.pending_acks.len() >= usize::from(self.broker.config().mqtt.receive_maximum)
     }
 
     pub(crate) fn store_op(&self, op: impl FnOnce(Arc<str>, Arc<str>) -> Op) {

@@ -52,7 +52,7 @@ impl<T: Transport> Connection<T> {
             .metrics
             .backpressure_waits
             .fetch_add(1, Ordering::Relaxed);
-        let ms = self.broker.config.session.backpressure_timeout_ms;
+        let ms = self.broker.config().session.backpressure_timeout_ms;
         self.blocked = Some(Box::new(Blocked {
             on: sessions,
             until: Instant::now() + Duration::from_millis(ms),
@@ -68,7 +68,8 @@ impl<T: Transport> Connection<T> {
         };
         b.on.retain(|(s, e)| s.blocks_publishers(*e));
         if !b.on.is_empty() && Instant::now() >= b.until {
-            let cfg = &self.broker.config.session;
+            let config = self.broker.config();
+            let cfg = &config.session;
             for (s, e) in b.on.drain(..) {
                 let first = {
                     let mut st = s.state.lock();

@@ -63,7 +63,8 @@ impl<T: Transport> Connection<T> {
             (keepalive_secs > 0).then(|| Duration::from_millis(u64::from(keepalive_secs) * 1500));
         let now = Instant::now();
         let tenant_counters = broker.tenant_stats.of(&attach.session.tenant);
-        let write_timeout = Duration::from_secs(broker.config.listeners.write_timeout_secs.max(1));
+        let write_timeout =
+            Duration::from_secs(broker.config().listeners.write_timeout_secs.max(1));
         let durable = broker.store.as_ref().map(|s| s.durable());
         let mut conn = Connection {
             broker,
