@@ -291,13 +291,18 @@ fn main() -> anyhow::Result<()> {
         api_keys: args.api_keys,
     };
     let cfg = source.load()?;
-    let set_filter = move |f: &str| -> Result<(), String> {
-        let filter = EnvFilter::try_new(f).map_err(|e| format!("log_level {f:?}: {e}"))?;
+    let set_filter = move |f: Option<&str>| -> Result<(), String> {
+        let filter = match f {
+            Some(f) => EnvFilter::try_new(f).map_err(|e| format!("log_level {f:?}: {e}"))?,
+            None => {
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG))
+            }
+        };
         log_handle.reload(filter).map_err(|e| e.to_string())
     };
     // RUST_LOG wins at start; a reload's log_level applies over it.
     if let (Some(level), false) = (&cfg.log_level, env_set) {
-        set_filter(level).map_err(|e| anyhow::anyhow!(e))?;
+        set_filter(Some(level)).map_err(|e| anyhow::anyhow!(e))?;
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread()

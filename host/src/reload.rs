@@ -15,7 +15,8 @@ use crate::config::Config;
 pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
 /// Puts a log filter in force.
-pub type LogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+/// None: the binary's default (RUST_LOG, else `info`).
+pub type LogFilter = Box<dyn Fn(Option<&str>) -> Result<(), String> + Send + Sync>;
 
 /// The TLS acceptor in force and the binary's reload hooks, held by the broker.
 #[derive(Default)]
@@ -23,6 +24,8 @@ pub struct Hooks {
     pub(crate) tls: arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>,
     pub(crate) source: std::sync::OnceLock<ConfigSource>,
     pub(crate) log: std::sync::OnceLock<LogFilter>,
+    /// One reload at a time (SIGHUP and `POST /reload` may race).
+    pub(crate) serial: parking_lot::Mutex<()>,
 }
 
 impl std::fmt::Debug for Hooks {
@@ -135,8 +138,10 @@ impl Broker {
         self.apply_config(new)
     }
 
-    /// Applies `new` as far as a running broker can.
+    /// Applies `new` as far as a running broker can. Everything that can fail (the
+    /// certificate, the log filter) is done before anything is put in force.
     pub fn apply_config(&self, new: Config) -> Result<ReloadReport, ReloadError> {
+        let _serial = self.reload_serial();
         new.validate()
             .map_err(|e| ReloadError::Config(e.to_string()))?;
         let old = self.config();
@@ -144,25 +149,37 @@ impl Broker {
         let (applied, needs_restart): (Vec<String>, Vec<String>) =
             keys.into_iter().partition(|k| is_live(k));
         let next = merge(&old, &new, &applied).map_err(ReloadError::Config)?;
-        let tls_changed = applied
-            .iter()
-            .any(|k| k.starts_with("listeners.cert") || k.starts_with("listeners.key"));
-        if tls_changed && self.tls().is_some() {
-            let (Some(cert), Some(key)) = (&next.listeners.cert, &next.listeners.key) else {
-                return Err(ReloadError::Tls(
-                    "set both listeners.cert and listeners.key".into(),
-                ));
-            };
-            let acceptor = crate::mqtt::listener::tls_acceptor(cert, key)
-                .map_err(|e| ReloadError::Tls(e.to_string()))?;
-            self.set_tls(acceptor);
-        }
+        // The certificate is read again at every reload (renewed in place, or moved).
+        let tls = match self.tls() {
+            None => None,
+            Some(_) => {
+                let (cert, key) = match (&next.listeners.cert, &next.listeners.key) {
+                    (Some(c), Some(k)) => (c.clone(), k.clone()),
+                    (None, None) => {
+                        crate::mqtt::listener::ensure_self_signed(&next.data_dir.join("tls"))
+                            .map_err(|e| ReloadError::Tls(e.to_string()))?
+                    }
+                    _ => {
+                        return Err(ReloadError::Tls(
+                            "set both listeners.cert and listeners.key, or neither".into(),
+                        ))
+                    }
+                };
+                Some(
+                    crate::mqtt::listener::tls_acceptor(&cert, &key)
+                        .map_err(|e| ReloadError::Tls(e.to_string()))?,
+                )
+            }
+        };
         if applied.iter().any(|k| k == "log_level") {
-            if let (Some(f), Some(level)) = (self.log_filter(), &next.log_level) {
-                f(level).map_err(ReloadError::Config)?;
+            if let Some(f) = self.log_filter() {
+                f(next.log_level.as_deref()).map_err(ReloadError::Config)?;
             }
         }
         drop(old);
+        if let Some(t) = tls {
+            self.set_tls(t);
+        }
         self.set_config(next);
         let report = ReloadReport {
             applied,

@@ -13,7 +13,13 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_new(&tmp, bytes)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-    })
+    })?;
+    // The rename itself durable: a key deleted or rotated must not come back after a
+    // power cut.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Creates `path` (mode 0600) with `bytes` unless it exists. Returns false when another

@@ -164,9 +164,10 @@ impl ApiKeyStore {
     /// Writes `next`'s managed keys, then makes `next` the store's keys. The caller holds
     /// the backing lock, so changes apply one at a time.
     fn commit(&self, b: &Backing, next: HashMap<String, ApiKey>) -> Result<(), ManagedError> {
+        // Cleared before the times are read: a use while writing marks it again.
+        self.used_since_write.store(false, Ordering::Relaxed);
         let managed = next.values().filter(|k| k.source == Source::Managed);
         let bytes = records::encode(managed, &b.sealer);
-        self.used_since_write.store(false, Ordering::Relaxed);
         secrets::write_private(&b.path, &bytes).map_err(|e| {
             self.used_since_write.store(true, Ordering::Relaxed);
             ManagedError::Write(e.to_string())

@@ -178,8 +178,14 @@ impl ApiKey {
 
     /// The MAC of `message` under this key's secret (None: the secret is not kept).
     pub fn mac(&self, alg: MacAlgorithm, message: &[u8]) -> Option<Vec<u8>> {
-        let k = self.secret.as_ref()?.0.as_bytes();
-        Some(match alg {
+        Some(mac_with(self.secret.as_ref()?.0.as_bytes(), alg, message))
+    }
+}
+
+/// The MAC of `message` under key `k`.
+fn mac_with(k: &[u8], alg: MacAlgorithm, message: &[u8]) -> Vec<u8> {
+    {
+        match alg {
             MacAlgorithm::HmacSha1 => {
                 let mut m = Hmac::<sha1::Sha1>::new_from_slice(k).expect("HMAC takes any key");
                 m.update(message);
@@ -190,7 +196,7 @@ impl ApiKey {
                 m.update(message);
                 m.finalize().into_bytes().to_vec()
             }
-        })
+        }
     }
 }
 
@@ -296,9 +302,7 @@ impl ApiKeyStore {
         let now = unix_now();
         let Some(k) = keys.get(key).filter(|k| k.signs()) else {
             // As much work as for a known key: timing does not tell which ids exist.
-            let mut dummy = ApiKey::new("", "", "apiary-unknown-key", Vec::new(), "");
-            dummy.salt = DUMMY_SALT;
-            let mac = dummy.mac(alg, message).unwrap_or_default();
+            let mac = mac_with(b"apiary-unknown-key", alg, message);
             let _ = std::hint::black_box(ct_eq(&mac, signature));
             return None;
         };

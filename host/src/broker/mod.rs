@@ -111,6 +111,10 @@ impl Shared {
         self.reloading.source.get()
     }
 
+    pub(crate) fn reload_serial(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.reloading.serial.lock()
+    }
+
     pub(crate) fn log_filter(&self) -> Option<&crate::reload::LogFilter> {
         self.reloading.log.get()
     }
@@ -478,10 +482,9 @@ impl Broker {
                 return Err(SubscribeError::QuotaExceeded);
             }
             st.subscriptions.insert(raw.to_string(), opts);
-            if !exists {
-                session.set_subscription_count(st.subscriptions.len());
-                self.registry.note_subscriptions(session);
-            }
+            // Noted in the registry once this lock is released: the registry is locked
+            // before sessions (listings lock sessions under it), never after.
+            session.set_subscription_count(st.subscriptions.len());
             if let (Some(store), true) = (&self.store, session.is_persistent()) {
                 store.submit(Op::PutSub(
                     session.tenant.clone(),
@@ -498,6 +501,7 @@ impl Broker {
                 },
             )
         };
+        self.registry.note_subscriptions(session);
         self.metrics
             .subscriptions
             .fetch_add(u64::from(new), Ordering::Relaxed);
@@ -541,7 +545,6 @@ impl Broker {
             let existed = st.subscriptions.remove(raw).is_some();
             if existed {
                 session.set_subscription_count(st.subscriptions.len());
-                self.registry.note_subscriptions(session);
                 self.unroute(session, raw);
                 if let (Some(store), true) = (&self.store, session.is_persistent()) {
                     store.submit(Op::DeleteSub(
@@ -554,6 +557,7 @@ impl Broker {
             existed
         };
         if existed {
+            self.registry.note_subscriptions(session);
             self.registry.emit(Event::Unsubscribed {
                 tenant: session.tenant.clone(),
                 client_id: session.client_id.clone(),

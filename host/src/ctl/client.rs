@@ -18,7 +18,8 @@ pub enum Exit {
     Usage = 2,
     /// The broker could not be reached.
     Unreachable = 3,
-    /// 401 or 403: the key is wrong, disabled, expired or lacks the right.
+    /// 401, 403 or 429: the key is wrong, disabled, expired or lacks the right, or this
+    /// address failed too many logins.
     Auth = 4,
     /// 404: no such client, plugin, key or message.
     NotFound = 5,
@@ -45,7 +46,7 @@ impl CtlError {
 
 /// The settings file (`--ctl-config`, `APIARY_CTL_CONFIG`, or
 /// `~/.config/apiary/ctl.toml`).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     url: Option<String>,
@@ -53,8 +54,8 @@ struct FileSettings {
     secret: Option<String>,
 }
 
-/// Where to find the broker and how to log in.
-#[derive(Debug, Clone)]
+/// Where to find the broker and how to log in (`Debug` hides the secret).
+#[derive(Clone)]
 pub struct Target {
     /// Base URL, e.g. `http://127.0.0.1:18083`.
     pub url: String,
@@ -62,8 +63,8 @@ pub struct Target {
     secret: String,
 }
 
-/// Flags and environment, as parsed.
-#[derive(Debug, Default)]
+/// Flags and environment, as parsed (no `Debug`: it holds the secret).
+#[derive(Default)]
 pub struct Given {
     /// `--url` / `APIARY_URL`.
     pub url: Option<String>,
@@ -105,6 +106,15 @@ fn local_key(data_dir: &Path) -> Option<(String, String)> {
         .find(|l| !l.is_empty() && !l.starts_with('#'))?;
     let mut parts = line.splitn(3, ':');
     Some((parts.next()?.to_string(), parts.next()?.to_string()))
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.url)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Target {

@@ -10,8 +10,8 @@ mod client;
 
 use client::{enc, query, record, table, CtlError, Given, Target};
 
-/// Connection settings and the command.
-#[derive(Debug, clap::Args)]
+/// Connection settings and the command (`Debug` hides the secret).
+#[derive(clap::Args)]
 pub struct CtlArgs {
     /// Admin API base URL [default: http://127.0.0.1:18083].
     #[arg(long, env = "APIARY_URL")]
@@ -33,6 +33,16 @@ pub struct CtlArgs {
     json: bool,
     #[command(subcommand)]
     cmd: CtlCmd,
+}
+
+impl std::fmt::Debug for CtlArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CtlArgs")
+            .field("url", &self.url)
+            .field("key", &self.key)
+            .field("cmd", &self.cmd)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]

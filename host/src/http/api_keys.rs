@@ -245,7 +245,9 @@ async fn show(
 fn with_secret(k: &ApiKey, secret: String) -> Response {
     let mut v = view(k);
     v["api_secret"] = Value::String(secret);
-    Json(v).into_response()
+    // A secret must not be kept by a cache on the way.
+    let no_store = [(axum::http::header::CACHE_CONTROL, "no-store")];
+    (no_store, Json(v)).into_response()
 }
 
 async fn create(

@@ -103,8 +103,6 @@ pub struct TenantIndex {
     by_id: HashMap<Arc<str>, usize>,
     rows: Vec<Slot>,
     dead: usize,
-    /// The next row's insertion number.
-    next_seq: u64,
     /// Live rows and subscriptions per `BLOCK` slots.
     blocks: Vec<Block>,
 }
@@ -221,7 +219,8 @@ impl TenantIndex {
     }
 
     /// Adds a session (at the end), returning the one registered under its id before.
-    pub fn insert(&mut self, s: Arc<Session>) -> Option<Arc<Session>> {
+    /// `seq` is its insertion number (rising across calls).
+    pub fn insert(&mut self, s: Arc<Session>, seq: u64) -> Option<Arc<Session>> {
         let old = self.by_id.remove(&s.client_id).and_then(|pos| {
             self.dead += 1;
             self.unaccount(pos);
@@ -230,11 +229,10 @@ impl TenantIndex {
         let pos = self.rows.len();
         self.by_id.insert(s.client_id.clone(), pos);
         self.rows.push(Slot {
-            seq: self.next_seq,
+            seq,
             row: Some(Row::new(s)),
         });
         self.account(pos);
-        self.next_seq += 1;
         self.maybe_compact();
         old
     }

@@ -114,6 +114,9 @@ pub enum Event {
 pub struct Registry {
     tenants: RwLock<HashMap<Arc<str>, TenantIndex>>,
     count: AtomicUsize,
+    /// Insertion numbers, rising across every tenant: a tenant emptied and refilled never
+    /// reuses one, so an old cursor cannot skip its new sessions.
+    next_seq: std::sync::atomic::AtomicU64,
     events: broadcast::Sender<Event>,
     message_listeners: Arc<AtomicUsize>,
     listeners: Arc<AtomicUsize>,
@@ -125,6 +128,7 @@ impl Default for Registry {
         Self {
             tenants: RwLock::new(HashMap::new()),
             count: AtomicUsize::new(0),
+            next_seq: std::sync::atomic::AtomicU64::new(0),
             events,
             message_listeners: Arc::new(AtomicUsize::new(0)),
             listeners: Arc::new(AtomicUsize::new(0)),
@@ -166,7 +170,8 @@ impl Registry {
     /// Inserts a session, returning the one it replaced.
     pub fn insert(&self, s: Arc<Session>) -> Option<Arc<Session>> {
         let mut map = self.tenants.write();
-        let old = map.entry(s.tenant.clone()).or_default().insert(s);
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let old = map.entry(s.tenant.clone()).or_default().insert(s, seq);
         if old.is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
         }

@@ -63,21 +63,20 @@ impl Registry {
                 None => map.iter().collect(),
             };
             tenants.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            let mut wanted = page.limit as u64;
+            let end = skip + page.limit as u64;
             for (_, t) in tenants {
                 let total = t.subscription_total();
-                if wanted > 0 && count + total > skip {
+                if count < end && count + total > skip {
                     let (before, rows) = t.rows_from_subscription(skip.saturating_sub(count));
                     let mut seen = count + before;
                     let mut sessions = Vec::new();
                     for r in rows {
-                        if seen >= skip + wanted {
+                        if seen >= end {
                             break;
                         }
                         seen += r.subs.load(std::sync::atomic::Ordering::Relaxed);
                         sessions.push(r.session.clone());
                     }
-                    wanted = (skip + wanted).saturating_sub(seen);
                     on_page.push((sessions, count + before));
                 }
                 count += total;
@@ -249,6 +248,43 @@ mod tests {
             assert_eq!(p.count, want.len());
             assert_eq!(p.has_next, hi < want.len(), "page {page}");
         }
+    }
+
+    #[test]
+    fn pages_across_tenants_neither_skip_nor_repeat() {
+        let r = Registry::default();
+        // Tenant a: one session with 3 subscriptions; b: 20 sessions with one each.
+        let a0 = Arc::new(Session::new(
+            0,
+            "a".into(),
+            "a0".into(),
+            ClientInfo::default(),
+        ));
+        r.insert(a0.clone());
+        set_subs(&r, &a0, 3);
+        for i in 1..=20u64 {
+            let s = Arc::new(Session::new(
+                i,
+                "b".into(),
+                format!("b{i:02}").into(),
+                ClientInfo::default(),
+            ));
+            r.insert(s.clone());
+            set_subs(&r, &s, 1);
+        }
+        let mut all = Vec::new();
+        for page in 1..=3 {
+            let p = r.subscriptions_unfiltered(None, Page { page, limit: 10 });
+            assert_eq!(p.count, 23);
+            assert_eq!(p.has_next, page < 3, "page {page}");
+            assert_eq!(p.items.len(), if page < 3 { 10 } else { 3 }, "page {page}");
+            all.extend(p.items.into_iter().map(|e| e.sub.topic));
+        }
+        assert_eq!(all.len(), 23);
+        let mut sorted = all.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 23, "no repeats");
+        assert!(all[..3].iter().all(|t| t.starts_with("f/a0/")));
     }
 
     #[test]

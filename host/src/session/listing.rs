@@ -28,7 +28,8 @@ pub struct Listing {
 impl SessionState {
     /// Up to `limit` queued messages after position `after` (None: from the oldest).
     pub fn queued_after(&self, after: Option<u64>, limit: usize) -> Listing {
-        let start = after.map_or(0, |a| (a + 1).saturating_sub(self.queue_base)) as usize;
+        let start = after.map_or(0, |a| a.saturating_add(1).saturating_sub(self.queue_base));
+        let start = usize::try_from(start).unwrap_or(usize::MAX);
         let rest = self.queue.iter().enumerate().skip(start);
         let items: Vec<Listed> = rest
             .take(limit)

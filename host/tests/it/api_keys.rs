@@ -80,9 +80,21 @@ async fn managed_keys_hold_on_every_surface_at_once_and_survive_a_restart() {
     assert_eq!(statuses(&tb, ops).await, (200, 200));
 
     // Rotated: the old secret is refused, the new one works.
-    let (st, body) = http(a, "POST", "/api/v5/api_key/ops/rotate", Some(ROOT), b"").await;
-    assert_eq!(st, 200, "{body}");
-    let fresh = json(&body)["api_secret"].as_str().unwrap().to_string();
+    let ans = crate::common::request(
+        a,
+        "POST",
+        "/api/v5/api_key/ops/rotate",
+        Some(ROOT),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(ans.status, 200, "{}", ans.body);
+    assert_eq!(
+        ans.headers["cache-control"], "no-store",
+        "a secret is never cached"
+    );
+    let fresh = json(&ans.body)["api_secret"].as_str().unwrap().to_string();
     assert_eq!(statuses(&tb, ops).await.0, 401);
     let ops = (id.as_str(), fresh.as_str());
     assert_eq!(statuses(&tb, ops).await, (200, 200));
