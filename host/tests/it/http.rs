@@ -181,35 +181,23 @@ async fn metrics_show_tenants_and_the_stores_batches_and_fsyncs() {
         .await
         .unwrap();
     c.publish().await;
-    let value = |text: &str, line: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
-    };
+    use crate::common::metric;
     crate::common::eventually("the store wrote and synced", || {
-        let t = apiary::http::metrics_text(tb.broker());
-        value(&t, "apiary_store_batches_total").is_some_and(|n| n > 0)
-            && value(&t, "apiary_store_fsync_seconds_count").is_some_and(|n| n > 0)
+        metric(&tb, "apiary_store_batches_total") > 0
+            && metric(&tb, "apiary_store_fsync_seconds_count") > 0
     })
     .await;
-    let t = apiary::http::metrics_text(tb.broker());
     let d = "{tenant=\"default\"}";
+    assert_eq!(metric(&tb, &format!("apiary_tenant_connections{d}")), 1);
+    assert_eq!(metric(&tb, &format!("apiary_tenant_sessions{d}")), 1);
+    assert_eq!(metric(&tb, &format!("apiary_tenant_subscriptions{d}")), 1);
     assert_eq!(
-        value(&t, &format!("apiary_tenant_connections{d}")),
-        Some(1),
-        "{t}"
-    );
-    assert_eq!(value(&t, &format!("apiary_tenant_sessions{d}")), Some(1));
-    assert_eq!(
-        value(&t, &format!("apiary_tenant_subscriptions{d}")),
-        Some(1)
+        metric(&tb, &format!("apiary_tenant_messages_received_total{d}")),
+        1
     );
     assert_eq!(
-        value(&t, &format!("apiary_tenant_messages_received_total{d}")),
-        Some(1)
+        metric(&tb, &format!("apiary_tenant_messages_sent_total{d}")),
+        1
     );
-    assert_eq!(
-        value(&t, &format!("apiary_tenant_messages_sent_total{d}")),
-        Some(1)
-    );
-    assert!(t.contains("apiary_store_fsync_seconds_bucket{le=\"+Inf\"}"));
+    assert!(metric(&tb, "apiary_store_fsync_seconds_bucket{le=\"+Inf\"}") > 0);
 }

@@ -259,11 +259,7 @@ async fn misbehaving_plugins_fail_only_their_own_call() {
 
     // The same calls in /metrics, per plugin and role, errors by kind.
     let text = apiary::http::metrics_text(tb.broker());
-    let value = |line: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("no {line} in\n{text}"))
-    };
+    let value = |line: &str| common::metric(&tb, line);
     let faulty = "{plugin=\"faulty\",role=\"http\"";
     // Four failing, four fine and the forbidden one (a call that answered 403).
     assert_eq!(value(&format!("apiary_plugin_calls_total{faulty}}}")), 9);

@@ -81,6 +81,14 @@ fn paging() -> Vec<Value> {
     ]
 }
 
+/// The names of a client's fields, as the schema lists them (for `fields=`).
+pub fn client_fields() -> Vec<String> {
+    client_schema()["properties"]
+        .as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 fn client_schema() -> Value {
     let mut props = serde_json::Map::new();
     for k in [
