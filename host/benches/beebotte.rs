@@ -205,12 +205,21 @@ async fn rest(http: SocketAddr, requests: usize, rounds: usize) {
 async fn fan_out(http: SocketAddr, tcp: SocketAddr, n: usize, m: usize, rounds: usize) {
     let (mq, sio) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
     let r0 = rss_kib();
+    // Bounded: a subscriber the broker never answers fails here, naming itself, instead
+    // of hanging the run (seen about once in eight smoke runs, before issue 15 too).
+    let bound = Duration::from_secs(10);
     for i in 0..n {
-        mqtt_subscriber(tcp, i, "bench/mqtt", mq.clone()).await;
+        let sub = mqtt_subscriber(tcp, i, "bench/mqtt", mq.clone());
+        if tokio::time::timeout(bound, sub).await.is_err() {
+            panic!("MQTT subscriber {i} got no CONNACK or SUBACK in {bound:?}");
+        }
     }
     let r1 = rss_kib();
     for i in 0..n {
-        sio_subscriber(http, i, "sio", sio.clone()).await;
+        let sub = sio_subscriber(http, i, "sio", sio.clone());
+        if tokio::time::timeout(bound, sub).await.is_err() {
+            panic!("socket.io subscriber {i} was not subscribed in {bound:?}");
+        }
     }
     let r2 = rss_kib();
     let mut conn = keep_alive(http).await;
