@@ -5,8 +5,8 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -43,9 +43,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             ApiError::Auth(e) => e.into_response(),
-            ApiError::Refused(status, code, message) => {
-                (status, Json(json!({"code": code, "message": message}))).into_response()
-            }
+            ApiError::Refused(status, code, message) => super::json_error(status, code, message),
         }
     }
 }
@@ -205,35 +203,40 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// A request's caller, who must hold `admin` over every tenant.
+/// A request's caller, who must hold `admin` over every tenant: an extractor, so a
+/// handler that takes it cannot run for anyone else.
 struct Admin;
 
-impl Admin {
-    fn check(b: &Broker, headers: &HeaderMap, peer: SocketAddr) -> Result<Admin, ApiError> {
-        authorize_global(b, headers, peer, Right::Admin)?;
+impl FromRequestParts<Broker> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        b: &Broker,
+    ) -> Result<Self, ApiError> {
+        let peer = ConnectInfo::<SocketAddr>::from_request_parts(parts, b)
+            .await
+            .map_err(|e| {
+                ApiError::Refused(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL_ERROR",
+                    e.to_string(),
+                )
+            })?
+            .0;
+        authorize_global(b, &parts.headers, peer, Right::Admin)?;
         Ok(Admin)
     }
 }
 
 type Answer = Result<Response, ApiError>;
 
-async fn list(
-    State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Answer {
-    Admin::check(&b, &headers, peer)?;
+async fn list(State(b): State<Broker>, _admin: Admin) -> Answer {
     let keys: Vec<Value> = b.api_keys.list().iter().map(view).collect();
     Ok(Json(keys).into_response())
 }
 
-async fn show(
-    State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Answer {
-    Admin::check(&b, &headers, peer)?;
+async fn show(State(b): State<Broker>, _admin: Admin, Path(name): Path<String>) -> Answer {
     let k = b
         .api_keys
         .by_name(&name)
@@ -250,13 +253,7 @@ fn with_secret(k: &ApiKey, secret: String) -> Response {
     (no_store, Json(v)).into_response()
 }
 
-async fn create(
-    State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    raw: axum::body::Bytes,
-) -> Answer {
-    Admin::check(&b, &headers, peer)?;
+async fn create(State(b): State<Broker>, _admin: Admin, raw: axum::body::Bytes) -> Answer {
     let body = body(&raw)?;
     let name = body.name.ok_or_else(|| bad("name is required"))?;
     let rights = parse_rights(body.role.as_deref(), body.rights.as_deref()).map_err(bad)?;
@@ -277,12 +274,10 @@ async fn create(
 
 async fn update(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _admin: Admin,
     Path(name): Path<String>,
     raw: axum::body::Bytes,
 ) -> Answer {
-    Admin::check(&b, &headers, peer)?;
     let body = body(&raw)?;
     if body.name.as_ref().is_some_and(|n| *n != name) {
         return Err(bad("name cannot change (create a new key)"));
@@ -307,25 +302,13 @@ async fn update(
     Ok(Json(view(&k)).into_response())
 }
 
-async fn rotate(
-    State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Answer {
-    Admin::check(&b, &headers, peer)?;
+async fn rotate(State(b): State<Broker>, _admin: Admin, Path(name): Path<String>) -> Answer {
     let (k, secret) = blocking(&b, move |s| s.rotate(&name)).await?;
     tracing::info!(name = %k.name, key = %k.key, "API key secret rotated");
     Ok(with_secret(&k, secret))
 }
 
-async fn remove(
-    State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(name): Path<String>,
-) -> Answer {
-    Admin::check(&b, &headers, peer)?;
+async fn remove(State(b): State<Broker>, _admin: Admin, Path(name): Path<String>) -> Answer {
     let n = name.clone();
     blocking(&b, move |s| s.delete(&n)).await?;
     tracing::info!(name = %name, "API key deleted");

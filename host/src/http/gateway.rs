@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::authorize_global;
+use super::{authorize_global, json_error as error};
 use crate::apikeys::Right;
 use crate::broker::Broker;
 use crate::plugins::runtime::LoadedPlugin;
@@ -33,14 +33,6 @@ const HOP_BY_HOP: &[&str] = &[
 
 /// Largest request body passed to a plugin.
 const MAX_BODY: usize = 16 << 20;
-
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"code": code, "message": message.into()})),
-    )
-        .into_response()
-}
 
 /// Routes a request to the plugin mounted at the longest matching prefix.
 pub async fn mounted(

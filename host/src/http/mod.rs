@@ -192,27 +192,33 @@ async fn reload(
         return e.into_response();
     }
     let r = tokio::task::spawn_blocking(move || b.reload()).await;
-    let fail = |status, code: &str, message: String| {
-        (status, Json(json!({"code": code, "message": message}))).into_response()
-    };
     match r {
         Ok(Ok(report)) => Json(report).into_response(),
-        Ok(Err(e @ crate::reload::ReloadError::NoSource)) => fail(
+        Ok(Err(e @ crate::reload::ReloadError::NoSource)) => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "NOT_SUPPORTED",
             e.to_string(),
         ),
-        Ok(Err(e)) => fail(
+        Ok(Err(e)) => json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
             "RELOAD_FAILED",
             e.to_string(),
         ),
-        Err(e) => fail(
+        Err(e) => json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "INTERNAL_ERROR",
             e.to_string(),
         ),
     }
+}
+
+/// An error answer in the shape every admin route uses: `{"code", "message"}`.
+pub(crate) fn json_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"code": code, "message": message.into()})),
+    )
+        .into_response()
 }
 
 /// Why an admin request was refused.

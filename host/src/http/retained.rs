@@ -37,8 +37,7 @@ struct ListQuery {
 }
 
 fn refused(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
-    let body = json!({"code": code, "message": message.to_string()});
-    (status, Json(body)).into_response()
+    super::json_error(status, code, message.to_string())
 }
 
 fn view(m: &Message) -> Value {

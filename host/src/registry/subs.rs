@@ -168,19 +168,8 @@ impl Registry {
                 }
             },
         };
-        // Without per-subscription filters a session before the page only adds its count:
-        // no copy, no sort (a deep page costs a lock per session, not a sort).
-        let per_sub = self_filters(q);
         for s in sessions {
             let st = s.state.lock();
-            if !per_sub && count + st.subscriptions.len() <= skip {
-                count += st.subscriptions.len();
-                continue;
-            }
-            if !per_sub && items.len() >= page.limit {
-                count += st.subscriptions.len();
-                continue;
-            }
             let mut subs: Vec<(&String, &crate::session::SubOptions)> =
                 st.subscriptions.iter().collect();
             subs.sort_unstable_by(|a, b| a.0.cmp(b.0));

@@ -154,6 +154,19 @@ fn client_schema() -> Value {
     json!({"type": "object", "required": required, "properties": props})
 }
 
+/// `{meta, data}` of a listing paged by cursor or position (`meta` always has `limit`
+/// and `hasnext`).
+fn cursor_page(meta_props: Value, item: Value) -> Value {
+    json!({
+        "type": "object",
+        "required": ["meta", "data"],
+        "properties": {
+            "meta": {"type": "object", "required": ["limit", "hasnext"], "properties": meta_props},
+            "data": {"type": "array", "items": item},
+        },
+    })
+}
+
 fn page_of(item: &str) -> Value {
     json!({
         "type": "object",
@@ -282,16 +295,9 @@ pub fn document() -> Value {
                 "Error": {"type": "object", "required": ["code", "message"], "properties": {"code": string(), "message": string()}},
                 "Client": client_schema(),
                 "Clients": page_of("Client"),
-                "Messages": {
-                    "type": "object",
-                    "required": ["meta", "data"],
-                    "properties": {
-                        "meta": {
-                            "type": "object",
-                            "required": ["limit", "hasnext"],
-                            "properties": {"limit": int(), "hasnext": boolean(), "count": int(), "start": string(), "position": string()},
-                        },
-                        "data": {"type": "array", "items": {
+                "Messages": cursor_page(
+                    json!({"limit": int(), "hasnext": boolean(), "count": int(), "start": string(), "position": string()}),
+                    json!({
                             "type": "object",
                             "required": ["msgid", "topic", "qos", "publish_at"],
                             "properties": {
@@ -300,21 +306,12 @@ pub fn document() -> Value {
                                 "inserted_at": string(), "mqueue_priority": int(), "packet_id": int(),
                                 "payload": string(),
                             },
-                        }},
-                    },
-                },
-                "ClientsV2": {
-                    "type": "object",
-                    "required": ["meta", "data"],
-                    "properties": {
-                        "meta": {
-                            "type": "object",
-                            "required": ["limit", "hasnext"],
-                            "properties": {"limit": int(), "hasnext": boolean(), "cursor": string()},
-                        },
-                        "data": {"type": "array", "items": reference("Client")},
-                    },
-                },
+                    }),
+                ),
+                "ClientsV2": cursor_page(
+                    json!({"limit": int(), "hasnext": boolean(), "cursor": string()}),
+                    reference("Client"),
+                ),
                 "Subscription": {
                     "type": "object",
                     "required": ["clientid", "topic", "qos", "node", "nl", "rap", "rh"],
