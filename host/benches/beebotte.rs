@@ -126,7 +126,16 @@ async fn sio_subscriber(http: SocketAddr, i: usize, resource: &str, seen: Arc<Se
         .unwrap();
     ws.send(Ws::Text("40".into())).await.unwrap();
     // Events before the namespace CONNECT is answered would be a protocol error.
-    while !next_text(&mut ws, i).await.starts_with("40") {}
+    loop {
+        let t = next_text(&mut ws, i).await;
+        assert!(
+            !t.starts_with("44"),
+            "socket.io subscriber {i} refused: {t}"
+        );
+        if t.starts_with("40") {
+            break;
+        }
+    }
     let sub = format!(
         r#"42["message",{{"version":1,"channel":"control","event":"subscribe","data":{{"channel":"bench","resource":"{resource}","ttl":0,"read":true,"write":false}}}}]"#
     );
@@ -206,7 +215,7 @@ async fn fan_out(http: SocketAddr, tcp: SocketAddr, n: usize, m: usize, rounds: 
     let (mq, sio) = (Arc::new(Seen::default()), Arc::new(Seen::default()));
     let r0 = rss_kib();
     // Bounded: a subscriber the broker never answers fails here, naming itself, instead
-    // of hanging the run (seen about once in eight smoke runs, before issue 15 too).
+    // of hanging the run.
     let bound = Duration::from_secs(10);
     for i in 0..n {
         let sub = mqtt_subscriber(tcp, i, "bench/mqtt", mq.clone());

@@ -9,6 +9,8 @@
 //! - `ws`: the WebSocket upgrade and the connection task.
 
 mod sio;
+#[doc(hidden)]
+pub use sio::delay_connect_handlers;
 mod ws;
 
 use std::collections::HashMap;

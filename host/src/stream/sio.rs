@@ -57,6 +57,19 @@ struct Pending {
     accepted: Accepted,
     /// Drops the entry (and its slot) if the handler never comes.
     timer: tokio::task::AbortHandle,
+    /// The socket's events since the handshake, in order (see [`queue_events`]).
+    inbound: mpsc::Receiver<In>,
+}
+
+/// Test seam: how long connect handlers wait before wiring the socket, to widen the
+/// window between socketioxide's CONNECT answer and the handler (0: none).
+static OPEN_DELAY_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Delays every socket.io connect handler by `d` (tests: events a client sends right
+/// after the CONNECT answer must still arrive).
+#[doc(hidden)]
+pub fn delay_connect_handlers(d: Duration) {
+    OPEN_DELAY_MS.store(d.as_millis() as u64, Ordering::Relaxed);
 }
 
 /// All of an event's arguments (socketioxide's `Data<Value>` keeps only the first).
@@ -129,7 +142,13 @@ impl SocketIoServer {
         };
         let opened = move |s: SocketRef| {
             let ctx = c2.clone();
-            async move { open(ctx, s) }
+            async move {
+                let delay = OPEN_DELAY_MS.load(Ordering::Relaxed);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                open(ctx, s)
+            }
         };
         io.ns("/", opened.with(decide));
         let svc = tower_layer::Layer::layer(&layer, axum::Router::new());
@@ -183,6 +202,7 @@ async fn handshake(ctx: &Arc<Ctx>, s: &SocketRef, auth: Option<Value>) -> Result
                 slot,
                 accepted,
                 timer,
+                inbound: queue_events(ctx, s),
             };
             ctx.pending.lock().insert(sid, p);
             Ok(())
@@ -204,15 +224,12 @@ enum In {
     Event(String, Vec<Value>),
 }
 
-/// The connect handler: wires the socket's events to a new connection task.
-fn open(ctx: Arc<Ctx>, s: SocketRef) {
-    let Some(p) = ctx.pending.lock().remove(&s.id.to_string()) else {
-        let _ = s.disconnect();
-        return;
-    };
-    p.timer.abort();
+/// Queues the socket's events from now on. Called in the connect middleware, before
+/// socketioxide answers the client's CONNECT: its connect handler runs later, on a task
+/// of its own, and an event sent right after the answer (as socket.io clients send their
+/// buffered ones) would otherwise find no handler and be dropped without a trace.
+fn queue_events(ctx: &Arc<Ctx>, s: &SocketRef) -> mpsc::Receiver<In> {
     let (in_tx, in_rx) = mpsc::channel(ctx.settings.max_queued_frames.max(1));
-    let (closed_tx, closed_rx) = oneshot::channel::<String>();
     let b = ctx.broker.clone();
     s.on_fallback(
         move |Event(name): Event, Data(AllArgs(args)): Data<AllArgs>| {
@@ -226,6 +243,18 @@ fn open(ctx: Arc<Ctx>, s: SocketRef) {
             std::future::ready(())
         },
     );
+    in_rx
+}
+
+/// The connect handler: hands the socket and its queued events to a new connection task.
+fn open(ctx: Arc<Ctx>, s: SocketRef) {
+    let Some(p) = ctx.pending.lock().remove(&s.id.to_string()) else {
+        let _ = s.disconnect();
+        return;
+    };
+    p.timer.abort();
+    let in_rx = p.inbound;
+    let (closed_tx, closed_rx) = oneshot::channel::<String>();
     let closed_tx = Arc::new(Mutex::new(Some(closed_tx)));
     let on_closed = closed_tx.clone();
     s.on_disconnect(move |reason: DisconnectReason| {

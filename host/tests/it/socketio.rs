@@ -191,3 +191,56 @@ async fn a_refused_socket_io_client_is_told_why() {
         let _ = c.child.kill().await;
     }
 }
+
+/// An event sent the moment the namespace CONNECT is answered (as socket.io clients send
+/// their buffered ones) is served, however late the broker's connect handler runs: the
+/// events are queued from the handshake on. Before, socketioxide dropped such an event
+/// when its handler was not yet in place (the beebotte bench's rare "subscriber was not
+/// subscribed"); the delay makes that window certain.
+#[tokio::test]
+async fn an_event_right_after_the_connect_answer_is_not_lost() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let (tb, _root) = start().await;
+    apiary::stream::delay_connect_handlers(Duration::from_millis(300));
+    let url = format!(
+        "ws://{}/echo/socket.io/?EIO=4&transport=websocket&token=letmein",
+        tb.http_addr()
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    type Socket = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+    async fn next(ws: &mut Socket) -> String {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(Some(Ok(Ws::Text(t)))) if t.as_str() == "2" => {
+                    ws.send(Ws::Text("3".into())).await.unwrap();
+                }
+                Ok(Some(Ok(Ws::Text(t)))) => return t.to_string(),
+                Ok(Some(Ok(_))) => {}
+                other => return format!("ended: {other:?}"),
+            }
+        }
+    }
+    while !next(&mut ws).await.starts_with('0') {}
+    ws.send(Ws::Text("40".into())).await.unwrap();
+    let answer = next(&mut ws).await;
+    assert!(answer.starts_with("40"), "{answer}");
+    ws.send(Ws::Text(r#"42["sub","early/#"]"#.into()))
+        .await
+        .unwrap();
+    // The plugin's greeting comes first; then the answer to the early event.
+    let mut seen = Vec::new();
+    let served = loop {
+        let t = next(&mut ws).await;
+        if t.contains("subscribed") || t.starts_with("ended") {
+            break t.contains("subscribed");
+        }
+        seen.push(t);
+    };
+    apiary::stream::delay_connect_handlers(Duration::ZERO);
+    assert!(served, "the early event was never served; frames: {seen:?}");
+}
