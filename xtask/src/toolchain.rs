@@ -352,3 +352,32 @@ pub fn c_toolchain(root: &Path) -> Option<(PathBuf, PathBuf)> {
     }
     Some((wit_bindgen, linker))
 }
+
+/// Free space under `dir` in GiB, read from `df` (None when it cannot be read).
+fn free_gib(dir: &Path) -> Option<f64> {
+    let out = Command::new("df").arg("-Pk").arg(dir).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let kib: f64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kib / (1024.0 * 1024.0))
+}
+
+/// A cold `cargo xtask test` writes about 10 GiB under `target/`; a full disk shows up
+/// late and obscurely (the linker dies with a bus error), so say it up front.
+pub fn disk_check(root: &Path) {
+    const NEEDED_GIB: f64 = 10.0;
+    match free_gib(root) {
+        Some(free) if free < NEEDED_GIB => println!(
+            "==> warning: {free:.1} GiB free under {}; a cold test run needs about {NEEDED_GIB} GiB \
+             (a full disk makes the linker fail with a bus error)",
+            root.display()
+        ),
+        Some(free) => println!("==> disk: {free:.1} GiB free"),
+        None => println!("==> disk: could not read the free space (df)"),
+    }
+}
