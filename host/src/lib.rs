@@ -15,6 +15,7 @@ pub mod http;
 pub mod limits;
 pub mod message;
 pub mod metrics;
+pub mod monitor;
 pub mod mqtt;
 pub mod passwords;
 pub mod plugins;
@@ -259,6 +260,7 @@ pub async fn start_with_backend(
     });
     tasks.spawn(manager.clone().pump_events(initial_events));
     tasks.spawn(save_key_use(broker.clone(), Duration::from_secs(60)));
+    tasks.spawn(monitor::run(broker.clone()));
     if sys_interval > 0 {
         tasks.spawn(sys::run(broker.clone(), Duration::from_secs(sys_interval)));
     }

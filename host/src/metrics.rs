@@ -405,6 +405,44 @@ impl Histogram {
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// Adds `other`'s observations to this one's.
+    pub fn add(&self, other: &Histogram) {
+        for (a, b) in self.counts.iter().zip(&other.counts) {
+            a.fetch_add(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.sum_us
+            .fetch_add(other.sum_us.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Observations, and their sum in seconds.
+    pub fn totals(&self) -> (u64, f64) {
+        let n = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        (n, self.sum_us.load(Ordering::Relaxed) as f64 / 1e6)
+    }
+
+    /// The upper bound (seconds) of the bucket holding the `q` quantile: None with no
+    /// observations, infinity when it falls past the last bound.
+    pub fn quantile_bound(&self, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let n: u64 = counts.iter().sum();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((n as f64) * q).ceil().max(1.0) as u64;
+        let mut cum = 0;
+        for (i, c) in counts.iter().enumerate() {
+            cum += c;
+            if cum >= rank {
+                return Some(BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        Some(f64::INFINITY)
+    }
+
     /// [`Histogram::render`] for a histogram without labels.
     pub fn render_unlabelled(&self, name: &str, out: &mut String) {
         self.render(name, "", out);

@@ -435,6 +435,9 @@ fn test(root: &Path) -> Result<()> {
     if toolchain::python_beebotte(root).is_none() {
         bail!("cannot install Beebotte's Python SDK (beebotte==0.5.0): the beebotte tests need it");
     }
+    if !toolchain::chromium() {
+        bail!("cannot install Debian's chromium and chromium-driver: the dashboard's browser test needs them");
+    }
     let mut tally = Tally::default();
     let r = cargo_test(
         root,

@@ -253,6 +253,18 @@ pub fn node_tools(root: &Path) -> Option<PathBuf> {
     }
 }
 
+/// Debian's Chromium and ChromeDriver for the dashboard's browser test, installed with
+/// apt when missing; whether both are there.
+pub fn chromium() -> bool {
+    let have =
+        || Path::new("/usr/bin/chromium").exists() && Path::new("/usr/bin/chromedriver").exists();
+    if !have() {
+        println!("==> installing chromium and chromium-driver for the dashboard test (apt, 10 min limit)");
+        let _ = apt_install(&["chromium", "chromium-driver"]);
+    }
+    have()
+}
+
 /// Beebotte's official Python SDK (PyPI `beebotte==0.5.0`) in a virtualenv under
 /// `target/py-beebotte`, installing python3-venv when missing; its `python`, or None (with
 /// the reason printed).

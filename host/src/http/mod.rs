@@ -21,7 +21,9 @@ use crate::apikeys::{ApiKey, Right};
 use crate::broker::Broker;
 
 mod api_keys;
+mod dashboard;
 mod gateway;
+mod monitor;
 mod retained;
 
 /// Builds the native API router.
@@ -33,10 +35,22 @@ pub fn router(broker: Broker) -> Router {
         .route("/plugins/{name}/reload", post(gateway::reload))
         .merge(api_keys::routes())
         .merge(retained::routes())
+        .merge(monitor::routes())
+        .merge(dashboard::routes())
         .route("/plugins/{name}/logs", get(gateway::logs))
         .route("/reload", post(reload))
         .fallback(gateway::mounted)
+        .layer(axum::middleware::map_response(no_login_prompt))
         .with_state(broker)
+}
+
+/// A script's request (`X-Requested-With`, as the dashboard sends) gets its 401 without
+/// `WWW-Authenticate`, so the browser shows the page's own login, not its prompt.
+async fn no_login_prompt(headers: HeaderMap, mut res: Response) -> Response {
+    if headers.contains_key("x-requested-with") {
+        res.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
+    res
 }
 
 /// Accepted sockets with Nagle's algorithm off: stream connections (WebSocket events)
@@ -156,7 +170,8 @@ pub async fn serve_tls(listener: tokio::net::TcpListener, broker: Broker) {
 /// Serves the router until shutdown.
 pub async fn serve(listener: tokio::net::TcpListener, broker: Broker) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(listener = "http", %addr, "listening");
+        let dashboard = format!("http://{addr}/dashboard/");
+        tracing::info!(listener = "http", %addr, %dashboard, "listening");
     }
     let stop = broker.clone();
     let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();

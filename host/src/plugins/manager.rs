@@ -43,6 +43,12 @@ pub struct PluginInfo {
     pub last_error: Option<String>,
     /// Mount point on the main HTTP listener.
     pub mount: Option<String>,
+    /// Call latency since the broker started (None before the first call).
+    pub latency: Option<super::stats::CallLatency>,
+    /// Live instances.
+    pub instances: u64,
+    /// Linear memory of its live instances, bytes.
+    pub memory_bytes: u64,
 }
 
 /// A plugin's dedicated HTTP listener.
@@ -444,7 +450,9 @@ impl PluginManager {
     pub fn list(&self) -> Vec<PluginInfo> {
         use std::sync::atomic::Ordering::Relaxed;
         let mut out: BTreeMap<String, PluginInfo> = BTreeMap::new();
+        let stats = self.stats.lock().clone();
         for (name, p) in self.plugins.read().iter() {
+            let s = stats.get(name);
             out.insert(
                 name.clone(),
                 PluginInfo {
@@ -458,6 +466,9 @@ impl PluginManager {
                     errors: p.errors.load(Relaxed),
                     last_error: p.last_error.lock().clone(),
                     mount: p.ctx.manifest.mount.clone(),
+                    latency: s.and_then(|s| s.latency()),
+                    instances: s.map_or(0, |s| s.instances.load(Relaxed)),
+                    memory_bytes: s.map_or(0, |s| s.memory_bytes.load(Relaxed)),
                 },
             );
         }
@@ -475,6 +486,9 @@ impl PluginManager {
                     errors: 0,
                     last_error: Some(e.clone()),
                     mount: None,
+                    latency: None,
+                    instances: 0,
+                    memory_bytes: 0,
                 });
         }
         out.into_values().collect()

@@ -105,6 +105,8 @@ pub struct TenantIndex {
     dead: usize,
     /// Live rows and subscriptions per `BLOCK` slots.
     blocks: Vec<Block>,
+    /// Live rows with a connection: counted here so that the figure costs no scan.
+    connected: usize,
 }
 
 impl TenantIndex {
@@ -175,6 +177,7 @@ impl TenantIndex {
     /// Takes the row at `pos` out of its block's sums.
     fn unaccount(&mut self, pos: usize) {
         if let Some(r) = &self.rows[pos].row {
+            self.connected -= usize::from(r.connected);
             let b = &mut self.blocks[pos / BLOCK];
             b.live -= 1;
             b.add_subs(r.subs.load(Ordering::Relaxed), 0);
@@ -187,6 +190,7 @@ impl TenantIndex {
             self.blocks.push(Block::default());
         }
         if let Some(r) = &self.rows[pos].row {
+            self.connected += usize::from(r.connected);
             let b = &mut self.blocks[pos / BLOCK];
             b.live += 1;
             b.add_subs(0, r.subs.load(Ordering::Relaxed));
@@ -211,6 +215,11 @@ impl TenantIndex {
     /// Number of live sessions.
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Number of live sessions with a connection.
+    pub fn connected(&self) -> usize {
+        self.connected
     }
 
     /// Whether no session is left.
@@ -288,6 +297,7 @@ impl TenantIndex {
         }
         self.dead = 0;
         self.blocks.clear();
+        self.connected = 0;
         for pos in 0..self.rows.len() {
             self.account(pos);
         }

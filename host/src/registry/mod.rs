@@ -236,21 +236,12 @@ impl Registry {
         let Some(t) = map.get(tenant) else {
             return (0, 0, 0);
         };
-        let subs = t.subscription_total() as usize;
-        let (n, c) = t
-            .rows()
-            .fold((0, 0), |(n, c), r| (n + 1, c + usize::from(r.connected)));
-        (n, c, subs)
+        (t.len(), t.connected(), t.subscription_total() as usize)
     }
 
     /// Number of connected sessions.
     pub fn connected_count(&self) -> usize {
-        self.tenants
-            .read()
-            .values()
-            .flat_map(|t| t.rows())
-            .filter(|r| r.connected)
-            .count()
+        self.tenants.read().values().map(|t| t.connected()).sum()
     }
 
     /// Tenants that have sessions.

@@ -277,6 +277,48 @@ mod tests {
     }
 
     #[test]
+    fn connected_sessions_are_counted_without_a_scan_through_replace_refresh_and_compaction() {
+        let r = Registry::default();
+        let scan = |r: &Registry| {
+            r.sessions_of(None)
+                .iter()
+                .filter(|s| s.info.read().connected)
+                .count()
+        };
+        let mk = |i: u64, id: &str, connected: bool| {
+            let info = ClientInfo {
+                connected,
+                ..ClientInfo::default()
+            };
+            Arc::new(Session::new(i, "t".into(), id.into(), info))
+        };
+        let sessions: Vec<Arc<Session>> = (0..400u64)
+            .map(|i| {
+                let s = mk(i, &format!("c{i}"), i % 2 == 0);
+                r.insert(s.clone());
+                s
+            })
+            .collect();
+        assert_eq!(r.connected_count(), 200);
+        // Disconnects seen through refresh; a replaced session; removals past a compaction.
+        for s in sessions.iter().step_by(4) {
+            s.info.write().connected = false;
+            r.refresh(s);
+        }
+        r.insert(mk(1000, "c1", true));
+        for s in sessions.iter().skip(200) {
+            r.remove(s);
+        }
+        assert_eq!(r.connected_count(), scan(&r));
+        assert_eq!(r.tenant_counts("t").1, scan(&r));
+        assert_eq!(
+            r.connected_count(),
+            51,
+            "c0..c199: 50 even ones left, plus c1"
+        );
+    }
+
+    #[test]
     fn deep_pages_by_block_sums_equal_a_full_scan_as_sessions_and_subscriptions_change() {
         let r = Registry::default();
         let sessions: Vec<Arc<Session>> = (0..3000u64)

@@ -11,6 +11,7 @@ mod beebotte;
 mod bench;
 mod bifromq;
 mod ctl;
+mod dashboard;
 mod durability;
 mod emqx;
 mod emqx_v2;
