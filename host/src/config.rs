@@ -68,6 +68,8 @@ pub struct Config {
     /// Log filter (`info`, `debug`, or per target as RUST_LOG takes it); None: RUST_LOG,
     /// else `info`. Changes on reload.
     pub log_level: Option<String>,
+    /// Several nodes as one broker over NATS; None: this node alone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -87,6 +89,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             retained: RetainedConfig::default(),
             log_level: None,
+            cluster: None,
         }
     }
 }
@@ -419,6 +422,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "listeners.cert and listeners.key must be set together".into(),
             ));
+        }
+        if let Some(c) = &self.cluster {
+            c.check().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod acl;
 pub mod apikeys;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod limits;
@@ -64,6 +65,9 @@ pub enum StartError {
     /// The plugin runtime could not start.
     #[error("plugin runtime: {0}")]
     Plugins(#[from] plugins::PluginError),
+    /// `[cluster]` is set and the node could not join.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// The data dir cannot be created or written.
     #[error("data dir {path} is not usable: {source}")]
     DataDir {
@@ -231,6 +235,10 @@ pub async fn start_with_backend(
         ..Default::default()
     };
     let mut tasks = JoinSet::new();
+    // Before any listener accepts: every subscription made from now on is heard of.
+    if let Some(c) = broker.config().cluster.clone() {
+        cluster::start(&broker, &c, &mut tasks).await?;
+    }
     for b in bound {
         match b.kind {
             Transport::Tcp => addrs.tcp = Some(b.addr),

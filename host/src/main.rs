@@ -63,6 +63,10 @@ enum Cmd {
         /// Broker port.
         #[arg(long, default_value_t = 1883)]
         port: u16,
+        /// Port subscribers connect to instead (repeat it: round robin), e.g. other nodes
+        /// of a cluster while publishers use --port.
+        #[arg(long = "sub-port")]
+        sub_ports: Vec<u16>,
         /// MQTT over WebSocket (path /mqtt) instead of TCP.
         #[arg(long)]
         ws: bool,
@@ -125,6 +129,7 @@ fn bench(cmd: Cmd) -> anyhow::Result<()> {
         scenario,
         host,
         port,
+        sub_ports,
         ws,
         v5,
         qos,
@@ -156,6 +161,7 @@ fn bench(cmd: Cmd) -> anyhow::Result<()> {
     let opts = apiary_bench::Opts {
         host,
         port,
+        sub_ports,
         ws,
         version: if v5 { 5 } else { 4 },
         qos,

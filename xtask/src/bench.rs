@@ -240,7 +240,32 @@ fn apiary_config(dir: &Path, plugins: &Path) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// The whole run.
+/// Three nodes over one nats-server (issue 16): the `cluster` benchmark's lines (p2p and
+/// fan-out within one node and across nodes, ratios, time per cross-node message).
+fn cluster(root: &Path) -> Result<String> {
+    if !crate::toolchain::nats_server() {
+        return Ok("\n### Cluster\n\nnot run: nats-server could not be installed\n".into());
+    }
+    let out = Command::new("cargo")
+        .current_dir(root)
+        .args([
+            "bench", "-q", "-p", "apiary", "--bench", "cluster", "--", "--bench",
+        ])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "the cluster benchmark failed");
+    let mut md =
+        String::from("\n### Cluster: three nodes over one nats-server, this machine\n\n```\n");
+    for l in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("cluster/"))
+    {
+        md.push_str(l);
+        md.push('\n');
+    }
+    md.push_str("```\n");
+    Ok(md)
+}
+
 /// The admin API's deep pages at 200k sessions and subscriptions (issue 15): the
 /// `admin_pages` benchmark, in process over HTTP through the stock emqx plugin, as a
 /// markdown table.
@@ -402,6 +427,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     )?;
     let mut report = crate::bench_report::markdown(&names, &labels, &results, quick);
     report.push_str(&admin_pages(root, &work)?);
+    report.push_str(&cluster(root)?);
     std::fs::write(work.join("report.md"), &report)?;
     crate::bench_report::chart(&work.join("throughput.svg"), &names, &labels, &results)?;
     println!("{report}");

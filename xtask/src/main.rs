@@ -438,6 +438,9 @@ fn test(root: &Path) -> Result<()> {
     if !toolchain::chromium() {
         bail!("cannot install Debian's chromium and chromium-driver: the dashboard's browser test needs them");
     }
+    if !toolchain::nats_server() {
+        bail!("cannot install Debian's nats-server: the cluster tests need it");
+    }
     let mut tally = Tally::default();
     let r = cargo_test(
         root,

@@ -265,6 +265,17 @@ pub fn chromium() -> bool {
     have()
 }
 
+/// Debian's NATS server for the cluster tests (which start and stop their own), installed
+/// with apt when missing; whether it is there.
+pub fn nats_server() -> bool {
+    let have = || Path::new("/usr/sbin/nats-server").exists();
+    if !have() {
+        println!("==> installing nats-server for the cluster tests (apt, 10 min limit)");
+        let _ = apt_install(&["nats-server"]);
+    }
+    have()
+}
+
 /// Beebotte's official Python SDK (PyPI `beebotte==0.5.0`) in a virtualenv under
 /// `target/py-beebotte`, installing python3-venv when missing; its `python`, or None (with
 /// the reason printed).

@@ -330,12 +330,12 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects and waits for CONNACK.
-    pub async fn open(o: &Opts, id: &str) -> Result<Self, BenchError> {
-        let tcp = TcpStream::connect((o.host.as_str(), o.port)).await?;
+    /// Connects to `port` and waits for CONNACK.
+    pub async fn open(o: &Opts, id: &str, port: u16) -> Result<Self, BenchError> {
+        let tcp = TcpStream::connect((o.host.as_str(), port)).await?;
         tcp.set_nodelay(true)?;
         let (tx, rx) = if o.ws {
-            let url = format!("ws://{}:{}/mqtt", o.host, o.port);
+            let url = format!("ws://{}:{}/mqtt", o.host, port);
             let mut req =
                 tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
                     url.as_str(),

@@ -90,6 +90,9 @@ pub struct Opts {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// Ports subscribers connect to instead, round robin (other nodes of a cluster);
+    /// empty: `port`.
+    pub sub_ports: Vec<u16>,
     /// WebSocket (path /mqtt) instead of TCP.
     pub ws: bool,
     /// 4 (3.1.1) or 5.
@@ -122,6 +125,7 @@ impl Default for Opts {
         Self {
             host: "127.0.0.1".into(),
             port: 1883,
+            sub_ports: Vec::new(),
             ws: false,
             version: 4,
             qos: 0,

@@ -90,16 +90,20 @@ pub async fn run(scenario: Scenario, o: Arc<Opts>) -> Result<Report, BenchError>
         .then(|| tokio::spawn(progress_line(scenario, stats.clone())));
 
     let mut sub_tasks = Vec::new();
-    for (id, filter) in subs {
+    for (i, (id, filter)) in subs.into_iter().enumerate() {
         let (o, st, stop) = (o.clone(), stats.clone(), stop_rx.clone());
-        let mut conn = Conn::open(&o, &id).await?;
+        let port = match o.sub_ports.len() {
+            0 => o.port,
+            n => o.sub_ports[i % n],
+        };
+        let mut conn = Conn::open(&o, &id, port).await?;
         conn.subscribe(&filter, qos(&o)).await?;
         sub_tasks.push(tokio::spawn(subscriber(conn, o, st, stop)));
     }
     let started = Instant::now();
     let mut pub_tasks = Vec::new();
     for (id, topic) in pubs {
-        let conn = Conn::open(&o, &id).await?;
+        let conn = Conn::open(&o, &id, o.port).await?;
         pub_tasks.push(tokio::spawn(publisher(
             conn,
             o.clone(),
@@ -386,7 +390,7 @@ async fn conn(o: Arc<Opts>, st: Arc<Stats>, tag: &str) -> Result<Report, BenchEr
             let t = Instant::now();
             // A broker that never answers must not hold the run past its duration.
             let opened = tokio::select! {
-                r = Conn::open(&o, &id) => r,
+                r = Conn::open(&o, &id, o.port) => r,
                 _ = stop.changed() => return,
             };
             match opened {

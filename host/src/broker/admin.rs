@@ -155,18 +155,17 @@ impl Broker {
             QoS::AtMostOnce,
             true,
         );
-        let stored = |m: &Arc<Message>| {
-            if let Some(store) = &self.store {
-                store.submit(crate::store::Op::DeleteRetained(
-                    m.tenant.clone(),
-                    m.topic.clone(),
-                ));
-            }
+        // Clearing is never refused by limits; the other nodes clear it too.
+        let clear = Arc::new(clear);
+        let config = self.config();
+        let set = || {
+            self.retained
+                .set(clear.clone(), &config.retained, |m| self.store_retained(m))
         };
-        // Clearing is never refused by limits.
-        let _ = self
-            .retained
-            .set(Arc::new(clear), &self.config().retained, stored);
+        let _ = match self.cluster() {
+            Some(c) => c.retain(&clear, set),
+            None => set(),
+        };
         Ok(true)
     }
 

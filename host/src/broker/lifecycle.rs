@@ -27,12 +27,17 @@ impl Broker {
         // One CONNECT per client id at a time: a racing second one waits and then takes
         // over the first, instead of both attaching.
         let _serial = self.connect_lock(&tenant, &client_id).lock().await;
+        // In a cluster another node may hold the session: it moves here.
+        let moved = match self.cluster() {
+            Some(c) => c.take_session(&tenant, &client_id, clean_start).await,
+            None => None,
+        };
         if let Some(old) = self.registry.get(&tenant, &client_id) {
             self.take_over(&old).await;
         }
         // Looked up again: the connection that let go may have ended the session.
         let existing = self.registry.get(&tenant, &client_id);
-        let (session, session_present) = match existing {
+        let (session, mut session_present) = match existing {
             Some(old) if !clean_start => {
                 *old.info.write() = info;
                 (old, true)
@@ -52,29 +57,12 @@ impl Broker {
         session.epoch.fetch_add(1, Ordering::AcqRel);
         session.cancel_timers();
         *session.will.lock() = will;
-        let persistent = session.info.read().expiry_interval > 0;
-        if let Some(store) = &self.store {
-            let st = session.state.lock();
-            let was = session.persistent.swap(persistent, Ordering::AcqRel);
-            if was && !persistent {
-                // Resumed with session expiry 0: it ends with this connection, so leave
-                // the store now.
-                store.submit(crate::store::Op::DeleteSession(
-                    session.tenant.clone(),
-                    session.client_id.clone(),
-                ));
-            } else if persistent && !was {
-                // Now kept: its subscriptions are stored from here on.
-                for (f, o) in &st.subscriptions {
-                    store.submit(crate::store::Op::PutSub(
-                        session.tenant.clone(),
-                        session.client_id.clone(),
-                        Box::new(crate::store::recovery::sub_record(f, o)),
-                    ));
-                }
-            }
-        } else {
-            session.persistent.store(persistent, Ordering::Release);
+        self.will_changed(&session);
+        self.set_persistence(&session);
+        if let Some(m) = moved {
+            // After the persistence above: what it brings is stored if it is kept.
+            m.install(self, &session);
+            session_present = true;
         }
         let (tx, control) = crate::session::mailbox();
         let generation = self.next_id();
@@ -103,8 +91,38 @@ impl Broker {
         }
     }
 
+    /// Whether the session is kept past its connection, as its expiry now says, and its
+    /// stored state to match: dropped when no longer kept, its subscriptions stored when
+    /// newly kept.
+    fn set_persistence(&self, session: &Arc<Session>) {
+        let persistent = session.info.read().expiry_interval > 0;
+        if let Some(store) = &self.store {
+            let st = session.state.lock();
+            let was = session.persistent.swap(persistent, Ordering::AcqRel);
+            if was && !persistent {
+                // Resumed with session expiry 0: it ends with this connection, so leave
+                // the store now.
+                store.submit(crate::store::Op::DeleteSession(
+                    session.tenant.clone(),
+                    session.client_id.clone(),
+                ));
+            } else if persistent && !was {
+                // Now kept: its subscriptions are stored from here on.
+                for (f, o) in &st.subscriptions {
+                    store.submit(crate::store::Op::PutSub(
+                        session.tenant.clone(),
+                        session.client_id.clone(),
+                        Box::new(crate::store::recovery::sub_record(f, o)),
+                    ));
+                }
+            }
+        } else {
+            session.persistent.store(persistent, Ordering::Release);
+        }
+    }
+
     /// Asks the connection attached to `s` to let go, and waits (bounded) until it has.
-    async fn take_over(&self, s: &Arc<Session>) {
+    pub(crate) async fn take_over(&self, s: &Arc<Session>) {
         let (tx, rx) = oneshot::channel();
         if s.control(Control::Takeover(tx))
             && tokio::time::timeout(Duration::from_secs(5), rx)
@@ -160,6 +178,7 @@ impl Broker {
                 self.publish_will(*w);
             }
         }
+        self.will_changed(s);
         if expiry == 0 {
             self.discard(s, "expired");
             return;
@@ -226,7 +245,17 @@ impl Broker {
         }
         let will = s.will.lock().take();
         if let Some(w) = will {
+            self.will_changed(s);
             self.publish_will(*w);
+        }
+    }
+
+    /// Tells the cluster the session's pending will now (kept there for when this node
+    /// dies, `cluster/wills.rs`).
+    pub(crate) fn will_changed(&self, s: &Session) {
+        if let Some(c) = self.cluster() {
+            let w = s.will.lock();
+            c.will_set(&s.tenant, &s.client_id, w.as_deref());
         }
     }
 

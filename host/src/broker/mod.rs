@@ -3,6 +3,7 @@
 //! because MQTT connections, admin operations, wills and `$SYS` all publish the same way.
 
 mod admin;
+mod cluster_view;
 mod lifecycle;
 mod restore;
 
@@ -60,9 +61,13 @@ pub struct Shared {
     pub passwords: crate::passwords::Passwords,
     /// Open stream connections (WebSocket, socket.io) of stream plugins.
     pub streams: crate::stream::Hub,
+    /// The last hour's figures, for the dashboard.
+    pub monitor: crate::monitor::Monitor,
     /// Loaded plugins (set once at startup). Weak: the manager's plugins hold the broker,
     /// and the server owns the manager, so shutdown drops the whole graph.
     plugins_mgr: std::sync::OnceLock<std::sync::Weak<crate::plugins::PluginManager>>,
+    /// This node's part of a cluster (set once at startup; never with no `[cluster]`).
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// The auth chain (the plugin manager's auth plugins), as the core sees it.
     auth: std::sync::OnceLock<std::sync::Weak<dyn crate::auth::AuthChain>>,
     /// When the broker started.
@@ -166,7 +171,9 @@ impl Broker {
             login_throttle,
             passwords: crate::passwords::Passwords::default(),
             streams: crate::stream::Hub::default(),
+            monitor: crate::monitor::Monitor::default(),
             plugins_mgr: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
             auth: std::sync::OnceLock::new(),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
@@ -195,6 +202,16 @@ impl Broker {
         let _ = self.plugins_mgr.set(Arc::downgrade(m));
         let chain: Arc<dyn crate::auth::AuthChain> = m.clone();
         let _ = self.auth.set(Arc::downgrade(&chain));
+    }
+
+    /// This node's part of the cluster, when `[cluster]` is set.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Joins the broker to its cluster (once, at startup).
+    pub(crate) fn set_cluster(&self, c: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(c);
     }
 
     /// The auth chain, while the server runs.
@@ -242,7 +259,8 @@ impl Broker {
 
     /// Routes a message to every matching subscription and stores it if retained.
     /// Returns the number of sessions whose subscriptions matched (a delivery dropped at
-    /// a full queue still counts: it had a subscriber, and the drop is counted apart).
+    /// a full queue still counts: it had a subscriber, and the drop is counted apart);
+    /// in a cluster, at least 1 when the message went to the other nodes.
     /// A retained message its tenant has no room for is refused whole (not routed), as
     /// any other refusal: MQTT 5 publishers see 0x97 (docs/decisions/0009).
     pub fn publish(&self, msg: Message) -> Result<usize, PublishRefused> {
@@ -256,30 +274,144 @@ impl Broker {
     pub fn publish_from(
         &self,
         msg: Message,
-        mut held: Option<&mut Vec<(Arc<Session>, u64)>>,
+        held: Option<&mut Vec<(Arc<Session>, u64)>>,
     ) -> Result<usize, PublishRefused> {
         let msg = Arc::new(msg);
+        let cluster = self.to_cluster(&msg);
+        let matched = self.route(&msg, held, true, Self::shared_here(cluster, &msg))?;
+        if let Some(c) = cluster {
+            c.forward(&msg);
+        }
+        Ok(Self::matched_in(cluster, matched))
+    }
+
+    /// [`Broker::publish_from`] for an MQTT publisher of QoS 1/2, which waits (at most
+    /// `backpressure_timeout_ms`) for room in the queue to the other nodes rather than
+    /// having a message acknowledged that they would not get.
+    pub async fn publish_waiting(
+        &self,
+        msg: Message,
+        held: &mut Vec<(Arc<Session>, u64)>,
+    ) -> Result<usize, PublishRefused> {
+        let msg = Arc::new(msg);
+        let cluster = self.to_cluster(&msg);
+        let shared = Self::shared_here(cluster, &msg);
+        let matched = self.route(&msg, Some(held), true, shared)?;
+        if let Some(c) = cluster {
+            let ms = self.config().session.backpressure_timeout_ms;
+            c.forward_waiting(&msg, std::time::Duration::from_millis(ms))
+                .await;
+        }
+        Ok(Self::matched_in(cluster, matched))
+    }
+
+    /// The cluster, when `msg` goes to the other nodes (each publishes its own `$SYS`).
+    fn to_cluster(&self, msg: &Message) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster
+            .get()
+            .filter(|_| !msg.topic.starts_with("$SYS/"))
+    }
+
+    /// The count a publisher is told: this node's sessions cannot tell a message that
+    /// went to other nodes has no subscriber (MQTT 5's 0x10), so there it is at least 1.
+    fn matched_in(cluster: Option<&Arc<crate::cluster::Cluster>>, matched: usize) -> usize {
+        if cluster.is_some() {
+            matched.max(1)
+        } else {
+            matched
+        }
+    }
+
+    /// Whether this node serves its shared groups for `msg` itself: not when NATS
+    /// balances them over the cluster's queue groups.
+    fn shared_here(cluster: Option<&Arc<crate::cluster::Cluster>>, msg: &Message) -> bool {
+        cluster.is_none_or(|c| !c.serves_shared(msg))
+    }
+
+    /// Routes a message another node of the cluster received to this node's subscribers
+    /// (its retained copy comes through the cluster's bucket: `retain_from_cluster`;
+    /// shared groups through their queue groups: `deliver_shared_from_cluster`).
+    pub(crate) fn publish_from_cluster(&self, msg: Message) {
+        let _ = self.route(&Arc::new(msg), None, false, false);
+    }
+
+    /// Delivers a message NATS handed to this node's part of the shared subscription
+    /// `$share/<group>/<filter>` to one of its members here.
+    pub(crate) fn deliver_shared_from_cluster(&self, msg: Message, group: &str, filter: &str) {
+        // NATS wildcards also match `$` topics, which MQTT's leading wildcards do not.
+        if !topic::matches(filter, &msg.topic) {
+            return;
+        }
+        let Some(sub) = self.router.pick_shared(&msg.tenant, group, filter) else {
+            return; // The last member here left as the message came.
+        };
+        if let Some(d) = merge(&Arc::new(msg), std::slice::from_ref(&sub)) {
+            self.offer(&self.config().session, &sub.session, d, false);
+        }
+    }
+
+    /// Keeps another node's retained message (an empty one clears) without routing it.
+    pub(crate) fn retain_from_cluster(&self, msg: Message) {
+        let config = self.config();
+        if !config.mqtt.retain_available {
+            return;
+        }
+        let set = self
+            .retained
+            .set(Arc::new(msg), &config.retained, |m| self.store_retained(m));
+        if let Err(e) = set {
+            self.metrics
+                .retained_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(error = %e, "retained message of another node refused");
+        }
+    }
+
+    /// Writes a change of the retained store to disk (an empty message deletes).
+    pub(crate) fn store_retained(&self, m: &Arc<Message>) {
+        if let Some(store) = &self.store {
+            store.submit(if m.payload.is_empty() {
+                Op::DeleteRetained(m.tenant.clone(), m.topic.clone())
+            } else {
+                Op::PutRetained(m.clone())
+            });
+        }
+    }
+
+    /// Queues `msg` for every matching local subscription. A `local` message (published
+    /// on this node) is also stored if retained, counted, and shown to event plugins; one
+    /// from another node was all that on its own node.
+    fn route(
+        &self,
+        msg: &Arc<Message>,
+        mut held: Option<&mut Vec<(Arc<Session>, u64)>>,
+        local: bool,
+        shared: bool,
+    ) -> Result<usize, PublishRefused> {
+        let msg = msg.clone();
         // One snapshot for the whole publish: every delivery sees the same limits.
         let config = self.config();
-        self.metrics
-            .messages_received
-            .fetch_add(1, Ordering::Relaxed);
-        if msg.retain && config.mqtt.retain_available {
+        if local {
+            self.metrics
+                .messages_received
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if msg.retain && local && config.mqtt.retain_available {
             // A compact copy: the decoded topic and payload are slices that would keep the
             // whole read buffer they arrived in alive for as long as the message is retained.
             let mut kept = (*msg).clone();
             kept.topic = ByteString::from(&*msg.topic);
             kept.payload = bytes::Bytes::copy_from_slice(&msg.payload);
-            let stored = |m: &Arc<Message>| {
-                if let Some(store) = &self.store {
-                    store.submit(if m.payload.is_empty() {
-                        Op::DeleteRetained(m.tenant.clone(), m.topic.clone())
-                    } else {
-                        Op::PutRetained(m.clone())
-                    });
-                }
+            let kept = Arc::new(kept);
+            let set = || {
+                self.retained
+                    .set(kept.clone(), &config.retained, |m| self.store_retained(m))
             };
-            if let Err(e) = self.retained.set(Arc::new(kept), &config.retained, stored) {
+            let r = match self.to_cluster(&msg) {
+                Some(c) => c.retain(&kept, set),
+                None => set(),
+            };
+            if let Err(e) = r {
                 self.metrics
                     .retained_refused
                     .fetch_add(1, Ordering::Relaxed);
@@ -287,9 +419,12 @@ impl Broker {
                 return Err(PublishRefused::Retained(e));
             }
         }
-        self.registry.emit_message(&msg);
+        if local {
+            self.registry.emit_message(&msg);
+        }
         MATCHES.with_borrow_mut(|subs| {
-            self.router.matches(&msg.tenant, &msg.topic, subs);
+            self.router
+                .matches_with(&msg.tenant, &msg.topic, shared, subs);
             if subs.len() > 1 {
                 subs.sort_unstable_by_key(|s| s.session.id);
             }
@@ -314,7 +449,7 @@ impl Broker {
                 i = j;
             }
             subs.clear();
-            if matched == 0 {
+            if matched == 0 && local {
                 self.metrics
                     .messages_no_subscriber
                     .fetch_add(1, Ordering::Relaxed);
@@ -492,14 +627,20 @@ impl Broker {
                     Box::new(crate::store::recovery::sub_record(raw, &opts)),
                 ));
             }
-            self.router.subscribe(
+            let new = self.router.subscribe(
                 &session.tenant,
                 &parsed,
                 Subscriber {
                     session: session.clone(),
                     opts,
                 },
-            )
+            );
+            // Under the session's lock, as `unroute` removes it: an unsubscribe or a
+            // discard cannot come between the router and the cluster's interest.
+            if let (true, Some(c)) = (new, self.cluster.get()) {
+                c.interest_add(&session.tenant, parsed.group, parsed.filter);
+            }
+            new
         };
         self.registry.note_subscriptions(session);
         self.metrics
@@ -575,6 +716,9 @@ impl Broker {
                 .unsubscribe(&session.tenant, &parsed, session.id)
             {
                 self.metrics.subscriptions.fetch_sub(1, Ordering::Relaxed);
+                if let Some(c) = self.cluster.get() {
+                    c.interest_remove(&session.tenant, parsed.group, parsed.filter);
+                }
             }
         }
     }

@@ -21,6 +21,7 @@ use crate::apikeys::{ApiKey, Right};
 use crate::broker::Broker;
 
 mod api_keys;
+mod cluster;
 mod dashboard;
 mod gateway;
 mod monitor;
@@ -36,6 +37,7 @@ pub fn router(broker: Broker) -> Router {
         .merge(api_keys::routes())
         .merge(retained::routes())
         .merge(monitor::routes())
+        .merge(cluster::routes())
         .merge(dashboard::routes())
         .route("/plugins/{name}/logs", get(gateway::logs))
         .route("/reload", post(reload))
@@ -447,6 +449,9 @@ pub fn metrics_text(b: &Broker) -> String {
     tenant_metrics(b, &mut text);
     if let Some(m) = b.plugins() {
         text.push_str(&crate::plugins::stats::render(&m.stats()));
+    }
+    if let Some(c) = b.cluster() {
+        c.metrics(b, &mut text);
     }
     text
 }

@@ -84,6 +84,8 @@ fn op_error(e: OpError) -> Error {
         OpError::Subscribe(_) | OpError::Publish(_) | OpError::Acl(_) => {
             Error::Refused(e.to_string())
         }
+        OpError::Remote { refused: true, .. } => Error::Refused(e.to_string()),
+        OpError::Remote { refused: false, .. } => Error::InvalidArgument(e.to_string()),
     }
 }
 
@@ -259,20 +261,23 @@ impl registry::Host for PluginState {
         page: u32,
         limit: u32,
     ) -> wasmtime::Result<Result<registry::Page, Error>> {
-        let run = || -> Result<registry::Page, Error> {
+        let (query, paged) = match (|| -> Result<_, Error> {
             // Without a tenant the query spans tenants: only for plugins granted all of them.
             let tenant = q.tenant.clone().unwrap_or_else(|| "*".into());
             self.check(Capability::RegistryRead, Some(&tenant))?;
-            let paged = paging(page, limit)?;
-            let b = &self.ctx.broker;
-            let r = b.registry.query(&to_query(q)?, paged, &b.config());
-            Ok(registry::Page {
-                items: r.items.into_iter().map(session).collect(),
-                count: r.count as u64,
-                has_next: r.has_next,
-            })
+            Ok((to_query(q)?, paging(page, limit)?))
+        })() {
+            Ok(x) => x,
+            Err(e) => return Ok(Err(e)),
         };
-        Ok(run())
+        // Every node's sessions in a cluster; the broker, not the (non-Sync) state, held.
+        let b = self.ctx.broker.clone();
+        let r = b.query_all(&query, paged).await;
+        Ok(Ok(registry::Page {
+            items: r.items.into_iter().map(session).collect(),
+            count: r.count as u64,
+            has_next: r.has_next,
+        }))
     }
 
     async fn session_messages(
@@ -320,16 +325,23 @@ impl registry::Host for PluginState {
         start: registry::Start,
         limit: u32,
     ) -> wasmtime::Result<Result<registry::Listing, Error>> {
-        let run = || -> Result<registry::Listing, Error> {
+        let query = match (|| -> Result<_, Error> {
             let tenant = q.tenant.clone().unwrap_or_else(|| "*".into());
             self.check(Capability::RegistryRead, Some(&tenant))?;
-            let b = &self.ctx.broker;
             let mut query = to_query(q)?;
             query.client_ids = set.client_ids;
             query.usernames = set.usernames;
+            Ok(query)
+        })() {
+            Ok(q) => q,
+            Err(e) => return Ok(Err(e)),
+        };
+        let b = self.ctx.broker.clone();
+        let run = async {
             Ok(match start {
+                // Pages span the cluster's nodes.
                 registry::Start::Page(page) => {
-                    let r = b.registry.query(&query, paging(page, limit)?, &b.config());
+                    let r = b.query_all(&query, paging(page, limit)?).await;
                     registry::Listing {
                         items: r.items.into_iter().map(session).collect(),
                         count: Some(r.count as u64),
@@ -337,6 +349,7 @@ impl registry::Host for PluginState {
                         cursor: None,
                     }
                 }
+                // Cursors are this node's (README: cluster, not yet).
                 registry::Start::After(cursor) => {
                     let after = cursor
                         .map(|c| {
@@ -357,7 +370,7 @@ impl registry::Host for PluginState {
                 }
             })
         };
-        Ok(run())
+        Ok(run.await)
     }
 
     async fn get(
@@ -368,11 +381,8 @@ impl registry::Host for PluginState {
         if let Err(e) = self.check(Capability::RegistryRead, Some(&tenant)) {
             return Ok(Err(e));
         }
-        let b = &self.ctx.broker;
-        Ok(Ok(b
-            .registry
-            .snapshot(&tenant, &client_id, &b.config())
-            .map(session)))
+        let b = self.ctx.broker.clone();
+        Ok(Ok(b.snapshot_any(&tenant, &client_id).await.map(session)))
     }
 
     async fn kick(
@@ -384,10 +394,10 @@ impl registry::Host for PluginState {
         if let Err(e) = self.check(Capability::RegistryKick, Some(&tenant)) {
             return Ok(Err(e));
         }
-        let n = self
-            .ctx
-            .broker
-            .kick(&tenant, &KickTarget::ClientId(client_id), end_session);
+        let b = self.ctx.broker.clone();
+        let n = b
+            .kick_all(&tenant, &KickTarget::ClientId(client_id), end_session)
+            .await;
         Ok(Ok(u32_sat(n)))
     }
 
@@ -398,23 +408,23 @@ impl registry::Host for PluginState {
         transport_name: Option<String>,
         end_session: bool,
     ) -> wasmtime::Result<Result<u32, Error>> {
-        let run = || -> Result<u32, Error> {
+        let only = match (|| -> Result<_, Error> {
             self.check(Capability::RegistryKick, Some(&tenant))?;
-            let only = match transport_name.as_deref() {
-                None => None,
-                Some(t) => Some(crate::registry::Via::parse(t).ok_or_else(|| {
+            match transport_name.as_deref() {
+                None => Ok(None),
+                Some(t) => Ok(Some(crate::registry::Via::parse(t).ok_or_else(|| {
                     Error::InvalidArgument(format!(
                         "unknown transport or protocol {t:?} (tcp, tls, ws, wss, mqtt, websocket, socketio)"
                     ))
-                })?),
-            };
-            Ok(u32_sat(self.ctx.broker.kick(
-                &tenant,
-                &KickTarget::UserId { user_id, only },
-                end_session,
-            )))
+                })?)),
+            }
+        })() {
+            Ok(o) => o,
+            Err(e) => return Ok(Err(e)),
         };
-        Ok(run())
+        let b = self.ctx.broker.clone();
+        let target = KickTarget::UserId { user_id, only };
+        Ok(Ok(u32_sat(b.kick_all(&tenant, &target, end_session).await)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -449,7 +459,7 @@ impl registry::Host for PluginState {
         // The call awaits the ACL chain: hold the broker, not the (non-Sync) instance state.
         let broker = self.ctx.broker.clone();
         Ok(broker
-            .subscribe_for(&tenant, &client_id, &topic, opts)
+            .subscribe_for_any(&tenant, &client_id, &topic, opts)
             .await
             .map_err(op_error))
     }
@@ -463,10 +473,9 @@ impl registry::Host for PluginState {
         if let Err(e) = self.check(Capability::RegistrySubscribe, Some(&tenant)) {
             return Ok(Err(e));
         }
-        Ok(self
-            .ctx
-            .broker
-            .unsubscribe_for(&tenant, &client_id, &topic)
+        let b = self.ctx.broker.clone();
+        Ok(b.unsubscribe_for_any(&tenant, &client_id, &topic)
+            .await
             .map_err(op_error))
     }
 
@@ -478,9 +487,8 @@ impl registry::Host for PluginState {
         if let Err(e) = self.check(Capability::RegistryExpire, Some(&tenant)) {
             return Ok(Err(e));
         }
-        Ok(Ok(u32_sat(
-            self.ctx.broker.expire_inactive(&tenant, seconds),
-        )))
+        let b = self.ctx.broker.clone();
+        Ok(Ok(u32_sat(b.expire_all(&tenant, seconds).await)))
     }
 }
 

@@ -25,6 +25,14 @@ pub enum OpError {
     /// client could not make itself.
     #[error("refused by ACL: {0}")]
     Acl(String),
+    /// Another node of the cluster, which holds the session, refused (its words).
+    #[error("{message}")]
+    Remote {
+        /// Refused (ACL, limits) rather than invalid.
+        refused: bool,
+        /// What it said.
+        message: String,
+    },
 }
 
 /// Which connections a kick targets.
@@ -64,6 +72,17 @@ impl Via {
             "socketio" => Via::Protocol("socketio"),
             _ => return None,
         })
+    }
+
+    /// The name [`Via::parse`] reads back.
+    pub fn name(self) -> &'static str {
+        match self {
+            Via::Transport(crate::session::Transport::Tcp) => "tcp",
+            Via::Transport(crate::session::Transport::Tls) => "tls",
+            Via::Transport(crate::session::Transport::Ws) => "ws",
+            Via::Transport(crate::session::Transport::Wss) => "wss",
+            Via::Protocol(p) => p,
+        }
     }
 
     /// Whether a session with this client info is of this kind.

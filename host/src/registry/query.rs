@@ -14,8 +14,9 @@ use super::Registry;
 use crate::session::{Session, Transport};
 use crate::store::records::to_ms as epoch_ms;
 
-/// Filters over sessions; every field set must match.
-#[derive(Debug, Clone, Default)]
+/// Filters over sessions; every field set must match (serialisable: nodes of a cluster
+/// ask each other).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Query {
     /// Only this tenant (None = every tenant, for admin callers).
     pub tenant: Option<String>,
@@ -76,7 +77,7 @@ pub struct PageResult {
 }
 
 /// A subscription as the registry shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct SubscriptionSnapshot {
     /// Filter as subscribed (with `$share/group/` if shared).
     pub topic: String,
@@ -91,7 +92,7 @@ pub struct SubscriptionSnapshot {
 }
 
 /// Everything the registry knows about one session at one instant.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SessionSnapshot {
     /// Tenant.
     pub tenant: String,

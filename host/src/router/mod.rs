@@ -41,31 +41,33 @@ impl Node {
         self.children.is_empty() && self.subs.is_empty() && self.shared.is_empty()
     }
 
-    fn collect(&self, out: &mut Vec<Subscriber>) {
+    fn collect(&self, shared: bool, out: &mut Vec<Subscriber>) {
         out.extend(self.subs.iter().cloned());
-        for g in &self.shared {
-            if let Some(s) = pick(g) {
-                out.push(s.clone());
+        if shared {
+            for g in &self.shared {
+                if let Some(s) = pick(g) {
+                    out.push(s.clone());
+                }
             }
         }
     }
 
-    fn walk(&self, levels: &[&str], dollar: bool, out: &mut Vec<Subscriber>) {
+    fn walk(&self, levels: &[&str], dollar: bool, shared: bool, out: &mut Vec<Subscriber>) {
         if !dollar {
             if let Some(n) = self.children.get("#") {
-                n.collect(out);
+                n.collect(shared, out);
             }
         }
         let Some((first, rest)) = levels.split_first() else {
-            self.collect(out);
+            self.collect(shared, out);
             return;
         };
         if let Some(n) = self.children.get(*first) {
-            n.walk(rest, false, out);
+            n.walk(rest, false, shared, out);
         }
         if !dollar {
             if let Some(n) = self.children.get("+") {
-                n.walk(rest, false, out);
+                n.walk(rest, false, shared, out);
             }
         }
     }
@@ -186,6 +188,12 @@ impl Router {
     /// Appends every subscriber whose filter matches `topic` (one member per shared group).
     /// A session with several matching filters appears once per filter.
     pub fn matches(&self, tenant: &str, topic: &str, out: &mut Vec<Subscriber>) {
+        self.matches_with(tenant, topic, true, out);
+    }
+
+    /// [`Router::matches`], leaving out shared groups unless `shared` (in a cluster the
+    /// nodes' groups are served through NATS queue groups, one member cluster-wide).
+    pub fn matches_with(&self, tenant: &str, topic: &str, shared: bool, out: &mut Vec<Subscriber>) {
         let tenants = self.tenants.read();
         let Some(root) = tenants.get(tenant) else {
             return;
@@ -206,7 +214,19 @@ impl Router {
             n = i + 1;
         }
         let levels = if n <= 32 { &buf[..n] } else { &heap[..] };
-        root.walk(levels, topic.starts_with('$'), out);
+        root.walk(levels, topic.starts_with('$'), shared, out);
+    }
+
+    /// One member (round-robin, online first) of the shared subscription `group` on
+    /// `filter` (without `$share/`), if it has any here.
+    pub fn pick_shared(&self, tenant: &str, group: &str, filter: &str) -> Option<Subscriber> {
+        let tenants = self.tenants.read();
+        let mut node = tenants.get(tenant)?;
+        for level in filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        let g = node.shared.iter().find(|g| &*g.name == group)?;
+        pick(g).cloned()
     }
 
     /// Tenants that currently have subscriptions.
@@ -294,6 +314,20 @@ mod tests {
             seen.push(v[0]);
         }
         assert!(seen.contains(&1) && seen.contains(&2), "{seen:?}");
+    }
+
+    #[test]
+    fn shared_groups_left_out_or_picked_alone() {
+        let r = Router::default();
+        sub(&r, 1, "$share/g/t/+");
+        sub(&r, 2, "t/x");
+        let mut out = Vec::new();
+        r.matches_with("default", "t/x", false, &mut out);
+        assert_eq!(out.iter().map(|s| s.session.id).collect::<Vec<_>>(), [2]);
+        assert_eq!(r.pick_shared("default", "g", "t/+").unwrap().session.id, 1);
+        assert!(r.pick_shared("default", "g", "t/x").is_none());
+        assert!(r.pick_shared("default", "h", "t/+").is_none());
+        assert!(r.pick_shared("other", "g", "t/+").is_none());
     }
 
     #[test]

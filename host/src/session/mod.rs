@@ -24,7 +24,7 @@ pub use state::{EnqueueOutcome, Inflight, InflightState, Outgoing, SessionState,
 use crate::message::Message;
 
 /// Transport a connection arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// MQTT over TCP.

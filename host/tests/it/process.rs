@@ -75,7 +75,7 @@ fn unknown_config_keys_are_an_error_naming_the_key() {
 
 /// Starts the binary with `cfg`; returns it, the addresses it logged per listener, and
 /// every log line seen until they were all there.
-fn spawn(
+pub(crate) fn spawn(
     cfg: &std::path::Path,
     want: &[&str],
 ) -> (
@@ -120,7 +120,7 @@ fn spawn(
     (child, addrs, lines)
 }
 
-fn stop(mut child: std::process::Child) {
+pub(crate) fn stop(mut child: std::process::Child) {
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())

@@ -534,7 +534,12 @@ impl<T: Transport> Connection<T> {
         };
         let before = self.ticket();
         let mut held = Vec::new();
-        let reason = match self.broker.publish_from(msg, Some(&mut held)) {
+        let published = if p.qos == QoS::AtMostOnce {
+            self.broker.publish_from(msg, Some(&mut held))
+        } else {
+            self.broker.publish_waiting(msg, &mut held).await
+        };
+        let reason = match published {
             Ok(0) => 0x10,
             Ok(_) => 0x00,
             Err(refused) => refused.reason_code(),

@@ -1,0 +1,84 @@
+//! Admin operations over every node: this node's sessions, then, in a cluster, the
+//! other nodes' (asked over NATS, `cluster/rpc.rs`). The admin APIs call these, so an
+//! API on any node sees and acts on every session of the cluster.
+
+use super::Broker;
+use crate::registry::{KickTarget, OpError, Page, PageResult, Query, SessionSnapshot};
+use crate::session::SubOptions;
+
+impl Broker {
+    /// A page of the sessions matching `q` on every node.
+    pub async fn query_all(&self, q: &Query, page: Page) -> PageResult {
+        match self.cluster() {
+            Some(c) => c.query(self, q, page).await,
+            None => self.registry.query(q, page, &self.config()),
+        }
+    }
+
+    /// The session of `client_id`, on whichever node holds it.
+    pub async fn snapshot_any(&self, tenant: &str, client_id: &str) -> Option<SessionSnapshot> {
+        if let Some(s) = self.registry.snapshot(tenant, client_id, &self.config()) {
+            return Some(s);
+        }
+        self.cluster()?.get(tenant, client_id).await
+    }
+
+    /// [`Broker::kick`] on every node; how many sessions were affected.
+    pub async fn kick_all(&self, tenant: &str, target: &KickTarget, end_session: bool) -> usize {
+        // Every node, also for a client id: until ownership is cluster-wide, two nodes
+        // may each hold a session of one client id.
+        let here = self.kick(tenant, target, end_session);
+        match self.cluster() {
+            Some(c) => here + c.kick(tenant, target, end_session).await,
+            None => here,
+        }
+    }
+
+    /// [`Broker::subscribe_for`] on whichever node holds the session.
+    pub async fn subscribe_for_any(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        filter: &str,
+        opts: SubOptions,
+    ) -> Result<bool, OpError> {
+        match (
+            self.subscribe_for(tenant, client_id, filter, opts).await,
+            self.cluster(),
+        ) {
+            (Err(OpError::NotFound(m)), Some(c)) => c
+                .subscribe_for(tenant, client_id, filter, opts)
+                .await
+                .unwrap_or(Err(OpError::NotFound(m))),
+            (r, _) => r,
+        }
+    }
+
+    /// [`Broker::unsubscribe_for`] on whichever node holds the session.
+    pub async fn unsubscribe_for_any(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        filter: &str,
+    ) -> Result<bool, OpError> {
+        match (
+            self.unsubscribe_for(tenant, client_id, filter),
+            self.cluster(),
+        ) {
+            (Err(OpError::NotFound(m)), Some(c)) => c
+                .unsubscribe_for(tenant, client_id, filter)
+                .await
+                .unwrap_or(Err(OpError::NotFound(m))),
+            (r, _) => r,
+        }
+    }
+
+    /// [`Broker::expire_inactive`] on every node; how many sessions ended.
+    pub async fn expire_all(&self, tenant: &str, secs: u64) -> usize {
+        let here = self.expire_inactive(tenant, secs);
+        match self.cluster() {
+            Some(c) => here + c.expire(tenant, secs).await,
+            None => here,
+        }
+    }
+}

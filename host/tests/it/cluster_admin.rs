@@ -1,0 +1,91 @@
+//! The admin APIs across the nodes of a cluster: the stock EMQX plugin on node c lists
+//! the clients of nodes a and b with c's own (counted, paged, filtered), shows one of
+//! another node, subscribes it on its behalf, and kicks one on another node.
+
+use rumqttc::v5::mqttbytes::QoS;
+use serde_json::{json, Value};
+
+use crate::cluster::{cluster_config, nats, node, running, ADMIN};
+use crate::common::{self, v5, TestBroker, Tr};
+use crate::emqx::call;
+
+fn client_ids(body: &Value) -> Vec<String> {
+    let mut v: Vec<String> = body["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|c| c["clientid"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn get(tb: &TestBroker, path: &str) -> (u16, Value) {
+    call(tb, "GET", &format!("/api/v5{path}"), Some(ADMIN), None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emqx_api_on_one_node_sees_and_acts_on_the_clients_of_every_node() {
+    let Some(nats) = nats().await else { return };
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let emqx = common::stock_toml("emqx");
+    let (c, _dir) =
+        common::with_plugins(&[("emqx", "emqx", &emqx)], "", cluster_config(&nats, "c")).await;
+    common::eventually("c hears a and b", || running(&c) == 3).await;
+    let (mut on_a, _) = v5::connect(v5::opts(&a, "dev-a", Tr::Tcp)).await;
+    let (mut on_b, _) = v5::connect(v5::opts(&b, "dev-b", Tr::Tcp)).await;
+    let (on_c, _) = v5::connect(v5::opts(&c, "dev-c", Tr::Tcp)).await;
+
+    let (st, body) = get(&c, "/clients?limit=10").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(client_ids(&body), ["dev-a", "dev-b", "dev-c"]);
+    assert_eq!(body["meta"]["count"], 3, "{body}");
+    // Pages split the cluster's clients without a repeat or a gap.
+    let (_, p1) = get(&c, "/clients?limit=2&page=1").await;
+    let (_, p2) = get(&c, "/clients?limit=2&page=2").await;
+    let mut both = [client_ids(&p1), client_ids(&p2)].concat();
+    both.sort();
+    assert_eq!(both, ["dev-a", "dev-b", "dev-c"], "{p1} {p2}");
+    assert_eq!(p1["meta"]["hasnext"], true, "{p1}");
+    assert_eq!(p2["meta"]["hasnext"], false, "{p2}");
+    let (_, one) = get(&c, "/clients?like_clientid=v-b").await;
+    assert_eq!(client_ids(&one), ["dev-b"]);
+
+    // One client of another node, by id.
+    let (st, body) = get(&c, "/clients/dev-b").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        (&body["clientid"], &body["connected"]),
+        (&json!("dev-b"), &json!(true))
+    );
+    assert_eq!(get(&c, "/clients/nobody").await.0, 404);
+
+    // Subscribed on its behalf through c: a's client gets what c's client publishes.
+    let (st, body) = call(
+        &c,
+        "POST",
+        "/api/v5/clients/dev-a/subscribe",
+        Some(ADMIN),
+        Some(json!({"topic": "x/y", "qos": 1})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    a.broker().cluster().unwrap().settled().await;
+    on_c.c
+        .publish("x/y", QoS::AtLeastOnce, false, "via c")
+        .await
+        .unwrap();
+    assert_eq!(&on_a.publish().await.payload[..], b"via c");
+
+    // Kicked through c: b's client is disconnected and its session gone.
+    let (st, body) = call(&c, "DELETE", "/api/v5/clients/dev-b", Some(ADMIN), None).await;
+    assert_eq!(st, 204, "{body}");
+    let (err, _) = on_b.closed().await;
+    assert!(!err.is_empty());
+    common::eventually("b drops dev-b", || {
+        b.broker().registry.get("default", "dev-b").is_none()
+    })
+    .await;
+    assert_eq!(get(&c, "/clients/dev-b").await.0, 404);
+    assert!(common::metric(&b, "apiary_cluster_rpc_served_total") > 0);
+}
