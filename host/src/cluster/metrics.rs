@@ -150,5 +150,6 @@ impl Cluster {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
+        self.kv_metrics(out);
     }
 }

@@ -9,6 +9,7 @@
 
 mod bucket;
 mod config;
+mod kv;
 mod metrics;
 mod nodes;
 mod retained;
@@ -20,6 +21,7 @@ mod wills;
 mod wire;
 
 pub use config::ClusterConfig;
+pub use kv::{KvState, PluginBucket, Replica};
 pub use nodes::NodeView;
 pub use takeover::MovedSession;
 
@@ -82,6 +84,9 @@ impl Drop for Cluster {
         for (_, (_, task)) in self.queues.lock().drain() {
             task.abort();
         }
+        for (_, (_, task)) in self.plugin_kvs.lock().drain() {
+            task.abort();
+        }
     }
 }
 
@@ -122,6 +127,10 @@ pub struct Cluster {
     wills: Arc<wills::Wills>,
     /// The NATS server's `max_payload` (0: not known yet).
     max_payload: AtomicUsize,
+    /// Plugins' kv buckets opened here, by plugin, with the tasks that watch them.
+    plugin_kvs: Mutex<HashMap<String, (Arc<PluginBucket>, tokio::task::AbortHandle)>>,
+    /// The plugins' kv traffic.
+    kv_counters: Arc<kv::KvCounters>,
 }
 
 fn unix_ms() -> u64 {
@@ -227,6 +236,8 @@ pub async fn start(
         rpc: rpc::RpcCounters::default(),
         wills: Arc::new(wills),
         max_payload: AtomicUsize::new(0),
+        plugin_kvs: Mutex::new(HashMap::new()),
+        kv_counters: Arc::default(),
     });
     cluster.refresh_max_payload();
     // Joined first, then the sessions' filters: a subscription that ends meanwhile (an

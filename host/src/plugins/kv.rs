@@ -2,7 +2,9 @@
 //! store, bounded by the quota in its toml (`kv_max_keys`, `kv_max_bytes`). Store I/O
 //! runs on the blocking pool, never on a runtime thread. A plugin's usage is counted by
 //! one scan of its keys at first use and kept up to date by every write after, under a
-//! lock per plugin, so concurrent instances cannot overshoot the quota together.
+//! lock per plugin, so concurrent instances cannot overshoot the quota together. In a
+//! cluster the store is a replica of the plugin's bucket (`cluster/kv.rs`): reads stay
+//! here, writes go through the bucket.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use parking_lot::Mutex;
 use super::bindings::apiary::plugin::{kv, types};
 use super::manifest::Capability;
 use super::runtime::PluginState;
+use crate::cluster::{PluginBucket, Replica};
 use crate::store::records::{kv_key, split_kv_key};
 use crate::store::{Backend, Space, StoreError, Write};
 
@@ -63,6 +66,7 @@ fn check_key(key: &str) -> Result<(), Error> {
 }
 
 /// What one kv call needs, detached from the instance so it can run on the blocking pool.
+#[derive(Clone)]
 struct Job {
     backend: Arc<dyn Backend>,
     plugin: String,
@@ -88,12 +92,19 @@ impl Job {
         Ok(u)
     }
 
-    fn set(&self, key: &str, value: Vec<u8>) -> Result<(), Error> {
+    /// The usage after setting `key` to a value of `len` bytes, and the key as stored;
+    /// with `quota`, refused past the plugin's quota.
+    fn next_usage(
+        &self,
+        slot: &mut Option<Usage>,
+        key: &str,
+        len: usize,
+        quota: bool,
+    ) -> Result<(Usage, Vec<u8>), Error> {
         let k = kv_key(&self.plugin, key);
-        let mut slot = self.account.0.lock();
-        let u = self.usage(&mut slot)?;
+        let u = self.usage(slot)?;
         let old = self.backend.get(Space::Kv, &k).map_err(unavailable)?;
-        let add = (k.len() + value.len()) as u64;
+        let add = (k.len() + len) as u64;
         let next = match &old {
             Some(o) => Usage {
                 keys: u.keys,
@@ -104,7 +115,14 @@ impl Job {
                 bytes: u.bytes + add,
             },
         };
-        if next.keys > self.max_keys {
+        if quota {
+            self.within_quota(u, next)?;
+        }
+        Ok((next, k))
+    }
+
+    fn within_quota(&self, u: Usage, next: Usage) -> Result<(), Error> {
+        if next.keys > self.max_keys && next.keys > u.keys {
             return Err(Error::QuotaExceeded(format!(
                 "kv holds {} keys, its quota (kv_max_keys)",
                 self.max_keys
@@ -116,11 +134,25 @@ impl Job {
                 next.bytes, self.max_bytes
             )));
         }
+        Ok(())
+    }
+
+    /// Sets `key` within the quota.
+    fn set(&self, key: &str, value: Vec<u8>) -> Result<(), Error> {
+        let mut slot = self.account.0.lock();
+        let (next, k) = self.next_usage(&mut slot, key, value.len(), true)?;
         self.backend
             .write(vec![Write::Put(Space::Kv, k, value)])
             .map_err(unavailable)?;
         *slot = Some(next);
         Ok(())
+    }
+
+    /// Whether setting `key` to a value of `len` bytes stays within the quota (a write
+    /// through the cluster's bucket is checked here first).
+    fn admits(&self, key: &str, len: usize) -> Result<(), Error> {
+        let mut slot = self.account.0.lock();
+        self.next_usage(&mut slot, key, len, true).map(|_| ())
     }
 
     fn delete(&self, key: &str) -> Result<bool, Error> {
@@ -140,6 +172,12 @@ impl Job {
         Ok(true)
     }
 
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.backend
+            .get(Space::Kv, &kv_key(&self.plugin, key))
+            .map_err(unavailable)
+    }
+
     fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>, Error> {
         let mut keys = Vec::new();
         if limit == 0 {
@@ -154,6 +192,39 @@ impl Job {
             })
             .map_err(unavailable)?;
         Ok(keys)
+    }
+}
+
+/// The plugin's store as the replica of its cluster bucket: what the bucket holds is set
+/// here whatever the quota (every node holds the same keys; the quota is checked where a
+/// write is made).
+impl Replica for Job {
+    fn apply(&self, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        let Some(value) = value else {
+            return self.delete(key).map(|_| ()).map_err(|e| format!("{e:?}"));
+        };
+        let mut slot = self.account.0.lock();
+        let (next, k) = self
+            .next_usage(&mut slot, key, value.len(), false)
+            .map_err(|e| format!("{e:?}"))?;
+        self.backend
+            .write(vec![Write::Put(Space::Kv, k, value.to_vec())])
+            .map_err(|e| e.to_string())?;
+        *slot = Some(next);
+        Ok(())
+    }
+
+    fn entries(&self) -> Result<Vec<(String, Vec<u8>)>, String> {
+        let mut out = Vec::new();
+        self.backend
+            .scan_prefix(Space::Kv, &kv_key(&self.plugin, ""), &mut |k, v| {
+                if let Ok((_, key)) = split_kv_key(k) {
+                    out.push((key.to_string(), v.to_vec()));
+                }
+                true
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(out)
     }
 }
 
@@ -196,35 +267,94 @@ impl PluginState {
         self.waiting = false;
         r
     }
+
+    /// In a cluster, the plugin's bucket once this node's replica has caught up with
+    /// it; None on a single node, or while the bucket cannot be opened (the store is per
+    /// node meanwhile, as retained messages are).
+    async fn bucket(&mut self, job: &Job) -> Result<Option<Arc<PluginBucket>>, Error> {
+        let Some(cluster) = self.ctx.broker.cluster() else {
+            return Ok(None);
+        };
+        let replica = job.clone();
+        let bucket = cluster.plugin_kv(&self.ctx.name, move || {
+            Arc::new(replica) as Arc<dyn Replica>
+        });
+        self.waiting = true;
+        let ready = bucket.ready().await;
+        self.waiting = false;
+        match ready {
+            Ok(true) => Ok(Some(bucket)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(Error::Unavailable(e)),
+        }
+    }
+
+    /// A kv job, with the plugin's bucket when in a cluster.
+    async fn kv_call(&mut self, key: &str) -> Result<(Job, Option<Arc<PluginBucket>>), Error> {
+        let job = check_key(key).and_then(|()| self.kv_job())?;
+        let bucket = self.bucket(&job).await?;
+        Ok((job, bucket))
+    }
+
+    /// Writes `key` through the cluster's bucket: this node's writes one at a time, a
+    /// set checked against the quota first.
+    async fn write_shared(
+        &mut self,
+        job: Job,
+        bucket: Arc<PluginBucket>,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> Result<bool, Error> {
+        self.waiting = true;
+        let _one = bucket.writes.lock().await;
+        let (k, len) = (key.clone(), value.as_ref().map(Vec::len));
+        let checked = tokio::task::spawn_blocking(move || match len {
+            Some(len) => job.admits(&k, len).map(|()| true),
+            None => job.get(&k).map(|v| v.is_some()),
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::Unavailable(format!("kv call failed: {e}"))));
+        let r = match checked {
+            Ok(true) => bucket
+                .write(&key, value)
+                .await
+                .map(|()| true)
+                .map_err(Error::Unavailable),
+            other => other,
+        };
+        self.waiting = false;
+        r
+    }
 }
 
 impl kv::Host for PluginState {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        let job = check_key(&key).and_then(|()| self.kv_job());
-        Ok(self
-            .blocking(job, move |j| {
-                j.backend
-                    .get(Space::Kv, &kv_key(&j.plugin, &key))
-                    .map_err(unavailable)
-            })
-            .await)
+        let job = self.kv_call(&key).await.map(|(j, _)| j);
+        Ok(self.blocking(job, move |j| j.get(&key)).await)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
-        let job = check_key(&key).and_then(|()| {
-            if value.len() > MAX_VALUE {
-                return Err(Error::InvalidArgument(format!(
-                    "kv values are at most {MAX_VALUE} bytes"
-                )));
-            }
-            self.kv_job()
-        });
-        Ok(self.blocking(job, move |j| j.set(&key, value)).await)
+        if value.len() > MAX_VALUE {
+            return Ok(Err(Error::InvalidArgument(format!(
+                "kv values are at most {MAX_VALUE} bytes"
+            ))));
+        }
+        Ok(match self.kv_call(&key).await {
+            Ok((job, Some(b))) => self
+                .write_shared(job, b, key, Some(value))
+                .await
+                .map(|_| ()),
+            Ok((job, None)) => self.blocking(Ok(job), move |j| j.set(&key, value)).await,
+            Err(e) => Err(e),
+        })
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
-        let job = check_key(&key).and_then(|()| self.kv_job());
-        Ok(self.blocking(job, move |j| j.delete(&key)).await)
+        Ok(match self.kv_call(&key).await {
+            Ok((job, Some(b))) => self.write_shared(job, b, key, None).await,
+            Ok((job, None)) => self.blocking(Ok(job), move |j| j.delete(&key)).await,
+            Err(e) => Err(e),
+        })
     }
 
     async fn list_keys(
@@ -232,14 +362,12 @@ impl kv::Host for PluginState {
         prefix: String,
         limit: u32,
     ) -> wasmtime::Result<Result<Vec<String>, Error>> {
-        let job = check_key(&prefix).and_then(|()| {
-            if limit as usize > MAX_LIST {
-                return Err(Error::InvalidArgument(format!(
-                    "list-keys returns at most {MAX_LIST} keys per call"
-                )));
-            }
-            self.kv_job()
-        });
+        if limit as usize > MAX_LIST {
+            return Ok(Err(Error::InvalidArgument(format!(
+                "list-keys returns at most {MAX_LIST} keys per call"
+            ))));
+        }
+        let job = self.kv_call(&prefix).await.map(|(j, _)| j);
         Ok(self
             .blocking(job, move |j| j.list(&prefix, limit as usize))
             .await)

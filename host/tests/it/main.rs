@@ -13,6 +13,7 @@ mod bifromq;
 mod cluster;
 mod cluster_admin;
 mod cluster_failure;
+mod cluster_kv;
 mod cluster_retained;
 mod cluster_shared;
 mod cluster_takeover;
