@@ -21,7 +21,7 @@ mod wills;
 mod wire;
 
 pub use config::ClusterConfig;
-pub use kv::{KvState, PluginBucket, Replica};
+pub use kv::{PluginBucket, Replica};
 pub use nodes::NodeView;
 pub use takeover::MovedSession;
 

@@ -3,9 +3,7 @@
 //! tenant, rights, signing, last-used time and source beside them. Needs a key for every
 //! tenant with `admin`.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +13,8 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{authorize_global, ApiAuthError};
+use super::caller::{Admin, Caller};
+use super::ApiAuthError;
 use crate::apikeys::{
     unix_now, ApiKey, ApiKeyStore, KeyChange, ManagedError, NewKey, Right, Source,
 };
@@ -203,40 +202,14 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// A request's caller, who must hold `admin` over every tenant: an extractor, so a
-/// handler that takes it cannot run for anyone else.
-struct Admin;
-
-impl FromRequestParts<Broker> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        b: &Broker,
-    ) -> Result<Self, ApiError> {
-        let peer = ConnectInfo::<SocketAddr>::from_request_parts(parts, b)
-            .await
-            .map_err(|e| {
-                ApiError::Refused(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "INTERNAL_ERROR",
-                    e.to_string(),
-                )
-            })?
-            .0;
-        authorize_global(b, &parts.headers, peer, Right::Admin)?;
-        Ok(Admin)
-    }
-}
-
 type Answer = Result<Response, ApiError>;
 
-async fn list(State(b): State<Broker>, _admin: Admin) -> Answer {
+async fn list(State(b): State<Broker>, _admin: Caller<Admin>) -> Answer {
     let keys: Vec<Value> = b.api_keys.list().iter().map(view).collect();
     Ok(Json(keys).into_response())
 }
 
-async fn show(State(b): State<Broker>, _admin: Admin, Path(name): Path<String>) -> Answer {
+async fn show(State(b): State<Broker>, _admin: Caller<Admin>, Path(name): Path<String>) -> Answer {
     let k = b
         .api_keys
         .by_name(&name)
@@ -253,7 +226,7 @@ fn with_secret(k: &ApiKey, secret: String) -> Response {
     (no_store, Json(v)).into_response()
 }
 
-async fn create(State(b): State<Broker>, _admin: Admin, raw: axum::body::Bytes) -> Answer {
+async fn create(State(b): State<Broker>, _admin: Caller<Admin>, raw: axum::body::Bytes) -> Answer {
     let body = body(&raw)?;
     let name = body.name.ok_or_else(|| bad("name is required"))?;
     let rights = parse_rights(body.role.as_deref(), body.rights.as_deref()).map_err(bad)?;
@@ -274,7 +247,7 @@ async fn create(State(b): State<Broker>, _admin: Admin, raw: axum::body::Bytes) 
 
 async fn update(
     State(b): State<Broker>,
-    _admin: Admin,
+    _admin: Caller<Admin>,
     Path(name): Path<String>,
     raw: axum::body::Bytes,
 ) -> Answer {
@@ -302,13 +275,21 @@ async fn update(
     Ok(Json(view(&k)).into_response())
 }
 
-async fn rotate(State(b): State<Broker>, _admin: Admin, Path(name): Path<String>) -> Answer {
+async fn rotate(
+    State(b): State<Broker>,
+    _admin: Caller<Admin>,
+    Path(name): Path<String>,
+) -> Answer {
     let (k, secret) = blocking(&b, move |s| s.rotate(&name)).await?;
     tracing::info!(name = %k.name, key = %k.key, "API key secret rotated");
     Ok(with_secret(&k, secret))
 }
 
-async fn remove(State(b): State<Broker>, _admin: Admin, Path(name): Path<String>) -> Answer {
+async fn remove(
+    State(b): State<Broker>,
+    _admin: Caller<Admin>,
+    Path(name): Path<String>,
+) -> Answer {
     let n = name.clone();
     blocking(&b, move |s| s.delete(&n)).await?;
     tracing::info!(name = %name, "API key deleted");

@@ -1,17 +1,13 @@
 //! `GET /cluster`: the nodes this node has heard of and the state of its NATS
 //! connection (a key for every tenant with `metrics:read`).
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::authorize_global;
-use crate::apikeys::Right;
+use super::caller::{Caller, MetricsRead};
 use crate::broker::Broker;
 
 /// The routes, to be merged into the native router.
@@ -20,14 +16,7 @@ pub fn routes() -> Router<Broker> {
 }
 
 /// `{"enabled", "node", "nats", "retained": {state, reason}, "nodes": [{node, state, self, last_seen_ms, ...}]}`.
-async fn nodes(
-    State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = authorize_global(&b, &headers, peer, Right::MetricsRead) {
-        return e.into_response();
-    }
+async fn nodes(State(b): State<Broker>, _caller: Caller<MetricsRead>) -> Response {
     match b.cluster() {
         None => Json(
             json!({"enabled": false, "node": null, "nats": null, "retained": null, "nodes": []}),

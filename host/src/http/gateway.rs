@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{authorize_global, json_error as error};
-use crate::apikeys::Right;
+use super::caller::{Admin, Caller};
+use super::json_error as error;
 use crate::broker::Broker;
 use crate::plugins::runtime::LoadedPlugin;
 use crate::plugins::PluginError;
@@ -208,14 +208,7 @@ async fn call(
 }
 
 /// `GET /plugins` (admin, tenant `*`).
-pub async fn list(
-    State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = authorize_global(&b, &headers, peer, Right::Admin) {
-        return e.into_response();
-    }
+pub async fn list(State(b): State<Broker>, _caller: Caller<Admin>) -> Response {
     let list = b.plugins().map(|m| m.list()).unwrap_or_default();
     Json(list).into_response()
 }
@@ -224,14 +217,10 @@ pub async fn list(
 /// oldest first (its `log` calls at info and above, its loads and load failures).
 pub async fn logs(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _caller: Caller<Admin>,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = authorize_global(&b, &headers, peer, Right::Admin) {
-        return e.into_response();
-    }
     let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
     match b.plugins().and_then(|m| m.logs(&name)) {
         Some(ring) => Json(json!({"name": name, "lines": ring.tail(limit)})).into_response(),
@@ -246,13 +235,9 @@ pub async fn logs(
 /// `POST /plugins/{name}/reload` (admin, tenant `*`).
 pub async fn reload(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _caller: Caller<Admin>,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if let Err(e) = authorize_global(&b, &headers, peer, Right::Admin) {
-        return e.into_response();
-    }
     let Some(mgr) = b.plugins() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

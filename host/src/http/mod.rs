@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,8 +19,10 @@ use tokio_rustls::server::TlsStream;
 
 use crate::apikeys::{ApiKey, Right};
 use crate::broker::Broker;
+use caller::{Admin, Caller, MetricsRead};
 
 mod api_keys;
+mod caller;
 mod cluster;
 mod dashboard;
 mod gateway;
@@ -200,14 +202,7 @@ async fn healthz(State(b): State<Broker>) -> Response {
 
 /// `POST /reload` (admin, tenant `*`): re-reads the configuration as SIGHUP does and
 /// answers what was applied and what needs a restart.
-async fn reload(
-    State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = authorize_global(&b, &headers, peer, Right::Admin) {
-        return e.into_response();
-    }
+async fn reload(State(b): State<Broker>, _caller: Caller<Admin>) -> Response {
     let r = tokio::task::spawn_blocking(move || b.reload()).await;
     match r {
         Ok(Ok(report)) => Json(report).into_response(),
@@ -319,14 +314,7 @@ pub fn authorize_global(
     Ok(key)
 }
 
-async fn metrics(
-    State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = authorize_global(&b, &headers, peer, Right::MetricsRead) {
-        return e.into_response();
-    }
+async fn metrics(State(b): State<Broker>, _caller: Caller<MetricsRead>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics_text(&b),

@@ -3,16 +3,13 @@
 //! shapes. A key for every tenant with `metrics:read`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::HeaderMap;
+use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::authorize_global;
-use crate::apikeys::Right;
+use super::caller::{Caller, MetricsRead};
 use crate::broker::Broker;
 
 /// The routes, to be merged into the native router.
@@ -25,13 +22,9 @@ pub fn routes() -> Router<Broker> {
 /// `GET /api/v5/monitor?latest=SECONDS` (default and most: 3600).
 async fn history(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _caller: Caller<MetricsRead>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(e) = authorize_global(&b, &headers, peer, Right::MetricsRead) {
-        return e.into_response();
-    }
     let latest = match q.get("latest").map(|v| v.parse::<u64>()) {
         None => 3600,
         Some(Ok(n)) => n.min(3600),
@@ -47,13 +40,6 @@ async fn history(
 }
 
 /// `GET /api/v5/monitor_current`.
-async fn current(
-    State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = authorize_global(&b, &headers, peer, Right::MetricsRead) {
-        return e.into_response();
-    }
+async fn current(State(b): State<Broker>, _caller: Caller<MetricsRead>) -> Response {
     Json(b.monitor.current(&b)).into_response()
 }

@@ -2,11 +2,10 @@
 //! `connections:read` to list, `connections:write` to delete). Listing pages by topic
 //! (`after`), so a page never repeats or skips a topic however the set changes.
 
-use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -14,8 +13,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::authorize_global;
-use crate::apikeys::Right;
+use super::caller::{Caller, ConnectionsRead, ConnectionsWrite};
 use crate::broker::Broker;
 use crate::message::Message;
 
@@ -58,13 +56,9 @@ fn view(m: &Message) -> Value {
 /// `GET /retained?tenant=default&topic=%23&limit=100&after=TOPIC`.
 async fn list(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _caller: Caller<ConnectionsRead>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(e) = authorize_global(&b, &headers, peer, Right::ConnectionsRead) {
-        return e.into_response();
-    }
     let Ok(Query(q)) = q.map_err(|e| e.body_text()) else {
         return refused(
             StatusCode::BAD_REQUEST,
@@ -106,13 +100,9 @@ struct DeleteQuery {
 /// `DELETE /retained?tenant=default&topic=NAME`: 204, or 404 when there was none.
 async fn remove(
     State(b): State<Broker>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _caller: Caller<ConnectionsWrite>,
     q: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(e) = authorize_global(&b, &headers, peer, Right::ConnectionsWrite) {
-        return e.into_response();
-    }
     let Ok(Query(q)) = q else {
         return refused(
             StatusCode::BAD_REQUEST,
