@@ -96,6 +96,9 @@ impl Broker {
     /// newly kept.
     fn set_persistence(&self, session: &Arc<Session>) {
         let persistent = session.info.read().expiry_interval > 0;
+        if persistent != session.is_persistent() {
+            self.session_changed(session);
+        }
         if let Some(store) = &self.store {
             let st = session.state.lock();
             let was = session.persistent.swap(persistent, Ordering::AcqRel);
@@ -252,6 +255,14 @@ impl Broker {
 
     /// Tells the cluster the session's pending will now (kept there for when this node
     /// dies, `cluster/wills.rs`).
+    /// A persistent session's record or subscriptions changed, or it ended: the cluster
+    /// keeps it for another node to adopt if this one dies.
+    pub(crate) fn session_changed(&self, s: &Session) {
+        if let Some(c) = self.cluster() {
+            c.session_changed(&s.tenant, &s.client_id);
+        }
+    }
+
     pub(crate) fn will_changed(&self, s: &Session) {
         if let Some(c) = self.cluster() {
             let w = s.will.lock();
@@ -281,6 +292,7 @@ impl Broker {
             }
             st.clear_messages();
             if s.persistent.swap(false, Ordering::AcqRel) {
+                self.session_changed(s);
                 if let Some(store) = &self.store {
                     store.submit(crate::store::Op::DeleteSession(
                         s.tenant.clone(),

@@ -559,11 +559,15 @@ impl Broker {
     /// keys of their own). Built and submitted under the session's lock, so two
     /// snapshots of one session reach the store in the order they were taken.
     pub fn persist_session(&self, s: &Session) {
-        if let (Some(store), true) = (&self.store, s.is_persistent()) {
-            let st = s.state.lock();
-            if st.ended {
-                return;
-            }
+        if !s.is_persistent() {
+            return;
+        }
+        let st = s.state.lock();
+        if st.ended {
+            return;
+        }
+        self.session_changed(s);
+        if let Some(store) = &self.store {
             let r = crate::store::recovery::session_record(s, &st);
             store.submit(Op::PutSession(
                 s.tenant.clone(),
@@ -620,6 +624,9 @@ impl Broker {
             // Noted in the registry once this lock is released: the registry is locked
             // before sessions (listings lock sessions under it), never after.
             session.set_subscription_count(st.subscriptions.len());
+            if session.is_persistent() {
+                self.session_changed(session);
+            }
             if let (Some(store), true) = (&self.store, session.is_persistent()) {
                 store.submit(Op::PutSub(
                     session.tenant.clone(),
@@ -687,6 +694,9 @@ impl Broker {
             if existed {
                 session.set_subscription_count(st.subscriptions.len());
                 self.unroute(session, raw);
+                if session.is_persistent() {
+                    self.session_changed(session);
+                }
                 if let (Some(store), true) = (&self.store, session.is_persistent()) {
                     store.submit(Op::DeleteSub(
                         session.tenant.clone(),

@@ -12,7 +12,7 @@ use super::Broker;
 use crate::message::Delivery;
 use crate::router::Subscriber;
 use crate::session::{ClientInfo, Inflight, InflightState, Session, SubOptions, Transport, Will};
-use crate::store::records::system_time;
+use crate::store::records::{system_time, SubRecord};
 use crate::store::recovery::{Recovered, RecoveryStats};
 use crate::store::Op;
 use crate::topic;
@@ -36,6 +36,20 @@ fn state_of(code: u8) -> Option<InflightState> {
 }
 
 impl Broker {
+    /// Stores the subscriptions of a session restored from elsewhere (a dead node's,
+    /// adopted): [`Broker::restore`] takes them as stored already.
+    pub(crate) fn store_subscriptions(&self, s: &Session, subs: &[SubRecord]) {
+        if let Some(store) = &self.store {
+            for sub in subs {
+                store.submit(Op::PutSub(
+                    s.tenant.clone(),
+                    s.client_id.clone(),
+                    Box::new(sub.clone()),
+                ));
+            }
+        }
+    }
+
     /// Rebuilds sessions, subscriptions, queues and retained messages from the store.
     /// Sessions whose connection was open at the crash count as disconnected now: their
     /// will follows its delay and their expiry runs from now.

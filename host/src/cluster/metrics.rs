@@ -139,6 +139,24 @@ impl Cluster {
                 ld(&self.wills.counters.failed) + ld(&self.wills.counters.dropped),
             ),
             (
+                "apiary_cluster_sessions_adopted_total",
+                "counter",
+                "Persistent sessions of dead nodes adopted here.",
+                ld(&self.sessions.counters.adopted),
+            ),
+            (
+                "apiary_cluster_sessions_dropped_total",
+                "counter",
+                "Sessions restored at start that another node had adopted meanwhile, dropped.",
+                ld(&self.sessions.counters.dropped),
+            ),
+            (
+                "apiary_cluster_sessions_failed_total",
+                "counter",
+                "Persistent sessions not kept in (or not read from) the cluster's bucket.",
+                ld(&self.sessions.counters.failed),
+            ),
+            (
                 "apiary_cluster_undecodable_total",
                 "counter",
                 "Cluster messages that could not be read.",

@@ -14,6 +14,7 @@ mod metrics;
 mod nodes;
 mod retained;
 mod rpc;
+mod sessions;
 mod shared;
 mod subject;
 mod takeover;
@@ -125,6 +126,8 @@ pub struct Cluster {
     rpc: rpc::RpcCounters,
     /// Pending wills, for when this node dies.
     wills: Arc<wills::Wills>,
+    /// Persistent sessions, for another node to adopt when this one dies.
+    sessions: Arc<sessions::Sessions>,
     /// The NATS server's `max_payload` (0: not known yet).
     max_payload: AtomicUsize,
     /// Plugins' kv buckets opened here, by plugin, with the tasks that watch them.
@@ -235,6 +238,7 @@ pub async fn start(
         retained: Arc::new(retained),
         rpc: rpc::RpcCounters::default(),
         wills: Arc::new(wills),
+        sessions: Arc::default(),
         max_payload: AtomicUsize::new(0),
         plugin_kvs: Mutex::new(HashMap::new()),
         kv_counters: Arc::default(),
@@ -261,6 +265,12 @@ pub async fn start(
         async_nats::jetstream::new(cluster.client.clone()),
         c.replicas,
         wills_rx,
+        broker.clone(),
+        cluster.node.clone(),
+    ));
+    tasks.spawn(cluster.sessions.clone().run(
+        async_nats::jetstream::new(cluster.client.clone()),
+        c.replicas,
         broker.clone(),
         cluster.node.clone(),
     ));
@@ -326,6 +336,12 @@ impl Cluster {
     pub fn will_set(&self, tenant: &str, client_id: &str, will: Option<&crate::session::Will>) {
         self.wills
             .set(&self.node, &self.origin, tenant, client_id, will);
+    }
+
+    /// A persistent session of this node changed in the store (record, subscriptions,
+    /// end): kept in the cluster's bucket for another node to adopt if this one dies.
+    pub fn session_changed(&self, tenant: &Arc<str>, client_id: &Arc<str>) {
+        self.sessions.changed(tenant, client_id);
     }
 
     /// How retained messages are kept: `shared`, `starting`, or `local` with the reason

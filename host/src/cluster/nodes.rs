@@ -169,8 +169,9 @@ impl Cluster {
         out
     }
 
-    /// Publishes the wills `node` left (but its incarnation `live`'s), when this node
-    /// is the first by name of those running (one node does it).
+    /// Publishes the wills `node` left (but its incarnation `live`'s) and, when it is
+    /// down, adopts its persistent sessions, when this node is the first by name of
+    /// those running (one node does it).
     fn see_to_wills(self: &Arc<Self>, b: &Broker, node: String, live: Option<String>) {
         let first = self
             .running_peers()
@@ -181,7 +182,13 @@ impl Cluster {
             return;
         }
         let (c, b) = (self.clone(), b.clone());
-        tokio::spawn(async move { c.wills.orphaned(&b, &node, live.as_deref()).await });
+        tokio::spawn(async move {
+            c.wills.orphaned(&b, &node, live.as_deref()).await;
+            if live.is_none() {
+                // Down, not back: its persistent sessions live on here.
+                c.sessions.adopt(&b, &c, &node).await;
+            }
+        });
     }
 
     /// The other nodes heard from within `node_timeout_ms`.

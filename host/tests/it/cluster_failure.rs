@@ -3,31 +3,35 @@
 //! was still connected (kept in the cluster's wills bucket), not the will of one that
 //! disconnected normally; the EMQX-style view on b no longer counts a's sessions.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::LastWill;
 use rumqttc::v5::mqttbytes::QoS;
 
+use crate::cluster::ADMIN;
 use crate::cluster::{nats, node, subscriber, Nats};
-use crate::common::{self, v5, TestBroker};
+use crate::common::{self, v5, TestBroker, Tr};
 
-/// Node `a` as its own process, clustered on `nats`; its MQTT port.
-fn spawn_a(nats: &Nats, dir: &std::path::Path) -> (std::process::Child, u16) {
+/// Node `a` as its own process, clustered on `nats` (its data in `dir`, kept across
+/// restarts); its MQTT port and HTTP address.
+fn spawn_a(nats: &Nats, dir: &std::path::Path) -> (std::process::Child, u16, SocketAddr) {
     let cfg = dir.join("a.toml");
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = {:?}\n[listeners]\ntcp = \"127.0.0.1:0\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [auth]\nallow_anonymous = true\n[cluster]\nnats = [{:?}]\nnode = \"a\"\n\
-             heartbeat_ms = 100\nnode_timeout_ms = 1500\n",
+            "data_dir = {:?}\napi_keys_file = {:?}\n[listeners]\ntcp = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"127.0.0.1:0\"\n[auth]\nallow_anonymous = true\n\
+             [cluster]\nnats = [{:?}]\nnode = \"a\"\nheartbeat_ms = 100\nnode_timeout_ms = 1500\n",
             dir.join("data"),
+            nats.dir.path().join("keys"),
             nats.url
         ),
     )
     .unwrap();
-    let (child, addrs, _) = crate::process::spawn(&cfg, &["tcp"]);
-    let port = addrs["tcp"].parse::<std::net::SocketAddr>().unwrap().port();
-    (child, port)
+    let (child, addrs, _) = crate::process::spawn(&cfg, &["tcp", "http"]);
+    let port = addrs["tcp"].parse::<SocketAddr>().unwrap().port();
+    (child, port, addrs["http"].parse().unwrap())
 }
 
 /// A v5 client of a's port with a will on `wills/<id>`.
@@ -54,9 +58,14 @@ fn state_of(b: &TestBroker, name: &str) -> Option<&'static str> {
 
 /// Whether the wills bucket holds `key`.
 async fn will_kept(nats: &Nats, key: &str) -> bool {
+    kept(nats, "apiary-wills", key).await
+}
+
+/// Whether the cluster's `bucket` holds `key`.
+async fn kept(nats: &Nats, bucket: &str, key: &str) -> bool {
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let Ok(kv) = js.get_key_value("apiary-wills").await else {
+    let Ok(kv) = js.get_key_value(bucket).await else {
         return false;
     };
     matches!(kv.get(key).await, Ok(Some(_)))
@@ -67,7 +76,7 @@ async fn a_killed_node_is_marked_down_and_its_clients_wills_are_published() {
     let Some(nats) = nats().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let b = node(&nats, "b").await;
-    let (mut a, port) = spawn_a(&nats, dir.path());
+    let (mut a, port, _) = spawn_a(&nats, dir.path());
     common::eventually("b hears a", || state_of(&b, "a") == Some("running")).await;
     let mut watcher = subscriber(&b, "watcher", &[("wills/#", QoS::AtLeastOnce)]).await;
 
@@ -111,7 +120,7 @@ async fn a_node_stopped_on_purpose_leaves_no_will_to_be_published_again() {
     let Some(nats) = nats().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let b = node(&nats, "b").await;
-    let (a, port) = spawn_a(&nats, dir.path());
+    let (a, port, _) = spawn_a(&nats, dir.path());
     common::eventually("b hears a", || state_of(&b, "a") == Some("running")).await;
     let mut watcher = subscriber(&b, "watcher", &[("wills/#", QoS::AtLeastOnce)]).await;
     let _stays = with_will(port, "stays").await;
@@ -139,4 +148,88 @@ async fn a_node_stopped_on_purpose_leaves_no_will_to_be_published_again() {
         common::metric(&b, "apiary_cluster_wills_published_total"),
         0
     );
+}
+
+/// Waits until `what` holds of `f`'s answer (polled).
+async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A metric of the node serving `http`.
+async fn metric_of(http: SocketAddr, name: &str) -> Option<u64> {
+    let (st, body) = common::http(http, "GET", "/metrics", Some(ADMIN), b"").await;
+    assert_eq!(st, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+fn keeper(port: u16, clean: bool) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new("keeper", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_clean_start(clean);
+    o.set_session_expiry_interval(Some(600));
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_persistent_session_resumes_on_another_node() {
+    let Some(nats) = nats().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let b = node(&nats, "b").await;
+    let (mut a, port, _) = spawn_a(&nats, dir.path());
+    common::eventually("b hears a", || state_of(&b, "a") == Some("running")).await;
+    let (mut k, _) = v5::connect(keeper(port, true)).await;
+    k.c.subscribe("orders/#", QoS::AtLeastOnce).await.unwrap();
+    k.suback().await;
+    until("a keeps the session in the cluster", || {
+        kept(&nats, "apiary-sessions", "a.default.keeper")
+    })
+    .await;
+
+    a.kill().unwrap(); // SIGKILL, the client still connected.
+    a.wait().unwrap();
+    common::eventually("b adopts the session", || {
+        common::metric(&b, "apiary_cluster_sessions_adopted_total") == 1
+    })
+    .await;
+    let s = b.broker().registry.get("default", "keeper").unwrap();
+    assert!(!s.is_online());
+    // Published for it while it is away: queued on b.
+    let (p, _) = v5::connect(v5::opts(&b, "pub-b", Tr::Tcp)).await;
+    p.c.publish("orders/1", QoS::AtLeastOnce, false, "one")
+        .await
+        .unwrap();
+    common::eventually("queued", || s.state.lock().queue.len() == 1).await;
+    drop(k);
+
+    let (mut back, ack) = v5::connect(keeper(b.port(Tr::Tcp), false)).await;
+    match ack {
+        rumqttc::v5::mqttbytes::v5::Packet::ConnAck(a) => assert!(a.session_present),
+        other => panic!("not a CONNACK: {other:?}"),
+    }
+    assert_eq!(&back.publish().await.payload[..], b"one");
+    until("b keeps it under its own name", || {
+        kept(&nats, "apiary-sessions", "b.default.keeper")
+    })
+    .await;
+    assert!(!kept(&nats, "apiary-sessions", "a.default.keeper").await);
+
+    // a comes back with the session in its store: dropped there, b's is the one.
+    let (a, _, http) = spawn_a(&nats, dir.path());
+    until("a drops its stale copy", || async {
+        metric_of(http, "apiary_cluster_sessions_dropped_total").await == Some(1)
+    })
+    .await;
+    back.no_publish(Duration::from_millis(300)).await;
+    assert!(b
+        .broker()
+        .registry
+        .get("default", "keeper")
+        .unwrap()
+        .is_online());
+    crate::process::stop(a);
 }
