@@ -3,7 +3,9 @@
 //! API on any node sees and acts on every session of the cluster.
 
 use super::Broker;
-use crate::registry::{KickTarget, OpError, Page, PageResult, Query, SessionSnapshot};
+use crate::registry::{
+    Cursor, KickTarget, NodeCursor, OpError, Page, PageResult, Query, SessionSnapshot,
+};
 use crate::session::SubOptions;
 
 impl Broker {
@@ -15,9 +17,36 @@ impl Broker {
         }
     }
 
+    /// Up to `limit` sessions matching `q` after the cursor text `after` (None: from
+    /// the first), on every node, and the cursor text of the next page (None: no later
+    /// session matches). Err: `after` is not a cursor.
+    pub async fn query_after_all(
+        &self,
+        q: &Query,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<SessionSnapshot>, Option<String>), String> {
+        let bad = || format!("bad cursor {after:?}");
+        let Some(c) = self.cluster() else {
+            let after = after
+                .map(|t| Cursor::decode(t).ok_or_else(bad))
+                .transpose()?;
+            let p = self
+                .registry
+                .query_after(q, after.as_ref(), limit, &self.config());
+            return Ok((p.items, p.next.map(|c| c.encode())));
+        };
+        let start = after
+            .map(|t| NodeCursor::decode(t, c.node()).ok_or_else(bad))
+            .transpose()?;
+        let (items, next) = c.query_after(self, q, start, limit).await;
+        Ok((items, next.map(|c| c.encode())))
+    }
+
     /// The session of `client_id`, on whichever node holds it.
     pub async fn snapshot_any(&self, tenant: &str, client_id: &str) -> Option<SessionSnapshot> {
-        if let Some(s) = self.registry.snapshot(tenant, client_id, &self.config()) {
+        if let Some(mut s) = self.registry.snapshot(tenant, client_id, &self.config()) {
+            s.node = self.cluster().map(|c| c.node().to_string());
             return Some(s);
         }
         self.cluster()?.get(tenant, client_id).await

@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use super::takeover::{self, MovedSession};
 use super::Cluster;
 use crate::broker::Broker;
-use crate::registry::{KickTarget, OpError, Page, PageResult, Query, SessionSnapshot, Via};
+use crate::registry::{
+    Cursor, CursorPage, KickTarget, NodeCursor, OpError, Page, PageResult, Query, SessionSnapshot,
+    Via,
+};
 use crate::session::SubOptions;
 
 /// How long a node waits for another's answer.
@@ -30,6 +33,12 @@ const CONCURRENCY: usize = 64;
 enum Request {
     /// Its first `want` sessions matching `q` (creation order) and how many match.
     Query { q: Box<Query>, want: usize },
+    /// Up to `limit` of its sessions matching `q` after `after` (cursor order).
+    QueryAfter {
+        q: Box<Query>,
+        after: Option<Cursor>,
+        limit: usize,
+    },
     /// One session.
     Get { tenant: String, client_id: String },
     /// Kick by client id or by user id (limited to a transport or protocol).
@@ -82,6 +91,10 @@ enum Reply {
         items: Vec<SessionSnapshot>,
     },
     Session(Option<Box<SessionSnapshot>>),
+    After {
+        items: Vec<SessionSnapshot>,
+        next: Option<Cursor>,
+    },
     Count(usize),
     Op(Outcome),
     Taken(Option<Box<MovedSession>>),
@@ -107,30 +120,111 @@ impl Cluster {
         let Ok(bytes) = rmp_serde::to_vec_named(req) else {
             return Vec::new();
         };
-        let asks = self.running_peers().into_iter().map(|node| {
-            let bytes = bytes::Bytes::from(bytes.clone());
-            async move {
-                let r = tokio::time::timeout(
-                    TIMEOUT,
-                    self.client.request(Self::rpc_subject(&node), bytes),
-                )
-                .await;
-                let reply = match r {
-                    Ok(Ok(m)) => rmp_serde::from_slice::<Reply>(&m.payload).ok(),
-                    _ => None,
-                };
-                if reply.is_none() {
-                    self.rpc.unanswered.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%node, "cluster: no answer from a node");
-                }
-                reply
-            }
-        });
+        let bytes = bytes::Bytes::from(bytes);
+        let asks = self
+            .running_peers()
+            .into_iter()
+            .map(|node| self.ask_one(node, bytes.clone()));
         futures_util::future::join_all(asks)
             .await
             .into_iter()
             .flatten()
             .collect()
+    }
+
+    /// Asks `node` (an encoded request); its answer if one came in time.
+    async fn ask_one(&self, node: String, bytes: bytes::Bytes) -> Option<Reply> {
+        let r = tokio::time::timeout(
+            TIMEOUT,
+            self.client.request(Self::rpc_subject(&node), bytes),
+        )
+        .await;
+        let reply = match r {
+            Ok(Ok(m)) => rmp_serde::from_slice::<Reply>(&m.payload).ok(),
+            _ => None,
+        };
+        if reply.is_none() {
+            self.rpc.unanswered.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%node, "cluster: no answer from a node");
+        }
+        reply
+    }
+
+    /// Marks snapshots of this node's sessions as this node's.
+    fn stamp(&self, items: &mut [SessionSnapshot]) {
+        for s in items {
+            s.node = Some(self.node.clone());
+        }
+    }
+
+    /// Up to `limit` sessions matching `q` from `start` on (None: the first node's
+    /// first), walking the running nodes in name order, and where the next page starts
+    /// (None: no later session matches). A node that does not answer is passed over.
+    pub async fn query_after(
+        &self,
+        b: &Broker,
+        q: &Query,
+        start: Option<NodeCursor>,
+        limit: usize,
+    ) -> (Vec<SessionSnapshot>, Option<NodeCursor>) {
+        let limit = limit.clamp(1, MAX_ROWS);
+        let mut nodes = self.running_peers();
+        nodes.push(self.node.clone());
+        nodes.sort_unstable();
+        let (first, mut at) = start.map_or((String::new(), None), |c| (c.node, c.at));
+        let mut items = Vec::new();
+        for node in nodes.into_iter().filter(|n| *n >= first) {
+            let at = if node == first { at.take() } else { None };
+            // A full page still says whether a later node has a match (no cursor to an
+            // empty page).
+            let want = (limit - items.len()).max(1);
+            let Some(p) = self.page_after(b, &node, q, at, want).await else {
+                continue;
+            };
+            if items.len() == limit {
+                let more = !p.items.is_empty();
+                return (items, more.then_some(NodeCursor { node, at: None }));
+            }
+            items.extend(p.items);
+            if let Some(next) = p.next {
+                return (
+                    items,
+                    Some(NodeCursor {
+                        node,
+                        at: Some(next),
+                    }),
+                );
+            }
+        }
+        (items, None)
+    }
+
+    /// One node's part of [`Cluster::query_after`] (None: it did not answer).
+    async fn page_after(
+        &self,
+        b: &Broker,
+        node: &str,
+        q: &Query,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Option<CursorPage> {
+        if node == self.node {
+            let mut p = b
+                .registry
+                .query_after(q, after.as_ref(), limit, &b.config());
+            self.stamp(&mut p.items);
+            return Some(p);
+        }
+        let req = Request::QueryAfter {
+            q: Box::new(q.clone()),
+            after,
+            limit,
+        };
+        let bytes = rmp_serde::to_vec_named(&req).ok()?;
+        match self.ask_one(node.to_string(), bytes.into()).await? {
+            Reply::After { items, next } => Some(CursorPage { items, next }),
+            _ => None,
+        }
     }
 
     /// A page of the sessions matching `q` on every node: each node's first
@@ -146,6 +240,7 @@ impl Cluster {
             &b.config(),
         );
         let (mut count, mut items) = (mine.count, mine.items);
+        self.stamp(&mut items);
         let req = Request::Query {
             q: Box::new(q.clone()),
             want,
@@ -328,6 +423,13 @@ impl Cluster {
     }
 }
 
+/// Marks snapshots of this node's sessions as this node's.
+fn stamp(b: &Broker, items: &mut [SessionSnapshot]) {
+    if let Some(c) = b.cluster() {
+        c.stamp(items);
+    }
+}
+
 /// This node's answer about its own sessions.
 async fn answer(b: &Broker, req: Request) -> Reply {
     let received = std::time::Instant::now();
@@ -347,16 +449,31 @@ async fn answer(b: &Broker, req: Request) -> Reply {
                 page: 1,
                 limit: want.clamp(1, MAX_ROWS),
             };
-            let r = b.registry.query(&q, page, &b.config());
+            let mut r = b.registry.query(&q, page, &b.config());
+            stamp(b, &mut r.items);
             Reply::Page {
                 count: r.count,
                 items: r.items,
             }
         }
+        Request::QueryAfter { q, after, limit } => {
+            let limit = limit.clamp(1, MAX_ROWS);
+            let mut p = b
+                .registry
+                .query_after(&q, after.as_ref(), limit, &b.config());
+            stamp(b, &mut p.items);
+            Reply::After {
+                items: p.items,
+                next: p.next,
+            }
+        }
         Request::Get { tenant, client_id } => Reply::Session(
             b.registry
                 .snapshot(&tenant, &client_id, &b.config())
-                .map(Box::new),
+                .map(|mut s| {
+                    stamp(b, std::slice::from_mut(&mut s));
+                    Box::new(s)
+                }),
         ),
         Request::Kick {
             tenant,

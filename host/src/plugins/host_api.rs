@@ -112,6 +112,7 @@ fn u32_sat(n: usize) -> u32 {
 /// The registry snapshot in WIT form.
 pub(crate) fn session(s: SessionSnapshot) -> types::Session {
     types::Session {
+        node: s.node,
         tenant: s.tenant,
         client_id: s.client_id,
         username: s.username,
@@ -349,23 +350,18 @@ impl registry::Host for PluginState {
                         cursor: None,
                     }
                 }
-                // Cursors are this node's (README: cluster, not yet).
+                // Cursors walk the cluster's nodes in name order.
                 registry::Start::After(cursor) => {
-                    let after = cursor
-                        .map(|c| {
-                            crate::registry::Cursor::decode(&c)
-                                .ok_or_else(|| Error::InvalidArgument(format!("bad cursor {c:?}")))
-                        })
-                        .transpose()?;
                     let limit = paging(1, limit)?.limit;
-                    let r = b
-                        .registry
-                        .query_after(&query, after.as_ref(), limit, &b.config());
+                    let (items, next) = b
+                        .query_after_all(&query, cursor.as_deref(), limit)
+                        .await
+                        .map_err(Error::InvalidArgument)?;
                     registry::Listing {
-                        items: r.items.into_iter().map(session).collect(),
+                        items: items.into_iter().map(session).collect(),
                         count: None,
-                        has_next: r.next.is_some(),
-                        cursor: r.next.map(|c| c.encode()),
+                        has_next: next.is_some(),
+                        cursor: next,
                     }
                 }
             })

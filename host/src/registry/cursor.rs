@@ -10,7 +10,7 @@ use super::query::{snapshot, Query, SessionSnapshot};
 use super::Registry;
 
 /// Where a cursor query resumes: after row `seq` of `tenant`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cursor {
     /// Tenant of the last row shown.
     pub tenant: String,
@@ -26,11 +26,56 @@ impl Cursor {
 
     /// Parses [`Cursor::encode`]'s text; None for anything else.
     pub fn decode(text: &str) -> Option<Cursor> {
-        let raw = String::from_utf8(B64.decode(text).ok()?).ok()?;
+        Self::parse(&String::from_utf8(B64.decode(text).ok()?).ok()?)
+    }
+
+    fn parse(raw: &str) -> Option<Cursor> {
         let (seq, tenant) = raw.split_once(':')?;
         Some(Cursor {
             tenant: tenant.to_string(),
             seq: seq.parse().ok()?,
+        })
+    }
+}
+
+/// Where a cursor query over the nodes of a cluster resumes (nodes in name order): on
+/// `node`, after `at` there, or from its first row when `at` is None.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCursor {
+    /// The node (names are letters, digits, `-` and `_`).
+    pub node: String,
+    /// Where on that node.
+    pub at: Option<Cursor>,
+}
+
+impl NodeCursor {
+    /// The opaque text handed to clients (`@node@seq:tenant`, base64url).
+    pub fn encode(&self) -> String {
+        let at = self
+            .at
+            .as_ref()
+            .map_or(String::new(), |c| format!("{}:{}", c.seq, c.tenant));
+        B64.encode(format!("@{}@{at}", self.node))
+    }
+
+    /// Parses [`NodeCursor::encode`]'s text; a node's own [`Cursor`] (from before the
+    /// node joined a cluster) resumes on `here`. None for anything else.
+    pub fn decode(text: &str, here: &str) -> Option<NodeCursor> {
+        let raw = String::from_utf8(B64.decode(text).ok()?).ok()?;
+        let Some(rest) = raw.strip_prefix('@') else {
+            return Some(NodeCursor {
+                node: here.to_string(),
+                at: Some(Cursor::parse(&raw)?),
+            });
+        };
+        let (node, at) = rest.split_once('@')?;
+        Some(NodeCursor {
+            node: node.to_string(),
+            at: if at.is_empty() {
+                None
+            } else {
+                Some(Cursor::parse(at)?)
+            },
         })
     }
 }
@@ -102,6 +147,30 @@ mod tests {
         ));
         r.insert(s.clone());
         s
+    }
+
+    #[test]
+    fn node_cursors_round_trip_and_a_node_cursor_resumes_here() {
+        let at = Cursor {
+            tenant: "t:1".into(),
+            seq: 7,
+        };
+        for c in [
+            NodeCursor {
+                node: "n-1".into(),
+                at: Some(at.clone()),
+            },
+            NodeCursor {
+                node: "n_2".into(),
+                at: None,
+            },
+        ] {
+            assert_eq!(NodeCursor::decode(&c.encode(), "x"), Some(c));
+        }
+        let own = NodeCursor::decode(&at.encode(), "here").unwrap();
+        assert_eq!((own.node.as_str(), own.at), ("here", Some(at)));
+        assert_eq!(NodeCursor::decode("@@", "x"), None);
+        assert_eq!(NodeCursor::decode(&B64.encode("@n@x:t"), "x"), None);
     }
 
     fn ids(p: &CursorPage) -> Vec<String> {

@@ -16,7 +16,7 @@ use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-pub use cursor::{Cursor, CursorPage};
+pub use cursor::{Cursor, CursorPage, NodeCursor};
 use index::TenantIndex;
 pub use ops::{KickTarget, OpError, Via};
 pub use query::{Page, PageResult, Query, SessionSnapshot, SubscriptionSnapshot};

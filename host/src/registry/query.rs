@@ -94,6 +94,9 @@ pub struct SubscriptionSnapshot {
 /// Everything the registry knows about one session at one instant.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SessionSnapshot {
+    /// The cluster node holding the session; None on a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Tenant.
     pub tenant: String,
     /// Client id.
@@ -355,6 +358,7 @@ pub fn snapshot(s: &Session, cfg: &crate::config::Config) -> SessionSnapshot {
     };
     let i = s.info.read();
     SessionSnapshot {
+        node: None,
         tenant: s.tenant.to_string(),
         client_id: s.client_id.to_string(),
         username: i.username.as_deref().map(str::to_string),

@@ -1,6 +1,7 @@
 //! The admin APIs across the nodes of a cluster: the stock EMQX plugin on node c lists
 //! the clients of nodes a and b with c's own (counted, paged, filtered), shows one of
-//! another node, subscribes it on its behalf, and kicks one on another node.
+//! another node, subscribes it on its behalf, and kicks one on another node; rows name
+//! their node, and cursor pages walk the nodes.
 
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
@@ -50,6 +51,39 @@ async fn the_emqx_api_on_one_node_sees_and_acts_on_the_clients_of_every_node() {
     assert_eq!(p2["meta"]["hasnext"], false, "{p2}");
     let (_, one) = get(&c, "/clients?like_clientid=v-b").await;
     assert_eq!(client_ids(&one), ["dev-b"]);
+    // Each row names the node holding the session.
+    let nodes: Vec<_> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["clientid"].clone(), r["node"].clone()))
+        .collect();
+    for (id, node) in [("dev-a", "a"), ("dev-b", "b"), ("dev-c", "c")] {
+        assert!(nodes.contains(&(json!(id), json!(node))), "{body}");
+    }
+    // Cursor pages walk the nodes: every client once, the last page without a cursor.
+    let mut seen = Vec::new();
+    let mut path = "/clients_v2?limit=1".to_string();
+    for _ in 0..3 {
+        let (st, p) = get(&c, &path).await;
+        assert_eq!(st, 200, "{p}");
+        seen.extend(client_ids(&p));
+        match p["meta"]["cursor"].as_str() {
+            Some(cur) => path = format!("/clients_v2?limit=1&cursor={cur}"),
+            None => path.clear(),
+        }
+    }
+    assert!(path.is_empty(), "the third page is the last");
+    assert_eq!(seen, ["dev-a", "dev-b", "dev-c"]);
+    let (_, two) = get(&c, "/clients_v2?limit=2").await;
+    let cur = two["meta"]["cursor"].as_str().unwrap().to_string();
+    let (_, rest) = get(&c, &format!("/clients_v2?limit=2&cursor={cur}")).await;
+    assert_eq!(
+        [client_ids(&two), client_ids(&rest)].concat(),
+        ["dev-a", "dev-b", "dev-c"]
+    );
+    assert!(rest["meta"].get("cursor").is_none(), "{rest}");
+    assert_eq!(get(&c, "/clients_v2?cursor=bm9wZQ").await.0, 400);
 
     // One client of another node, by id.
     let (st, body) = get(&c, "/clients/dev-b").await;

@@ -23,7 +23,7 @@ pub fn client_json(s: &types::Session) -> Value {
     let mut put = |k: &str, v: Value| {
         m.insert(k.to_string(), v);
     };
-    put("node", json!(node()));
+    put("node", json!(s.node.as_deref().unwrap_or(node())));
     put("clientid", json!(s.client_id));
     put("username", json!(s.username));
     put("proto_name", json!(s.proto_name));

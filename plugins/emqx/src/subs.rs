@@ -32,12 +32,13 @@ struct UnsubReq {
     topic: String,
 }
 
-fn sub_json(clientid: &str, s: &types::Subscription) -> Value {
+/// A subscription row; `node` holds the session (None: this one).
+fn sub_json(node_name: Option<&str>, clientid: &str, s: &types::Subscription) -> Value {
     json!({
         "clientid": clientid,
         "topic": s.topic,
         "qos": s.qos,
-        "node": node(),
+        "node": node_name.unwrap_or(node()),
         "nl": u8::from(s.nl),
         "rap": u8::from(s.rap),
         "rh": s.rh,
@@ -60,6 +61,7 @@ fn do_subscribe(c: &Caller, id: &str, s: SubReq) -> Result<Value, HttpError> {
     registry::subscribe(&c.tenant, id, &s.topic, s.qos, s.nl == 1, s.rap == 1, s.rh)
         .map_err(host_error)?;
     Ok(sub_json(
+        None,
         id,
         &types::Subscription {
             topic: s.topic,
@@ -128,7 +130,11 @@ pub fn of_client(c: &Caller, p: &Params) -> Result<Response, HttpError> {
     let s = registry::get(&c.tenant, id)
         .map_err(host_error)?
         .ok_or_else(client_not_found)?;
-    let v: Vec<Value> = s.subscriptions.iter().map(|x| sub_json(id, x)).collect();
+    let v: Vec<Value> = s
+        .subscriptions
+        .iter()
+        .map(|x| sub_json(s.node.as_deref(), id, x))
+        .collect();
     Ok(Response::json(200, &v))
 }
 
@@ -160,7 +166,7 @@ pub fn list(c: &Caller, r: &Request) -> Result<Response, HttpError> {
     let data = p
         .items
         .iter()
-        .map(|o| sub_json(&o.client_id, &o.subscription))
+        .map(|o| sub_json(None, &o.client_id, &o.subscription))
         .collect();
     Ok(paged(page, limit, p.count, p.has_next, data))
 }
