@@ -4,9 +4,10 @@
 
 use super::Broker;
 use crate::registry::{
-    Cursor, KickTarget, NodeCursor, OpError, Page, PageResult, Query, SessionSnapshot,
+    Cursor, KickTarget, NodeCursor, OpError, Page, PageResult, Query, SessionSnapshot, SubPage,
+    SubQuery,
 };
-use crate::session::SubOptions;
+use crate::session::{MessageSnapshot, SubOptions};
 
 impl Broker {
     /// A page of the sessions matching `q` on every node.
@@ -41,6 +42,32 @@ impl Broker {
             .transpose()?;
         let (items, next) = c.query_after(self, q, start, limit).await;
         Ok((items, next.map(|c| c.encode())))
+    }
+
+    /// A page of the subscriptions matching `q` on every node.
+    pub async fn subscriptions_all(&self, q: &SubQuery, page: Page) -> SubPage {
+        match self.cluster() {
+            Some(c) => c.subscriptions(self, q, page).await,
+            None => self.registry.subscriptions(q, page),
+        }
+    }
+
+    /// Up to `limit` messages the session of `client_id` holds (queued, or in flight)
+    /// after `after`, on whichever node holds it, and whether more follow. None: no
+    /// such session.
+    pub async fn messages_any(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        inflight: bool,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Option<(Vec<MessageSnapshot>, bool)> {
+        if let Some(s) = self.registry.get(tenant, client_id) {
+            return Some(s.state.lock().messages_after(inflight, after, limit));
+        }
+        let c = self.cluster()?;
+        c.messages(tenant, client_id, inflight, after, limit).await
     }
 
     /// The session of `client_id`, on whichever node holds it.

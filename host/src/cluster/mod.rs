@@ -10,6 +10,7 @@
 mod bucket;
 mod config;
 mod kv;
+mod listing;
 mod metrics;
 mod nodes;
 mod retained;

@@ -16,23 +16,32 @@ use super::takeover::{self, MovedSession};
 use super::Cluster;
 use crate::broker::Broker;
 use crate::registry::{
-    Cursor, CursorPage, KickTarget, NodeCursor, OpError, Page, PageResult, Query, SessionSnapshot,
-    Via,
+    Cursor, KickTarget, OpError, Page, Query, SessionSnapshot, SubEntry, SubQuery, Via,
 };
-use crate::session::SubOptions;
+use crate::session::{MessageSnapshot, SubOptions};
 
 /// How long a node waits for another's answer.
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Most rows one node sends for a page (deep pages across nodes are capped).
-const MAX_ROWS: usize = 10_000;
+pub(super) const MAX_ROWS: usize = 10_000;
 /// Requests one node serves at once.
 const CONCURRENCY: usize = 64;
 
 /// A question to another node about its own sessions.
 #[derive(Debug, Serialize, Deserialize)]
-enum Request {
+pub(super) enum Request {
     /// Its first `want` sessions matching `q` (creation order) and how many match.
     Query { q: Box<Query>, want: usize },
+    /// Its first `want` subscriptions matching `q` and how many match.
+    Subscriptions { q: Box<SubQuery>, want: usize },
+    /// Up to `limit` messages its session of `client_id` holds, after `after`.
+    Messages {
+        tenant: String,
+        client_id: String,
+        inflight: bool,
+        after: Option<u64>,
+        limit: usize,
+    },
     /// Up to `limit` of its sessions matching `q` after `after` (cursor order).
     QueryAfter {
         q: Box<Query>,
@@ -78,14 +87,14 @@ enum Request {
 
 /// An operation's outcome: not found, done, or refused/invalid with the reason.
 #[derive(Debug, Serialize, Deserialize)]
-enum Outcome {
+pub(super) enum Outcome {
     NotFound,
     Done(bool),
     Failed { refused: bool, message: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Reply {
+pub(super) enum Reply {
     Page {
         count: usize,
         items: Vec<SessionSnapshot>,
@@ -95,6 +104,13 @@ enum Reply {
         items: Vec<SessionSnapshot>,
         next: Option<Cursor>,
     },
+    Subscriptions {
+        node: String,
+        count: usize,
+        items: Vec<SubEntry>,
+    },
+    /// A session's messages and whether more follow; None: no session here.
+    Messages(Option<(Vec<MessageSnapshot>, bool)>),
     Count(usize),
     Op(Outcome),
     Taken(Option<Box<MovedSession>>),
@@ -116,7 +132,7 @@ impl Cluster {
     }
 
     /// Asks every other running node; the answers that came.
-    async fn ask_all(&self, req: &Request) -> Vec<Reply> {
+    pub(super) async fn ask_all(&self, req: &Request) -> Vec<Reply> {
         let Ok(bytes) = rmp_serde::to_vec_named(req) else {
             return Vec::new();
         };
@@ -133,7 +149,7 @@ impl Cluster {
     }
 
     /// Asks `node` (an encoded request); its answer if one came in time.
-    async fn ask_one(&self, node: String, bytes: bytes::Bytes) -> Option<Reply> {
+    pub(super) async fn ask_one(&self, node: String, bytes: bytes::Bytes) -> Option<Reply> {
         let r = tokio::time::timeout(
             TIMEOUT,
             self.client.request(Self::rpc_subject(&node), bytes),
@@ -148,119 +164,6 @@ impl Cluster {
             tracing::debug!(%node, "cluster: no answer from a node");
         }
         reply
-    }
-
-    /// Marks snapshots of this node's sessions as this node's.
-    fn stamp(&self, items: &mut [SessionSnapshot]) {
-        for s in items {
-            s.node = Some(self.node.clone());
-        }
-    }
-
-    /// Up to `limit` sessions matching `q` from `start` on (None: the first node's
-    /// first), walking the running nodes in name order, and where the next page starts
-    /// (None: no later session matches). A node that does not answer is passed over.
-    pub async fn query_after(
-        &self,
-        b: &Broker,
-        q: &Query,
-        start: Option<NodeCursor>,
-        limit: usize,
-    ) -> (Vec<SessionSnapshot>, Option<NodeCursor>) {
-        let limit = limit.clamp(1, MAX_ROWS);
-        let mut nodes = self.running_peers();
-        nodes.push(self.node.clone());
-        nodes.sort_unstable();
-        let (first, mut at) = start.map_or((String::new(), None), |c| (c.node, c.at));
-        let mut items = Vec::new();
-        for node in nodes.into_iter().filter(|n| *n >= first) {
-            let at = if node == first { at.take() } else { None };
-            // A full page still says whether a later node has a match (no cursor to an
-            // empty page).
-            let want = (limit - items.len()).max(1);
-            let Some(p) = self.page_after(b, &node, q, at, want).await else {
-                continue;
-            };
-            if items.len() == limit {
-                let more = !p.items.is_empty();
-                return (items, more.then_some(NodeCursor { node, at: None }));
-            }
-            items.extend(p.items);
-            if let Some(next) = p.next {
-                return (
-                    items,
-                    Some(NodeCursor {
-                        node,
-                        at: Some(next),
-                    }),
-                );
-            }
-        }
-        (items, None)
-    }
-
-    /// One node's part of [`Cluster::query_after`] (None: it did not answer).
-    async fn page_after(
-        &self,
-        b: &Broker,
-        node: &str,
-        q: &Query,
-        after: Option<Cursor>,
-        limit: usize,
-    ) -> Option<CursorPage> {
-        if node == self.node {
-            let mut p = b
-                .registry
-                .query_after(q, after.as_ref(), limit, &b.config());
-            self.stamp(&mut p.items);
-            return Some(p);
-        }
-        let req = Request::QueryAfter {
-            q: Box::new(q.clone()),
-            after,
-            limit,
-        };
-        let bytes = rmp_serde::to_vec_named(&req).ok()?;
-        match self.ask_one(node.to_string(), bytes.into()).await? {
-            Reply::After { items, next } => Some(CursorPage { items, next }),
-            _ => None,
-        }
-    }
-
-    /// A page of the sessions matching `q` on every node: each node's first
-    /// `page * limit` (at most [`MAX_ROWS`]) merged in creation order.
-    pub async fn query(&self, b: &Broker, q: &Query, page: Page) -> PageResult {
-        let want = page.page.saturating_mul(page.limit).min(MAX_ROWS);
-        let mine = b.registry.query(
-            q,
-            Page {
-                page: 1,
-                limit: want,
-            },
-            &b.config(),
-        );
-        let (mut count, mut items) = (mine.count, mine.items);
-        self.stamp(&mut items);
-        let req = Request::Query {
-            q: Box::new(q.clone()),
-            want,
-        };
-        for r in self.ask_all(&req).await {
-            if let Reply::Page { count: c, items: i } = r {
-                count += c;
-                items.extend(i.into_iter().take(want));
-            }
-        }
-        items.sort_by(|x, y| {
-            (x.created_at, &x.tenant, &x.client_id).cmp(&(y.created_at, &y.tenant, &y.client_id))
-        });
-        let skip = (page.page - 1).saturating_mul(page.limit);
-        let items: Vec<_> = items.into_iter().skip(skip).take(page.limit).collect();
-        PageResult {
-            has_next: count > skip + items.len(),
-            items,
-            count,
-        }
     }
 
     /// The session of `client_id` on another node.
@@ -456,6 +359,32 @@ async fn answer(b: &Broker, req: Request) -> Reply {
                 items: r.items,
             }
         }
+        Request::Subscriptions { q, want } => {
+            let page = Page {
+                page: 1,
+                limit: want.clamp(1, MAX_ROWS),
+            };
+            let mut r = b.registry.subscriptions(&q, page);
+            let node = b.cluster().map_or(String::new(), |c| c.node().to_string());
+            for e in &mut r.items {
+                e.node = Some(node.clone());
+            }
+            Reply::Subscriptions {
+                node,
+                count: r.count,
+                items: r.items,
+            }
+        }
+        Request::Messages {
+            tenant,
+            client_id,
+            inflight,
+            after,
+            limit,
+        } => Reply::Messages(b.registry.get(&tenant, &client_id).map(|s| {
+            let limit = limit.clamp(1, MAX_ROWS);
+            s.state.lock().messages_after(inflight, after, limit)
+        })),
         Request::QueryAfter { q, after, limit } => {
             let limit = limit.clamp(1, MAX_ROWS);
             let mut p = b

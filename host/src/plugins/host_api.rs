@@ -162,21 +162,16 @@ pub(crate) fn session(s: SessionSnapshot) -> types::Session {
 }
 
 /// A listed delivery as the WIT shows it; `now` dates its publish time.
-fn session_message(
-    i: crate::session::Listed,
-    now: (SystemTime, std::time::Instant),
-) -> registry::SessionMessage {
-    let m = &i.delivery.msg;
-    let at = now.0 - now.1.saturating_duration_since(m.received);
+fn session_message(m: crate::session::MessageSnapshot) -> registry::SessionMessage {
     registry::SessionMessage {
-        position: i.pos,
-        topic: m.topic.to_string(),
-        payload: m.payload.to_vec(),
-        qos: i.delivery.qos as u8,
-        retain: i.delivery.retain,
-        packet_id: i.pid,
-        published_at: to_ms(at),
-        from_client_id: m.publisher_client.as_deref().map(str::to_string),
+        position: m.position,
+        topic: m.topic,
+        payload: m.payload,
+        qos: m.qos,
+        retain: m.retain,
+        packet_id: m.packet_id,
+        published_at: m.published_at,
+        from_client_id: m.from_client_id,
     }
 }
 
@@ -220,7 +215,7 @@ impl registry::Host for PluginState {
         page: u32,
         limit: u32,
     ) -> wasmtime::Result<Result<registry::SubscriptionPage, Error>> {
-        let run = || -> Result<registry::SubscriptionPage, Error> {
+        let asked = (|| -> Result<_, Error> {
             let tenant = f.tenant.clone().unwrap_or_else(|| "*".into());
             self.check(Capability::RegistryRead, Some(&tenant))?;
             let paged = paging(page, limit)?;
@@ -232,12 +227,22 @@ impl registry::Host for PluginState {
                 share_group: f.share_group,
                 match_topic: f.match_topic,
             };
-            let r = self.ctx.broker.registry.subscriptions(&q, paged);
+            Ok((q, paged))
+        })();
+        let (q, paged) = match asked {
+            Ok(x) => x,
+            Err(e) => return Ok(Err(e)),
+        };
+        // Every node's subscriptions in a cluster.
+        let b = self.ctx.broker.clone();
+        let r = b.subscriptions_all(&q, paged).await;
+        let run = || -> Result<registry::SubscriptionPage, Error> {
             Ok(registry::SubscriptionPage {
                 items: r
                     .items
                     .into_iter()
                     .map(|e| registry::OwnedSubscription {
+                        node: e.node,
                         tenant: e.tenant.to_string(),
                         client_id: e.client_id.to_string(),
                         subscription: types::Subscription {
@@ -289,34 +294,26 @@ impl registry::Host for PluginState {
         after: Option<u64>,
         limit: u32,
     ) -> wasmtime::Result<Result<registry::MessagePage, Error>> {
-        let run = || -> Result<registry::MessagePage, Error> {
-            self.check(Capability::RegistryRead, Some(&tenant))?;
-            let limit = paging(1, limit)?.limit;
-            let s = self
-                .ctx
-                .broker
-                .registry
-                .get(&tenant, &client_id)
-                .ok_or_else(|| Error::NotFound(format!("no session for client id {client_id}")))?;
-            let l = {
-                let st = s.state.lock();
-                if inflight {
-                    st.inflight_after(after, limit)
-                } else {
-                    st.queued_after(after, limit)
-                }
-            };
-            let now = (SystemTime::now(), std::time::Instant::now());
-            Ok(registry::MessagePage {
-                items: l
-                    .items
-                    .into_iter()
-                    .map(|i| session_message(i, now))
-                    .collect(),
-                has_next: l.has_next,
-            })
+        let limit = match self
+            .check(Capability::RegistryRead, Some(&tenant))
+            .and_then(|()| paging(1, limit))
+        {
+            Ok(p) => p.limit,
+            Err(e) => return Ok(Err(e)),
         };
-        Ok(run())
+        // On whichever node holds the session.
+        let b = self.ctx.broker.clone();
+        let Some((items, has_next)) = b
+            .messages_any(&tenant, &client_id, inflight, after, limit)
+            .await
+        else {
+            let e = Error::NotFound(format!("no session for client id {client_id}"));
+            return Ok(Err(e));
+        };
+        Ok(Ok(registry::MessagePage {
+            items: items.into_iter().map(session_message).collect(),
+            has_next,
+        }))
     }
 
     async fn list_sessions(

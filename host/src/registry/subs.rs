@@ -9,7 +9,7 @@ use super::Registry;
 use crate::session::Session;
 
 /// Which subscriptions to list; every field set must match.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SubQuery {
     /// Tenant (None: every tenant).
     pub tenant: Option<String>,
@@ -26,12 +26,15 @@ pub struct SubQuery {
 }
 
 /// One subscription with its owner.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SubEntry {
     /// Tenant.
     pub tenant: Arc<str>,
     /// Client id.
     pub client_id: Arc<str>,
+    /// The cluster node holding its session; None on a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// The subscription.
     pub sub: SubscriptionSnapshot,
 }
@@ -107,6 +110,7 @@ impl Registry {
 /// A subscription with its owner, as listed.
 fn entry(s: &Session, topic: &str, o: &crate::session::SubOptions) -> SubEntry {
     SubEntry {
+        node: None,
         tenant: s.tenant.clone(),
         client_id: s.client_id.clone(),
         sub: SubscriptionSnapshot {

@@ -16,6 +16,48 @@ pub struct Listed {
     pub pid: Option<u16>,
 }
 
+/// A listed message as the admin APIs show it, sent between nodes for a session that
+/// lives on another.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MessageSnapshot {
+    /// Its position (see [`Listed::pos`]).
+    pub position: u64,
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// QoS it is delivered with.
+    pub qos: u8,
+    /// Retain flag it is delivered with.
+    pub retain: bool,
+    /// Its packet id, once sent.
+    pub packet_id: Option<u16>,
+    /// When the broker received it, Unix milliseconds.
+    pub published_at: i64,
+    /// The publishing client, when a client published it.
+    pub from_client_id: Option<String>,
+}
+
+impl Listed {
+    /// The message as the admin APIs show it.
+    pub fn snapshot(&self) -> MessageSnapshot {
+        let m = &self.delivery.msg;
+        let now = (std::time::SystemTime::now(), std::time::Instant::now());
+        let at = now.0 - now.1.saturating_duration_since(m.received);
+        MessageSnapshot {
+            position: self.pos,
+            topic: m.topic.to_string(),
+            payload: m.payload.to_vec(),
+            qos: self.delivery.qos as u8,
+            retain: self.delivery.retain,
+            packet_id: self.pid,
+            published_at: crate::store::records::to_ms(at),
+            from_client_id: m.publisher_client.as_deref().map(str::to_string),
+        }
+    }
+}
+
 /// One page: the messages and whether more follow.
 #[derive(Debug, Clone, Default)]
 pub struct Listing {
@@ -26,6 +68,22 @@ pub struct Listing {
 }
 
 impl SessionState {
+    /// Up to `limit` queued (or in-flight) messages after position `after`, as the
+    /// admin APIs show them, and whether more follow.
+    pub fn messages_after(
+        &self,
+        inflight: bool,
+        after: Option<u64>,
+        limit: usize,
+    ) -> (Vec<MessageSnapshot>, bool) {
+        let l = if inflight {
+            self.inflight_after(after, limit)
+        } else {
+            self.queued_after(after, limit)
+        };
+        (l.items.iter().map(Listed::snapshot).collect(), l.has_next)
+    }
+
     /// Up to `limit` queued messages after position `after` (None: from the oldest).
     pub fn queued_after(&self, after: Option<u64>, limit: usize) -> Listing {
         let start = after.map_or(0, |a| a.saturating_add(1).saturating_sub(self.queue_base));

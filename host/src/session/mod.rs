@@ -18,7 +18,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{oneshot, Notify};
 
 pub use control::{mailbox, ControlRx, ControlTx};
-pub use listing::{Listed, Listing};
+pub use listing::{Listed, Listing, MessageSnapshot};
 pub use state::{EnqueueOutcome, Inflight, InflightState, Outgoing, SessionState, SubOptions};
 
 use crate::message::Message;

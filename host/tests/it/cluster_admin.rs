@@ -1,7 +1,8 @@
 //! The admin APIs across the nodes of a cluster: the stock EMQX plugin on node c lists
 //! the clients of nodes a and b with c's own (counted, paged, filtered), shows one of
 //! another node, subscribes it on its behalf, and kicks one on another node; rows name
-//! their node, and cursor pages walk the nodes.
+//! their node, cursor pages walk the nodes, the subscription listing spans them, and a
+//! session's queued messages are read on the node that holds it.
 
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::{json, Value};
@@ -110,6 +111,12 @@ async fn the_emqx_api_on_one_node_sees_and_acts_on_the_clients_of_every_node() {
         .await
         .unwrap();
     assert_eq!(&on_a.publish().await.payload[..], b"via c");
+    // The subscription listing spans the nodes, each row naming its node.
+    let (st, subs) = get(&c, "/subscriptions?topic=x/y").await;
+    assert_eq!(st, 200, "{subs}");
+    assert_eq!(subs["data"][0]["clientid"], "dev-a", "{subs}");
+    assert_eq!(subs["data"][0]["node"], "a", "{subs}");
+    assert_eq!(subs["meta"]["count"], 1, "{subs}");
 
     // Kicked through c: b's client is disconnected and its session gone.
     let (st, body) = call(&c, "DELETE", "/api/v5/clients/dev-b", Some(ADMIN), None).await;
@@ -122,4 +129,40 @@ async fn the_emqx_api_on_one_node_sees_and_acts_on_the_clients_of_every_node() {
     .await;
     assert_eq!(get(&c, "/clients/dev-b").await.0, 404);
     assert!(common::metric(&b, "apiary_cluster_rpc_served_total") > 0);
+
+    // A session's queued messages, read on another node.
+    let mut o = v5::opts(&b, "off-b", Tr::Tcp);
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(600));
+    let (mut off, _) = v5::connect(o).await;
+    off.c.subscribe("q/#", QoS::AtLeastOnce).await.unwrap();
+    off.suback().await;
+    off.c.disconnect().await.unwrap();
+    common::eventually("off-b is offline", || {
+        b.broker()
+            .registry
+            .get("default", "off-b")
+            .is_some_and(|s| !s.is_online())
+    })
+    .await;
+    b.broker().cluster().unwrap().settled().await;
+    on_c.c
+        .publish("q/1", QoS::AtLeastOnce, false, "kept")
+        .await
+        .unwrap();
+    common::eventually("queued on b", || {
+        let s = b.broker().registry.get("default", "off-b").unwrap();
+        let n = s.state.lock().queue.len();
+        n == 1
+    })
+    .await;
+    let (st, m) = get(&c, "/clients/off-b/mqueue_messages?payload=plain").await;
+    assert_eq!(st, 200, "{m}");
+    assert_eq!(m["data"][0]["payload"], "kept", "{m}");
+    assert_eq!(m["data"][0]["topic"], "q/1", "{m}");
+    assert_eq!(
+        get(&c, "/clients/nobody/mqueue_messages").await.0,
+        404,
+        "no node holds it"
+    );
 }

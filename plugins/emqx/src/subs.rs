@@ -166,7 +166,7 @@ pub fn list(c: &Caller, r: &Request) -> Result<Response, HttpError> {
     let data = p
         .items
         .iter()
-        .map(|o| sub_json(None, &o.client_id, &o.subscription))
+        .map(|o| sub_json(o.node.as_deref(), &o.client_id, &o.subscription))
         .collect();
     Ok(paged(page, limit, p.count, p.has_next, data))
 }
