@@ -183,11 +183,13 @@ impl Cluster {
         }
         let (c, b) = (self.clone(), b.clone());
         tokio::spawn(async move {
-            c.wills.orphaned(&b, &node, live.as_deref()).await;
-            if live.is_none() {
-                // Down, not back: its persistent sessions live on here.
-                c.sessions.adopt(&b, &c, &node).await;
-            }
+            // Down, not back: its persistent sessions live on here, first, so that a
+            // will still waiting for its delay waits here rather than going out now.
+            let adopted = match live {
+                None => c.sessions.adopt(&b, &c, &node).await,
+                Some(_) => Default::default(),
+            };
+            c.wills.orphaned(&b, &node, live.as_deref(), &adopted).await;
         });
     }
 

@@ -169,12 +169,20 @@ impl Sessions {
 
     /// Adopts the persistent sessions `node` left in the bucket: each one not kept by
     /// another node (it moved there first) is restored here, and its key deleted.
-    pub(super) async fn adopt(&self, b: &Broker, cluster: &super::Cluster, node: &str) {
+    /// Returns the keys of those restored with a will delay running (their wills wait
+    /// here for the delay, or for the client to come back).
+    pub(super) async fn adopt(
+        &self,
+        b: &Broker,
+        cluster: &super::Cluster,
+        node: &str,
+    ) -> HashSet<String> {
+        let mut delayed = HashSet::new();
         let Some(store) = self.store.get() else {
-            return;
+            return delayed;
         };
         let Ok(mut keys) = store.keys().await else {
-            return;
+            return delayed;
         };
         let prefix = format!("{node}.");
         let (mut theirs, mut elsewhere) = (Vec::new(), HashSet::new());
@@ -193,7 +201,11 @@ impl Sessions {
                     .await
                     .map(|v| v.map(|v| rmp_serde::from_slice(&v)))
                 {
-                    Ok(Some(Ok(k))) => self.restore(b, cluster, k).await,
+                    Ok(Some(Ok(k))) => {
+                        if self.restore(b, cluster, k).await {
+                            delayed.insert(key.clone());
+                        }
+                    }
                     Ok(None) => {}
                     Ok(Some(Err(e))) => self.unreadable(&key, &e.to_string()),
                     Err(e) => self.unreadable(&key, &e.to_string()),
@@ -201,6 +213,7 @@ impl Sessions {
             }
             let _ = store.delete(&key).await;
         }
+        delayed
     }
 
     fn unreadable(&self, key: &str, e: &str) {
@@ -208,15 +221,18 @@ impl Sessions {
         tracing::warn!(%key, error = %e, "cluster: a dead node's session could not be read");
     }
 
-    /// Restores an adopted session here, disconnected now (its expiry runs from here),
-    /// unless its client id already has a session here (it resumed meanwhile).
-    async fn restore(&self, b: &Broker, cluster: &super::Cluster, mut k: Kept) {
+    /// Restores an adopted session here, disconnected now (its expiry and will delay
+    /// run from here), unless its client id already has a session here (it resumed
+    /// meanwhile). Whether its will was kept, to wait for its delay here.
+    async fn restore(&self, b: &Broker, cluster: &super::Cluster, mut k: Kept) -> bool {
         // As a CONNECT does: one at a time per client id.
         let _serial = b.connect_lock(&k.tenant, &k.client_id).lock().await;
         if b.registry.get(&k.tenant, &k.client_id).is_some() {
-            return;
+            return false;
         }
-        k.record.will = None; // Published with the dead node's wills.
+        // A will without a delay is published with the dead node's wills, at once.
+        k.record.will = k.record.will.filter(|w| w.delay_secs > 0);
+        let delayed = k.record.will.is_some();
         k.record.disconnected_ms = None;
         let subs = k.subs.clone();
         b.restore(Recovered {
@@ -231,7 +247,7 @@ impl Sessions {
             ..Default::default()
         });
         let Some(s) = b.registry.get(&k.tenant, &k.client_id) else {
-            return;
+            return false;
         };
         b.store_subscriptions(&s, &subs);
         {
@@ -245,5 +261,9 @@ impl Sessions {
         b.session_changed(&s);
         self.counters.adopted.fetch_add(1, Ordering::Relaxed);
         tracing::info!(tenant = %s.tenant, client_id = %s.client_id, "cluster: adopted a dead node's session");
+        if delayed {
+            b.will_changed(&s); // Kept for if this node dies too.
+        }
+        delayed
     }
 }

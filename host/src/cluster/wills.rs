@@ -120,7 +120,7 @@ impl Wills {
                     // A node that stops on purpose sees to its own wills (published as its
                     // connections close, or kept in its store): none is left for the
                     // others to publish again. Bounded: shutdown waits for this task.
-                    let purge = self.take_all(store, &node, |_| true);
+                    let purge = self.take_all(store, &node, |_, _| true);
                     let _ = tokio::time::timeout(Duration::from_secs(2), purge).await;
                     return;
                 }
@@ -141,14 +141,25 @@ impl Wills {
     }
 
     /// Publishes (here, to the whole cluster) and deletes the wills `node` left, but
-    /// those of its incarnation `live` (a node that came back keeps its own).
-    pub(super) async fn orphaned(&self, b: &Broker, node: &str, live: Option<&str>) {
+    /// those of its incarnation `live` (a node that came back keeps its own); the keys
+    /// in `adopted` are only deleted (their sessions were adopted here with the will
+    /// still waiting for its delay).
+    pub(super) async fn orphaned(
+        &self,
+        b: &Broker,
+        node: &str,
+        live: Option<&str>,
+        adopted: &HashSet<String>,
+    ) {
         let Some(store) = self.store.get() else {
             return;
         };
-        self.take_all(store, node, |env| {
+        self.take_all(store, node, |key, env| {
             if live.is_some_and(|l| l == env.origin) {
                 return false;
+            }
+            if adopted.contains(key) {
+                return true;
             }
             let mut msg = env.into_message();
             msg.received = std::time::Instant::now();
@@ -166,7 +177,7 @@ impl Wills {
         &self,
         store: &kv::Store,
         node: &str,
-        mut take: impl FnMut(wire::Envelope) -> bool,
+        mut take: impl FnMut(&str, wire::Envelope) -> bool,
     ) {
         let prefix = format!("{node}.");
         let Ok(mut keys) = store.keys().await else {
@@ -184,7 +195,7 @@ impl Wills {
             let Ok(Some(v)) = store.get(&k).await else {
                 continue;
             };
-            let taken = wire::decode(&v).map(&mut take).unwrap_or(true);
+            let taken = wire::decode(&v).map(|e| take(&k, e)).unwrap_or(true);
             if taken {
                 let _ = store.delete(&k).await;
             }

@@ -15,7 +15,7 @@ use crate::common::{self, v5, TestBroker, Tr};
 
 /// Node `a` as its own process, clustered on `nats` (its data in `dir`, kept across
 /// restarts); its MQTT port and HTTP address.
-fn spawn_a(nats: &Nats, dir: &std::path::Path) -> (std::process::Child, u16, SocketAddr) {
+fn spawn_a(nats: &Nats, dir: &std::path::Path) -> (crate::process::Proc, u16, SocketAddr) {
     let cfg = dir.join("a.toml");
     std::fs::write(
         &cfg,
@@ -167,12 +167,33 @@ async fn metric_of(http: SocketAddr, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
 
-fn keeper(port: u16, clean: bool) -> rumqttc::v5::MqttOptions {
-    let mut o = rumqttc::v5::MqttOptions::new("keeper", "127.0.0.1", port);
+/// A persistent session `id` of the node at `port`, with a will delayed `delay` seconds.
+fn persistent(id: &str, port: u16, clean: bool, delay: u32) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_start(clean);
     o.set_session_expiry_interval(Some(600));
+    let props = rumqttc::v5::mqttbytes::v5::LastWillProperties {
+        delay_interval: Some(delay),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    };
+    o.set_last_will(LastWill::new(
+        format!("wills/{id}"),
+        format!("{id} is gone"),
+        QoS::AtLeastOnce,
+        false,
+        Some(props),
+    ));
     o
+}
+
+fn keeper(port: u16, clean: bool) -> rumqttc::v5::MqttOptions {
+    persistent("keeper", port, clean, 60)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,20 +203,35 @@ async fn a_killed_nodes_persistent_session_resumes_on_another_node() {
     let b = node(&nats, "b").await;
     let (mut a, port, _) = spawn_a(&nats, dir.path());
     common::eventually("b hears a", || state_of(&b, "a") == Some("running")).await;
+    let mut watcher = subscriber(&b, "watcher", &[("wills/#", QoS::AtLeastOnce)]).await;
     let (mut k, _) = v5::connect(keeper(port, true)).await;
     k.c.subscribe("orders/#", QoS::AtLeastOnce).await.unwrap();
     k.suback().await;
-    until("a keeps the session in the cluster", || {
-        kept(&nats, "apiary-sessions", "a.default.keeper")
+    // Another one that will not come back: its will waits out its 1 s delay on b.
+    let (_gone, _) = v5::connect(persistent("gone", port, true, 1)).await;
+    until("a keeps the sessions in the cluster", || async {
+        kept(&nats, "apiary-sessions", "a.default.keeper").await
+            && kept(&nats, "apiary-sessions", "a.default.gone").await
     })
     .await;
 
     a.kill().unwrap(); // SIGKILL, the client still connected.
     a.wait().unwrap();
-    common::eventually("b adopts the session", || {
-        common::metric(&b, "apiary_cluster_sessions_adopted_total") == 1
+    common::eventually("b adopts the sessions", || {
+        common::metric(&b, "apiary_cluster_sessions_adopted_total") == 2
     })
     .await;
+    let adopted = std::time::Instant::now();
+    let w = watcher.publish().await;
+    assert_eq!(
+        &w.topic[..],
+        b"wills/gone",
+        "only the will of the one not back"
+    );
+    assert!(
+        adopted.elapsed() >= Duration::from_millis(700),
+        "published after its delay, not at once"
+    );
     let s = b.broker().registry.get("default", "keeper").unwrap();
     assert!(!s.is_online());
     // Published for it while it is away: queued on b.
@@ -220,16 +256,14 @@ async fn a_killed_nodes_persistent_session_resumes_on_another_node() {
 
     // a comes back with the session in its store: dropped there, b's is the one.
     let (a, _, http) = spawn_a(&nats, dir.path());
-    until("a drops its stale copy", || async {
-        metric_of(http, "apiary_cluster_sessions_dropped_total").await == Some(1)
+    until("a drops its stale copies", || async {
+        // Both: keeper and gone were adopted by b.
+        metric_of(http, "apiary_cluster_sessions_dropped_total").await == Some(2)
     })
     .await;
     back.no_publish(Duration::from_millis(300)).await;
-    assert!(b
-        .broker()
-        .registry
-        .get("default", "keeper")
-        .unwrap()
-        .is_online());
+    let on_b = b.broker().registry.get("default", "keeper").unwrap();
+    assert!(on_b.is_online());
+    watcher.no_publish(Duration::from_millis(300)).await; // keeper came back in time.
     crate::process::stop(a);
 }

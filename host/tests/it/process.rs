@@ -78,11 +78,7 @@ fn unknown_config_keys_are_an_error_naming_the_key() {
 pub(crate) fn spawn(
     cfg: &std::path::Path,
     want: &[&str],
-) -> (
-    std::process::Child,
-    std::collections::HashMap<String, String>,
-    Vec<String>,
-) {
+) -> (Proc, std::collections::HashMap<String, String>, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_apiary"))
         .arg("--config")
         .arg(cfg)
@@ -117,10 +113,36 @@ pub(crate) fn spawn(
         }
         lines.push(line);
     }
-    (child, addrs, lines)
+    (Proc(child), addrs, lines)
 }
 
-pub(crate) fn stop(mut child: std::process::Child) {
+/// A spawned `apiary`, killed when dropped still running: a failed test leaves no
+/// node behind (one would hold the test's output open and hang whoever reads it).
+pub(crate) struct Proc(std::process::Child);
+
+impl std::ops::Deref for Proc {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+pub(crate) fn stop(mut child: Proc) {
     Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
