@@ -13,6 +13,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod intercept;
 pub mod limits;
 pub mod message;
 pub mod metrics;

@@ -78,6 +78,14 @@ pub struct Metrics {
     pub acl_publish_denied: AtomicU64,
     /// Subscriptions refused by ACL (SUBACK 0x87 / 0x80).
     pub acl_subscribe_denied: AtomicU64,
+    /// Publishes handed to a message interceptor (one per interceptor that saw it).
+    pub intercepted: AtomicU64,
+    /// Publishes an interceptor rewrote.
+    pub intercept_rewritten: AtomicU64,
+    /// Publishes an interceptor dropped (by its verdict or its failure policy).
+    pub intercept_dropped: AtomicU64,
+    /// Interceptor calls that failed (trap, timeout, invalid rewrite).
+    pub intercept_failed: AtomicU64,
     /// Plugin versions loaded (first loads and reloads).
     pub plugin_loads: AtomicU64,
     /// Plugin loads that failed (the previous version, if any, kept serving).
@@ -303,6 +311,26 @@ impl Metrics {
             "apiary_acl_subscribe_denied_total",
             "Subscriptions refused by ACL (SUBACK 0x87, or 0x80 in 3.1.1).",
             g(&self.acl_subscribe_denied),
+        );
+        counter(
+            "apiary_intercept_calls_total",
+            "Publishes handed to a message interceptor (one per interceptor that saw it).",
+            g(&self.intercepted),
+        );
+        counter(
+            "apiary_intercept_rewritten_total",
+            "Publishes a message interceptor rewrote.",
+            g(&self.intercept_rewritten),
+        );
+        counter(
+            "apiary_intercept_dropped_total",
+            "Publishes a message interceptor dropped (its verdict or its failure policy).",
+            g(&self.intercept_dropped),
+        );
+        counter(
+            "apiary_intercept_failures_total",
+            "Message interceptor calls that failed (trap, timeout, invalid rewrite).",
+            g(&self.intercept_failed),
         );
         counter(
             "apiary_plugin_loads_total",

@@ -9,6 +9,9 @@ pub enum PublishRefused {
     /// A retained message over its tenant's retained limits.
     #[error(transparent)]
     Retained(#[from] crate::router::retained::RetainedRefused),
+    /// A message interceptor dropped it, with this reason code.
+    #[error("dropped by a message interceptor (reason code {0:#04x})")]
+    Intercepted(u8),
 }
 
 impl PublishRefused {
@@ -16,6 +19,7 @@ impl PublishRefused {
     pub fn reason_code(self) -> u8 {
         match self {
             PublishRefused::Retained(_) => 0x97,
+            PublishRefused::Intercepted(code) => code,
         }
     }
 }

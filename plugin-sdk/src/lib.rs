@@ -3,7 +3,9 @@
 //! A plugin is a WebAssembly component (`cargo build --target wasm32-wasip2` of a
 //! `cdylib`). It always exports `lifecycle` (its `init`), and one or more roles: `http`
 //! (answer HTTP requests under its mount), `auth` (decide CONNECT, publish, subscribe),
-//! `events` (consume registry events). It may call the host: the session [`registry`],
+//! `events` (consume registry events), `stream` (speak a protocol over WebSocket or
+//! socket.io connections), `message` (rewrite, enrich or drop publishes before they are
+//! routed). It may call the host: the session [`registry`],
 //! [`broker`] publishing, a private [`kv`] store, [`log`] and [`clock`] — each only as far
 //! as its toml grants.
 //!
@@ -102,6 +104,18 @@ pub mod stream_role {
     });
 }
 
+/// Bindings of the `message` role.
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod message_role {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "message-role",
+        pub_export_macro: true,
+        export_macro_name: "export_message",
+        default_bindings_module: "$crate::message_role",
+    });
+}
+
 pub use bindings::apiary::plugin::{
     apikeys, broker, clock, kv, log, passwords, registry, streams, types,
 };
@@ -121,6 +135,57 @@ pub mod events {
 pub mod stream {
     pub use crate::stream_role::exports::apiary::plugin::stream_protocol::*;
     pub use crate::types::{Frame, StreamEvent, StreamTransport};
+}
+
+/// The `message` role: implement [`message::Guest`] (its `intercept` sees each publish on
+/// the topics of the toml's `[message] filters`) and export with `export!(T: message)`.
+///
+/// ```no_run
+/// use apiary_plugin_sdk::message::{Guest, Publish, Verdict};
+/// use apiary_plugin_sdk::{export, InitError, Plugin};
+///
+/// struct Stamp;
+///
+/// impl Plugin for Stamp {
+///     fn init(_config: String) -> Result<(), InitError> {
+///         Ok(())
+///     }
+/// }
+///
+/// impl Guest for Stamp {
+///     fn intercept(mut msg: Publish) -> Verdict {
+///         if msg.payload.is_empty() {
+///             return apiary_plugin_sdk::message::drop(0x99, "empty payload");
+///         }
+///         msg.properties.user_properties.push(("stamped".into(), "yes".into()));
+///         Verdict::Rewrite(msg)
+///     }
+/// }
+///
+/// export!(Stamp: message);
+/// ```
+pub mod message {
+    pub use crate::message_role::exports::apiary::plugin::message::*;
+
+    /// A drop with a reason code a v5 publisher sees (0x80, 0x83, 0x87, 0x90, 0x97 or
+    /// 0x99) and a message for the broker's log.
+    pub fn drop(reason_code: u8, message: &str) -> Verdict {
+        Verdict::Drop(DropReason {
+            reason_code,
+            message: message.to_string(),
+        })
+    }
+
+    impl Publish {
+        /// The first user property named `key`.
+        pub fn user_property(&self, key: &str) -> Option<&str> {
+            self.properties
+                .user_properties
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        }
+    }
 }
 
 /// Logs a message at `info` into the broker's log (tagged with the plugin's name).
@@ -213,6 +278,9 @@ macro_rules! export {
     };
     (@role $ty:ident stream) => {
         $crate::stream_role::export_stream!($ty with_types_in $crate::stream_role);
+    };
+    (@role $ty:ident message) => {
+        $crate::message_role::export_message!($ty with_types_in $crate::message_role);
     };
     (@role $ty:ident events) => {
         $crate::events_role::export_events!($ty with_types_in $crate::events_role);

@@ -266,6 +266,63 @@ fn cluster(root: &Path) -> Result<String> {
     Ok(md)
 }
 
+/// p2p QoS 1 through message interceptors (issue 17): no interceptor, the `stamper` test
+/// plugin passing every publish on the benchmark's topics, and the same plugin on other
+/// topics only; throughput as a ratio to no interceptor, measured in this run.
+fn interceptors(root: &Path, apiary: &Path, work: &Path, quick: bool) -> Result<String> {
+    crate::plugins(root, crate::Scope::One("stamper"))?;
+    let case = cases(quick).remove(0);
+    let variants = [
+        ("no interceptor", None),
+        (
+            "pass-through interceptor on the published topics",
+            Some("bench/#"),
+        ),
+        ("interceptor on other topics only", Some("other/#")),
+    ];
+    let mut md = format!(
+        "\n### Message interceptors: {} (ratio to no interceptor)\n\n\
+         | Apiary | msg/s | ratio | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|\n",
+        case.label
+    );
+    let mut base = None;
+    for (i, (label, filter)) in variants.into_iter().enumerate() {
+        let dir = work.join(format!("intercept-{i}"));
+        let plugins = dir.join("plugins");
+        let cfg = apiary_config(&dir, &plugins)?;
+        if let Some(f) = filter {
+            std::fs::copy(
+                root.join("target/plugins/stamper.wasm"),
+                plugins.join("stamper.wasm"),
+            )?;
+            std::fs::write(
+                plugins.join("stamper.toml"),
+                format!("roles = [\"message\"]\n[message]\nfilters = [\"{f}\"]\n[config]\nname = \"bench\"\npass = true\n"),
+            )?;
+        }
+        let mut child = Command::new(apiary)
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .spawn()?;
+        wait_for_port(&mut child)?;
+        println!("==> Apiary, {label}");
+        let r = run_case(root, apiary, child.id(), &case, None);
+        stop(child);
+        let v = r?;
+        let rate = v["received_per_sec"].as_f64().unwrap_or(0.0);
+        let base_rate = *base.get_or_insert(rate);
+        let us = |q: &str| v["latency_us"][q].as_f64().unwrap_or(0.0) / 1000.0;
+        md.push_str(&format!(
+            "| {label} | {rate:.0} | {:.2} | {:.2} | {:.2} |\n",
+            rate / base_rate.max(1.0),
+            us("p50"),
+            us("p99")
+        ));
+    }
+    Ok(md)
+}
+
 /// The admin API's deep pages at 200k sessions and subscriptions (issue 15): the
 /// `admin_pages` benchmark, in process over HTTP through the stock emqx plugin, as a
 /// markdown table.
@@ -426,6 +483,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
         )?,
     )?;
     let mut report = crate::bench_report::markdown(&names, &labels, &results, quick);
+    report.push_str(&interceptors(root, &apiary, &work, quick)?);
     report.push_str(&admin_pages(root, &work)?);
     report.push_str(&cluster(root)?);
     std::fs::write(work.join("report.md"), &report)?;

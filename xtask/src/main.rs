@@ -114,6 +114,41 @@ fn build_c_plugin(
     Ok(())
 }
 
+/// Builds a Python plugin (`app.py`) with componentize-py against the single-role world
+/// its toml grants (`roles = ["message"]`: the `message-plugin` world).
+fn build_py_plugin(
+    root: &Path,
+    dir: &Path,
+    name: &str,
+    componentize_py: &Path,
+    out: &Path,
+) -> Result<()> {
+    let toml = std::fs::read_to_string(dir.join(format!("{name}.toml")))
+        .with_context(|| format!("the Python plugin {name} needs its {name}.toml"))?;
+    let roles: toml::Table = toml::from_str(&toml)?;
+    let role = roles
+        .get("roles")
+        .and_then(|r| r.as_array())
+        .filter(|r| r.len() == 1)
+        .and_then(|r| r[0].as_str())
+        .with_context(|| format!("{name}.toml must grant exactly one role"))?;
+    let world = format!("{role}-plugin");
+    println!("==> plugin {name} (Python): componentize-py -w {world}");
+    let ok = Command::new(componentize_py)
+        .arg("-d")
+        .arg(root.join("wit"))
+        .args(["-w", &world, "componentize", "app", "-p"])
+        .arg(dir)
+        .arg("-o")
+        .arg(out)
+        .status()?
+        .success();
+    if !ok {
+        bail!("componentize-py failed for the Python plugin {name}");
+    }
+    Ok(())
+}
+
 /// Plugin crates: `plugins/*` (the stock set), `plugins/templates/*` (examples to copy)
 /// and `plugins/testing/*` (test fixtures).
 fn plugin_crates(root: &Path) -> Vec<(PathBuf, bool)> {
@@ -133,6 +168,7 @@ fn plugin_crates(root: &Path) -> Vec<(PathBuf, bool)> {
                 p.join("Cargo.toml").exists()
                     || p.join("build.mjs").exists()
                     || p.join("plugin.c").exists()
+                    || p.join("app.py").exists()
             })
             .collect();
         v.sort();
@@ -148,6 +184,8 @@ pub(crate) enum Scope {
     Stock,
     /// Every plugin, templates and test fixtures included (what `test` needs).
     All,
+    /// The one plugin of this name (a benchmark's fixture).
+    One(&'static str),
 }
 
 /// Whether a plugin whose toolchain cannot be had may be skipped: never in CI
@@ -182,15 +220,18 @@ pub(crate) fn plugins(root: &Path, scope: Scope) -> Result<Vec<String>> {
     let mut stock = Vec::new();
     let mut js_tool: Option<Option<PathBuf>> = None;
     let mut c_tool: Option<Option<(PathBuf, PathBuf)>> = None;
+    let mut py_tool: Option<Option<PathBuf>> = None;
     for (dir, is_stock) in plugin_crates(root) {
-        if scope == Scope::Stock && !is_stock {
-            continue;
-        }
         let name = dir
             .file_name()
             .and_then(|n| n.to_str())
             .context("plugin dir name")?
             .to_string();
+        match scope {
+            Scope::Stock if !is_stock => continue,
+            Scope::One(one) if one != name => continue,
+            _ => {}
+        }
         if dir.join("plugin.c").exists() {
             let tools = c_tool
                 .get_or_insert_with(|| toolchain::c_toolchain(root))
@@ -206,6 +247,21 @@ pub(crate) fn plugins(root: &Path, scope: Scope) -> Result<Vec<String>> {
             }
             if is_stock {
                 stock.push(name);
+            }
+            continue;
+        }
+        if dir.join("app.py").exists() {
+            let tool = py_tool
+                .get_or_insert_with(|| toolchain::componentize_py(root))
+                .clone();
+            let Some(cpy) = tool else {
+                may_skip_toolchain(&format!("the Python plugin {name}"))?;
+                continue;
+            };
+            build_py_plugin(root, &dir, &name, &cpy, &out.join(format!("{name}.wasm")))?;
+            let toml = dir.join(format!("{name}.toml"));
+            if toml.exists() {
+                std::fs::copy(&toml, out.join(format!("{name}.toml")))?;
             }
             continue;
         }

@@ -192,6 +192,34 @@ pub fn componentize_js(root: &Path) -> Option<PathBuf> {
     }
 }
 
+/// componentize-py 0.25.1, in a virtualenv under target/ once; None (with the reason
+/// printed) when python3 or pip cannot install it.
+pub fn componentize_py(root: &Path) -> Option<PathBuf> {
+    let venv = root.join("target/py-toolchain");
+    let tool = venv.join("bin/componentize-py");
+    if tool.exists() {
+        return Some(tool);
+    }
+    println!("==> installing componentize-py 0.25.1 into target/py-toolchain (pip, 5 min limit)");
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new("timeout")
+            .arg("300")
+            .arg(venv.join("bin/pip"))
+            .args(["install", "--quiet", "componentize-py==0.25.1"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok && tool.exists() {
+        Some(tool)
+    } else {
+        println!("==> skipping Python plugins: pip could not install componentize-py");
+        None
+    }
+}
+
 /// Whether node and npm can run.
 fn have_node() -> bool {
     Command::new("node").arg("--version").output().is_ok()

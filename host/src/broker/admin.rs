@@ -121,7 +121,8 @@ impl Broker {
         Ok(self.unsubscribe(&s, filter))
     }
 
-    /// Publishes as the broker. Returns the number of sessions it was queued for.
+    /// Publishes as the broker, past the message interceptors (its own `$SYS` figures).
+    /// Returns the number of sessions it was queued for.
     pub fn publish_as_broker(
         &self,
         tenant: &str,
@@ -130,15 +131,40 @@ impl Broker {
         qos: QoS,
         retain: bool,
     ) -> Result<usize, OpError> {
+        let msg = self.broker_message(tenant, topic_name, payload, qos, retain)?;
+        Ok(self.publish(msg)?)
+    }
+
+    /// Publishes as the broker for a plugin or an admin API, through the message
+    /// interceptors as any publish.
+    pub async fn publish_as_plugin(
+        &self,
+        tenant: &str,
+        topic_name: &str,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<usize, OpError> {
+        let msg = self.broker_message(tenant, topic_name, payload, qos, retain)?;
+        Ok(self.publish_intercepted(msg).await?)
+    }
+
+    fn broker_message(
+        &self,
+        tenant: &str,
+        topic_name: &str,
+        payload: Bytes,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<Message, OpError> {
         topic::validate_name(topic_name, self.config().mqtt.max_topic_levels)?;
-        let msg = Message::new(
+        Ok(Message::new(
             Arc::from(tenant),
             ByteString::from(topic_name),
             payload,
             qos,
             retain,
-        );
-        Ok(self.publish(msg)?)
+        ))
     }
 
     /// Removes the retained message of `topic_name` (memory and store) without routing

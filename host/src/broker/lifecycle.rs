@@ -236,9 +236,7 @@ impl Broker {
         let mut msg = w.msg;
         // MQTT 5 §3.1.3.2.4: the will's lifetime starts when it is published.
         msg.received = std::time::Instant::now();
-        if let Err(e) = self.publish(msg.with_expiry(w.expiry)) {
-            tracing::info!(error = %e, "a will was refused");
-        }
+        self.publish_detached(msg.with_expiry(w.expiry), "a will");
     }
 
     /// Publishes a will still waiting for its delay, if any.

@@ -59,6 +59,8 @@ pub struct Shared {
     pub login_throttle: crate::limits::LoginThrottle,
     /// Native password checks for auth plugins, on a bounded pool.
     pub passwords: crate::passwords::Passwords,
+    /// Message interceptors in force (plugins of the `message` role).
+    pub(crate) interceptors: crate::intercept::Interceptors,
     /// Open stream connections (WebSocket, socket.io) of stream plugins.
     pub streams: crate::stream::Hub,
     /// The last hour's figures, for the dashboard.
@@ -170,6 +172,7 @@ impl Broker {
             connect_rate,
             login_throttle,
             passwords: crate::passwords::Passwords::default(),
+            interceptors: Default::default(),
             streams: crate::stream::Hub::default(),
             monitor: crate::monitor::Monitor::default(),
             plugins_mgr: std::sync::OnceLock::new(),

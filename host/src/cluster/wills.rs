@@ -163,9 +163,7 @@ impl Wills {
             }
             let mut msg = env.into_message();
             msg.received = std::time::Instant::now();
-            if let Err(e) = b.publish(msg) {
-                tracing::info!(error = %e, "cluster: a dead node's will was refused");
-            }
+            b.publish_detached(msg, "a dead node's will");
             self.counters.published.fetch_add(1, Ordering::Relaxed);
             true
         })

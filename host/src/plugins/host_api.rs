@@ -494,16 +494,20 @@ impl broker::Host for PluginState {
         q: u8,
         retain: bool,
     ) -> wasmtime::Result<Result<u32, Error>> {
-        let run = || -> Result<u32, Error> {
-            self.check(Capability::BrokerPublish, Some(&tenant))?;
-            let n = self
-                .ctx
-                .broker
-                .publish_as_broker(&tenant, &topic, Bytes::from(payload), qos(q)?, retain)
-                .map_err(op_error)?;
-            Ok(u32_sat(n))
+        if let Err(e) = self.check(Capability::BrokerPublish, Some(&tenant)) {
+            return Ok(Err(e));
+        }
+        let q = match qos(q) {
+            Ok(q) => q,
+            Err(e) => return Ok(Err(e)),
         };
-        Ok(run())
+        let b = self.ctx.broker.clone();
+        Ok(
+            b.publish_as_plugin(&tenant, &topic, Bytes::from(payload), q, retain)
+                .await
+                .map(u32_sat)
+                .map_err(op_error),
+        )
     }
 }
 

@@ -405,13 +405,10 @@ impl PluginManager {
 
     /// The loaded set changed: wake the events pump, and stale every ACL decision cache.
     fn set_changed(&self) {
-        let auth = self
-            .plugins
-            .read()
-            .values()
-            .filter(|p| p.serves(Role::Auth))
-            .count();
+        let all: Vec<_> = self.plugins.read().values().cloned().collect();
+        let auth = all.iter().filter(|p| p.serves(Role::Auth)).count();
         self.broker.acl.plugins_changed(auth);
+        self.broker.set_interceptors(self.interceptors(&all));
         self.changed.notify_one();
     }
 

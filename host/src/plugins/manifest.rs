@@ -84,6 +84,8 @@ pub enum Role {
     Events,
     /// Speaks a protocol over WebSocket (and socket.io) connections the host owns.
     Stream,
+    /// Intercepts publishes (rewrite, enrich, drop) before routing.
+    Message,
 }
 
 impl Role {
@@ -94,6 +96,7 @@ impl Role {
             Role::Auth => "auth",
             Role::Events => "events",
             Role::Stream => "stream",
+            Role::Message => "message",
         }
     }
 }
@@ -109,6 +112,18 @@ pub struct WasiGrants {
     /// Read-only directories the plugin sees: guest path -> host path (relative paths are
     /// relative to the plugins directory). For plugins that read their own data files.
     pub read_dirs: std::collections::BTreeMap<String, std::path::PathBuf>,
+}
+
+/// Which publishes a `message` plugin intercepts (`[message]` in its toml).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessageSettings {
+    /// Topic filters it intercepts (of its tenants); publishes on other topics never
+    /// reach it and cost nothing extra.
+    pub filters: Vec<String>,
+    /// What a publish becomes when the plugin fails on it: `pass` (routed as is) or
+    /// `drop` (0x80 to a v5 publisher).
+    pub on_failure: crate::intercept::OnFailure,
 }
 
 /// Host settings of one plugin.
@@ -142,6 +157,8 @@ pub struct Manifest {
     pub wasi: WasiGrants,
     /// Stream connections (stream role).
     pub stream: StreamSettings,
+    /// Intercepted topics (message role).
+    pub message: MessageSettings,
     /// The plugin's own configuration, passed to its `init` as JSON.
     pub config: toml::Table,
 }
@@ -162,6 +179,7 @@ impl Default for Manifest {
             kv_max_bytes: 16 << 20,
             wasi: WasiGrants::default(),
             stream: StreamSettings::default(),
+            message: MessageSettings::default(),
             config: toml::Table::new(),
         }
     }
@@ -214,6 +232,23 @@ impl Manifest {
         if m.stream.max_frame_bytes == 0 || m.stream.ping_interval_secs == 0 {
             return Err(format!(
                 "{}: stream.max_frame_bytes and stream.ping_interval_secs must be positive",
+                path.display()
+            ));
+        }
+        if let Some(bad) = m
+            .message
+            .filters
+            .iter()
+            .find(|f| crate::topic::validate_filter(f, usize::MAX).is_err())
+        {
+            return Err(format!(
+                "{}: [message] filter {bad:?} is not a valid topic filter",
+                path.display()
+            ));
+        }
+        if m.roles.contains(&Role::Message) && m.message.filters.is_empty() {
+            return Err(format!(
+                "{}: the message role needs [message] filters = [...], the topics it intercepts",
                 path.display()
             ));
         }

@@ -20,6 +20,7 @@ pub mod kv;
 pub mod logs;
 pub mod manager;
 pub mod manifest;
+mod message_calls;
 pub mod runtime;
 pub mod stats;
 pub mod stream_calls;

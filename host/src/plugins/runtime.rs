@@ -16,7 +16,7 @@ use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::exports::apiary::plugin::{
-    auth, events, http, lifecycle, stream_protocol as stream,
+    auth, events, http, lifecycle, message, stream_protocol as stream,
 };
 use super::bindings::Full;
 use super::manifest::{Manifest, Role};
@@ -250,6 +250,7 @@ impl Runtime {
             auth: auth::GuestIndices::new(&pre).ok(),
             events: events::GuestIndices::new(&pre).ok(),
             stream: stream::GuestIndices::new(&pre).ok(),
+            message: message::GuestIndices::new(&pre).ok(),
             lifecycle,
             pre,
         })
@@ -273,6 +274,7 @@ pub struct Prepared {
     auth: Option<auth::GuestIndices>,
     events: Option<events::GuestIndices>,
     stream: Option<stream::GuestIndices>,
+    message: Option<message::GuestIndices>,
 }
 
 impl Prepared {
@@ -290,6 +292,9 @@ impl Prepared {
         }
         if self.stream.is_some() {
             r.push(Role::Stream);
+        }
+        if self.message.is_some() {
+            r.push(Role::Message);
         }
         r
     }
@@ -331,6 +336,7 @@ pub struct Instance {
     auth: Option<auth::Guest>,
     events: Option<events::Guest>,
     pub(super) stream: Option<stream::Guest>,
+    pub(super) message: Option<message::Guest>,
 }
 
 /// A loaded plugin version: linked component, pool of instances, counters.
@@ -412,6 +418,7 @@ impl LoadedPlugin {
                 Role::Auth => self.prepared.auth.is_some(),
                 Role::Events => self.prepared.events.is_some(),
                 Role::Stream => self.prepared.stream.is_some(),
+                Role::Message => self.prepared.message.is_some(),
             }
     }
 
@@ -515,6 +522,12 @@ impl LoadedPlugin {
             .map(|i| i.load(&mut store, &inst))
             .transpose()
             .map_err(trap)?;
+        let message = p
+            .message
+            .as_ref()
+            .map(|i| i.load(&mut store, &inst))
+            .transpose()
+            .map_err(trap)?;
         self.arm(&mut store);
         let config = self.ctx.manifest.config_json();
         match lifecycle
@@ -534,6 +547,7 @@ impl LoadedPlugin {
             auth,
             events,
             stream,
+            message,
         })
     }
 

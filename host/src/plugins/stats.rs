@@ -37,7 +37,13 @@ fn kind(e: &PluginError) -> usize {
     }
 }
 
-const ROLES: [Role; 4] = [Role::Http, Role::Auth, Role::Events, Role::Stream];
+const ROLES: [Role; 5] = [
+    Role::Http,
+    Role::Auth,
+    Role::Events,
+    Role::Stream,
+    Role::Message,
+];
 
 fn role_index(r: Role) -> usize {
     ROLES.iter().position(|&x| x == r).unwrap_or(0)
@@ -54,7 +60,7 @@ struct RoleStats {
 /// One plugin's figures.
 #[derive(Debug, Default)]
 pub struct PluginStats {
-    roles: [RoleStats; 4],
+    roles: [RoleStats; 5],
     /// Instances created (each runs `init`).
     pub instances_created: AtomicU64,
     /// Instances alive (pooled or in a call).

@@ -23,6 +23,7 @@ mod durability;
 mod emqx;
 mod emqx_v2;
 mod http;
+mod intercept;
 mod limits;
 mod mqtt_v3;
 mod mqtt_v5;

@@ -28,7 +28,7 @@ pub(crate) fn built(name: &str) -> PathBuf {
 /// Whether a plugin that needs another language's toolchain was built. Missing is a
 /// failure, in CI (`CI=true`) always; elsewhere it may be skipped (with a message) only
 /// when `APIARY_SKIP_MISSING_TOOLCHAINS=1` says so, as `cargo xtask test` then did too.
-fn built_with(name: &str, tool: &str) -> bool {
+pub(crate) fn built_with(name: &str, tool: &str) -> bool {
     let wasm = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/plugins/{name}.wasm"));
     if wasm.exists() {
         return true;

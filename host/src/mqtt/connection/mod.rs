@@ -534,10 +534,10 @@ impl<T: Transport> Connection<T> {
         };
         let before = self.ticket();
         let mut held = Vec::new();
-        let published = if p.qos == QoS::AtMostOnce {
-            self.broker.publish_from(msg, Some(&mut held))
-        } else {
-            self.broker.publish_waiting(msg, &mut held).await
+        let published = match self.broker.intercept(msg).await {
+            Err(dropped) => Err(dropped),
+            Ok(msg) if p.qos == QoS::AtMostOnce => self.broker.publish_from(msg, Some(&mut held)),
+            Ok(msg) => self.broker.publish_waiting(msg, &mut held).await,
         };
         let reason = match published {
             Ok(0) => 0x10,

@@ -1,0 +1,324 @@
+//! Message interceptors: what plugins of the `message` role do to a publish after ACL
+//! and before routing (rewrite, enrich, drop), in priority order. The core sees them as
+//! [`Interceptor`]s; the plugin manager puts the loaded set in force on every change.
+//! A publish whose tenant and topic no interceptor asked for costs one atomic load.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use bytestring::ByteString;
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v5::PublishProperties;
+
+use crate::broker::Broker;
+use crate::message::Message;
+use crate::refusal::PublishRefused;
+use crate::BoxFuture;
+
+/// What an interceptor decided about one publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Route it as it is.
+    Pass,
+    /// Route this instead (tenant and publisher stay the original's).
+    Rewrite(Changes),
+    /// Do not route it; a v5 publisher sees `code` in its PUBACK/PUBREC.
+    Drop {
+        /// The reason code, as the plugin gave it (see [`drop_code`]).
+        code: u8,
+        /// Why, for the log.
+        why: String,
+    },
+}
+
+/// A publish as an interceptor sees it and may change it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Changes {
+    /// Topic name.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// QoS, 0 to 2.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+    /// MQTT 5 user properties, in order.
+    pub user_properties: Vec<(String, String)>,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// Response topic.
+    pub response_topic: Option<String>,
+    /// Correlation data.
+    pub correlation_data: Option<Vec<u8>>,
+    /// Payload format indicator: UTF-8 text.
+    pub payload_utf8: bool,
+    /// Message expiry interval in seconds, from now.
+    pub message_expiry: Option<u32>,
+}
+
+impl Changes {
+    /// `msg` as an interceptor sees it.
+    pub fn of(msg: &Message) -> Self {
+        let p = msg.props.as_deref();
+        let s = |b: &ByteString| b.to_string();
+        Changes {
+            topic: msg.topic.to_string(),
+            payload: msg.payload.to_vec(),
+            qos: msg.qos.value(),
+            retain: msg.retain,
+            user_properties: p.map_or_else(Vec::new, |p| {
+                p.user_properties
+                    .iter()
+                    .map(|(k, v)| (s(k), s(v)))
+                    .collect()
+            }),
+            content_type: p.and_then(|p| p.content_type.as_ref().map(s)),
+            response_topic: p.and_then(|p| p.response_topic.as_ref().map(s)),
+            correlation_data: p.and_then(|p| p.correlation_data.as_ref().map(|b| b.to_vec())),
+            payload_utf8: p.is_some_and(|p| p.is_utf8_payload),
+            message_expiry: msg
+                .remaining_expiry(std::time::Instant::now())
+                .map(NonZeroU32::get),
+        }
+    }
+
+    /// `msg` with these changes, checked as a publish would be.
+    fn apply(self, msg: &Message, max_levels: usize) -> Result<Message, String> {
+        crate::topic::validate_name(&self.topic, max_levels)
+            .map_err(|e| format!("rewrote to an invalid topic {:?}: {e}", self.topic))?;
+        let qos = QoS::try_from(self.qos).map_err(|_| format!("rewrote to QoS {}", self.qos))?;
+        let props = PublishProperties {
+            correlation_data: self.correlation_data.map(Bytes::from),
+            message_expiry_interval: None,
+            content_type: self.content_type.map(ByteString::from),
+            user_properties: self
+                .user_properties
+                .into_iter()
+                .map(|(k, v)| (ByteString::from(k), ByteString::from(v)))
+                .collect(),
+            is_utf8_payload: self.payload_utf8,
+            response_topic: self.response_topic.map(ByteString::from),
+            ..Default::default()
+        };
+        let empty = props == PublishProperties::default();
+        let expires_at = self
+            .message_expiry
+            .filter(|s| *s > 0)
+            .map(|s| std::time::Instant::now() + std::time::Duration::from_secs(u64::from(s)));
+        Ok(Message {
+            tenant: msg.tenant.clone(),
+            topic: ByteString::from(self.topic),
+            payload: Bytes::from(self.payload),
+            qos,
+            retain: self.retain,
+            props: (!empty).then(|| Box::new(props)),
+            publisher: msg.publisher,
+            publisher_client: msg.publisher_client.clone(),
+            received: msg.received,
+            expires_at,
+        })
+    }
+}
+
+/// The reason code a drop gives a v5 publisher: the plugin's, if PUBACK may carry it,
+/// else 0x83 (implementation specific error).
+pub fn drop_code(code: u8) -> u8 {
+    match code {
+        0x80 | 0x83 | 0x87 | 0x90 | 0x97 | 0x99 => code,
+        _ => 0x83,
+    }
+}
+
+/// What happens to a publish when its interceptor fails (traps, times out, is backing
+/// off, or returns something invalid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Route it as if the interceptor had passed it (the default: a broken enricher
+    /// does not stop traffic).
+    #[default]
+    Pass,
+    /// Drop it (0x80 to a v5 publisher): for interceptors that enforce something.
+    Drop,
+}
+
+/// One interceptor as the core calls it.
+pub trait Interceptor: Send + Sync {
+    /// Its name, for logs.
+    fn name(&self) -> &str;
+    /// Decides one publish. An error is a failure (its policy applies).
+    fn intercept<'a>(&'a self, msg: &'a Message) -> BoxFuture<'a, Result<Verdict, String>>;
+}
+
+/// One interceptor with what it asked for.
+#[derive(Clone)]
+pub struct Entry {
+    /// The interceptor.
+    pub interceptor: Arc<dyn Interceptor>,
+    /// Topic filters it intercepts.
+    pub filters: Vec<String>,
+    /// Tenants it may see (`*`: all).
+    pub tenants: Vec<String>,
+    /// Its failure policy.
+    pub on_failure: OnFailure,
+}
+
+impl Entry {
+    fn wants(&self, msg: &Message) -> bool {
+        self.tenants.iter().any(|t| t == "*" || **t == *msg.tenant)
+            && self
+                .filters
+                .iter()
+                .any(|f| crate::topic::matches(f, &msg.topic))
+    }
+}
+
+/// The interceptors in force, in priority order.
+#[derive(Default)]
+pub struct Interceptors {
+    set: ArcSwap<Vec<Entry>>,
+}
+
+impl std::fmt::Debug for Interceptors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Interceptors({})", self.set.load().len())
+    }
+}
+
+impl Interceptors {
+    /// Puts `entries` (in priority order) in force for the next publishes.
+    pub fn set(&self, entries: Vec<Entry>) {
+        self.set.store(Arc::new(entries));
+    }
+
+    /// Whether some interceptor asks for `msg`.
+    pub fn wants(&self, msg: &Message) -> bool {
+        let set = self.set.load();
+        !set.is_empty() && set.iter().any(|e| e.wants(msg))
+    }
+}
+
+impl Broker {
+    /// Runs `msg` through the interceptors that asked for it, in priority order: each
+    /// sees what the previous one made of it. A drop stops there.
+    pub async fn intercept(&self, msg: Message) -> Result<Message, PublishRefused> {
+        let set = self.interceptors.set.load();
+        if set.is_empty() {
+            return Ok(msg);
+        }
+        let set = arc_swap::Guard::into_inner(set);
+        let mut msg = msg;
+        for e in set.iter() {
+            if e.wants(&msg) {
+                msg = self.intercept_one(e, msg).await?;
+            }
+        }
+        Ok(msg)
+    }
+
+    async fn intercept_one(&self, e: &Entry, msg: Message) -> Result<Message, PublishRefused> {
+        let m = &self.metrics;
+        m.intercepted.fetch_add(1, Ordering::Relaxed);
+        let name = e.interceptor.name();
+        let failed = match e.interceptor.intercept(&msg).await {
+            Ok(Verdict::Pass) => return Ok(msg),
+            Ok(Verdict::Drop { code, why }) => {
+                m.intercept_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(plugin = name, topic = %&*msg.topic, %why, "a publish was dropped by an interceptor");
+                return Err(PublishRefused::Intercepted(drop_code(code)));
+            }
+            Ok(Verdict::Rewrite(c)) => match c.apply(&msg, self.config().mqtt.max_topic_levels) {
+                Ok(out) => {
+                    m.intercept_rewritten.fetch_add(1, Ordering::Relaxed);
+                    return Ok(out);
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        m.intercept_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(plugin = name, topic = %&*msg.topic, error = %failed, policy = ?e.on_failure, "an interceptor failed");
+        match e.on_failure {
+            OnFailure::Pass => Ok(msg),
+            OnFailure::Drop => {
+                m.intercept_dropped.fetch_add(1, Ordering::Relaxed);
+                Err(PublishRefused::Intercepted(0x80))
+            }
+        }
+    }
+
+    /// Puts the interceptors in force (the plugin manager, on every change of its set).
+    pub fn set_interceptors(&self, entries: Vec<Entry>) {
+        self.interceptors.set(entries);
+    }
+
+    /// Publishes `msg` (from the broker itself: a will, a plugin's or an admin API's
+    /// publish) once the interceptors that asked for it have seen it.
+    pub async fn publish_intercepted(&self, msg: Message) -> Result<usize, PublishRefused> {
+        let msg = self.intercept(msg).await?;
+        self.publish(msg)
+    }
+
+    /// [`Broker::publish`] for callers that cannot wait: a publish some interceptor asked
+    /// for goes through them on a task of its own; any other is published at once.
+    pub fn publish_detached(&self, msg: Message, what: &'static str) {
+        if !self.interceptors.wants(&msg) {
+            if let Err(e) = self.publish(msg) {
+                tracing::info!(error = %e, "{what} was refused");
+            }
+            return;
+        }
+        let b = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = b.publish_intercepted(msg).await {
+                tracing::info!(error = %e, "{what} was refused");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_round_trip_and_are_checked() {
+        let mut msg = Message::new(
+            Arc::from("default"),
+            ByteString::from("a/b"),
+            Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            false,
+        );
+        let c = Changes::of(&msg);
+        assert_eq!(
+            (c.topic.as_str(), c.qos, c.message_expiry),
+            ("a/b", 1, None)
+        );
+        let same = c.clone().apply(&msg, 128).unwrap();
+        assert!(same.props.is_none(), "no properties made up");
+        let mut c2 = c.clone();
+        c2.user_properties.push(("k".into(), "v".into()));
+        c2.message_expiry = Some(60);
+        let out = c2.apply(&msg, 128).unwrap();
+        assert_eq!(out.props.unwrap().user_properties.len(), 1);
+        assert!(out.expires_at.is_some());
+        for (topic, qos) in [("a/+", 0), ("", 0), ("a", 3)] {
+            let bad = Changes {
+                topic: topic.into(),
+                qos,
+                ..c.clone()
+            };
+            assert!(bad.apply(&msg, 128).is_err(), "{topic} {qos}");
+        }
+        msg.publisher = 7;
+        assert_eq!(c.apply(&msg, 128).unwrap().publisher, 7);
+        assert_eq!(
+            (drop_code(0x87), drop_code(0), drop_code(0x10)),
+            (0x87, 0x83, 0x83)
+        );
+    }
+}

@@ -1,0 +1,287 @@
+//! Message interceptors (the `message` role) end to end: the `stamper` test plugin,
+//! loaded twice under different names and priorities, rewriting, enriching and dropping
+//! publishes of real MQTT clients; one that traps under each failure policy; filters that
+//! leave other topics alone; a will and a plugin's publish going through them too.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::{LastWill, PubAckReason};
+
+use crate::common::{self, v5, TestBroker, Tr};
+use crate::plugins::install;
+use v5::{Packet, QoS};
+
+fn stamper(name: &str, priority: i32, filters: &str, on_failure: &str) -> String {
+    format!(
+        "roles = [\"message\"]\npriority = {priority}\ncall_timeout_ms = 200\n\
+         [message]\nfilters = [{filters}]\non_failure = \"{on_failure}\"\n\
+         [config]\nname = \"{name}\"\n"
+    )
+}
+
+async fn broker_with(dir: &Path) -> TestBroker {
+    let dir = dir.to_path_buf();
+    TestBroker::start_with(move |c| c.plugins_dir = dir).await
+}
+
+async fn puback(c: &mut v5::Client) -> PubAckReason {
+    loop {
+        if let Packet::PubAck(a) = c.next().await.expect("connection alive") {
+            return a.reason;
+        }
+    }
+}
+
+/// Subscribes a v5 client to `#` (QoS 1).
+async fn watcher(tb: &TestBroker, id: &str) -> v5::Client {
+    let (mut w, _) = v5::connect(v5::opts(tb, id, Tr::Tcp)).await;
+    w.c.subscribe("#", QoS::AtLeastOnce).await.unwrap();
+    w.suback().await;
+    w
+}
+
+fn via(p: &v5::Publish) -> Vec<String> {
+    p.properties
+        .as_ref()
+        .map(|pr| {
+            pr.user_properties
+                .iter()
+                .filter(|(k, _)| k == "via")
+                .map(|(_, v)| v.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn interceptors_rewrite_enrich_and_drop_in_priority_order() {
+    let dir = tempfile::tempdir().unwrap();
+    // Installed in the opposite order of their priorities.
+    let both = "\"t/#\", \"rename/#\"";
+    install(
+        dir.path(),
+        "stamper",
+        "second",
+        Some(&stamper("second", 20, both, "pass")),
+    );
+    install(
+        dir.path(),
+        "stamper",
+        "first",
+        Some(&stamper("first", 10, both, "pass")),
+    );
+    let tb = broker_with(dir.path()).await;
+    let mut w = watcher(&tb, "watcher").await;
+    let (mut p, _) = v5::connect(v5::opts(&tb, "pub", Tr::Tcp)).await;
+
+    p.c.publish("t/1", QoS::AtLeastOnce, false, "hello")
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    let m = w.publish().await;
+    assert_eq!((&m.topic[..], &m.payload[..]), (&b"t/1"[..], &b"hello"[..]));
+    assert_eq!(via(&m), ["first", "second"], "priority order");
+
+    p.c.publish("rename/x", QoS::AtLeastOnce, false, "upper")
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    let m = w.publish().await;
+    assert_eq!(
+        (&m.topic[..], &m.payload[..]),
+        (&b"renamed/x"[..], &b"UPPER"[..])
+    );
+    // The second is matched against the topic the first made: not one of its filters.
+    assert_eq!(via(&m), ["first"]);
+
+    // Dropped by the first: the v5 publisher reads its reason code, nobody gets it.
+    p.c.publish("t/2", QoS::AtLeastOnce, false, "drop")
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut p).await, PubAckReason::PayloadFormatInvalid);
+    p.c.publish("t/2", QoS::ExactlyOnce, false, "drop")
+        .await
+        .unwrap();
+    loop {
+        if let Packet::PubRec(r) = p.next().await.unwrap() {
+            assert_eq!(
+                r.reason,
+                rumqttc::v5::mqttbytes::v5::PubRecReason::PayloadFormatInvalid
+            );
+            break;
+        }
+    }
+    w.no_publish(Duration::from_millis(300)).await;
+
+    // Topics no filter names are not touched.
+    p.c.publish("other/1", QoS::AtLeastOnce, false, "drop")
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    let m = w.publish().await;
+    assert_eq!(
+        (&m.topic[..], &m.payload[..]),
+        (&b"other/1"[..], &b"drop"[..])
+    );
+    assert!(via(&m).is_empty());
+    assert_eq!(common::metric(&tb, "apiary_intercept_dropped_total"), 2);
+    assert_eq!(common::metric(&tb, "apiary_intercept_rewritten_total"), 3);
+
+    // Removed: its publishes go through untouched, with no connection dropped.
+    std::fs::remove_file(dir.path().join("first.wasm")).unwrap();
+    std::fs::remove_file(dir.path().join("second.wasm")).unwrap();
+    common::eventually("unloaded", || {
+        tb.broker().plugins().unwrap().list().is_empty()
+    })
+    .await;
+    p.c.publish("t/3", QoS::AtLeastOnce, false, "drop")
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    let m = w.publish().await;
+    assert_eq!((&m.payload[..], via(&m).len()), (&b"drop"[..], 0));
+}
+
+#[tokio::test]
+async fn a_failing_interceptor_passes_or_drops_as_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    install(
+        dir.path(),
+        "stamper",
+        "strict",
+        Some(&stamper("strict", 0, "\"strict/#\"", "drop")),
+    );
+    install(
+        dir.path(),
+        "stamper",
+        "lenient",
+        Some(&stamper("lenient", 0, "\"lenient/#\"", "pass")),
+    );
+    let tb = broker_with(dir.path()).await;
+    let mut w = watcher(&tb, "watcher").await;
+    let (mut p, _) = v5::connect(v5::opts(&tb, "pub", Tr::Tcp)).await;
+
+    p.c.publish("strict/1", QoS::AtLeastOnce, false, "trap")
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut p).await, PubAckReason::UnspecifiedError);
+    // An invalid rewrite is a failure too.
+    p.c.publish("strict/2", QoS::AtLeastOnce, false, "bad-topic")
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut p).await, PubAckReason::UnspecifiedError);
+    w.no_publish(Duration::from_millis(300)).await;
+
+    p.c.publish("lenient/1", QoS::AtLeastOnce, false, "trap")
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    let m = w.publish().await;
+    assert_eq!(
+        (&m.payload[..], via(&m).len()),
+        (&b"trap"[..], 0),
+        "as published"
+    );
+    assert_eq!(common::metric(&tb, "apiary_intercept_failures_total"), 3);
+
+    // The instance that trapped was replaced: the next publish is served.
+    p.c.publish("strict/3", QoS::AtLeastOnce, false, "ok")
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    assert_eq!(via(&w.publish().await), ["strict"]);
+}
+
+#[tokio::test]
+async fn wills_and_a_3_1_1_publisher_go_through_interceptors() {
+    let dir = tempfile::tempdir().unwrap();
+    install(
+        dir.path(),
+        "stamper",
+        "stamp",
+        Some(&stamper("stamp", 0, "\"t/#\"", "pass")),
+    );
+    let tb = broker_with(dir.path()).await;
+    let mut w = watcher(&tb, "watcher").await;
+
+    let mut o = v5::opts(&tb, "dies", Tr::Tcp);
+    o.set_last_will(LastWill::new(
+        "t/will",
+        "bye",
+        QoS::AtLeastOnce,
+        false,
+        None,
+    ));
+    let (dies, _) = v5::connect(o).await;
+    dies.kill();
+    let m = w.publish().await;
+    assert_eq!(
+        (&m.topic[..], via(&m)),
+        (&b"t/will"[..], vec!["stamp".to_string()])
+    );
+
+    // 3.1.1 has no reason codes: a dropped QoS 1 publish is acknowledged, not routed.
+    let (mut v3c, _) = common::v3::connect(common::v3::opts(&tb, "old", Tr::Tcp)).await;
+    v3c.c
+        .publish("t/old", rumqttc::QoS::AtLeastOnce, false, "drop")
+        .await
+        .unwrap();
+    loop {
+        if let rumqttc::Packet::PubAck(_) = v3c.next().await.unwrap() {
+            break;
+        }
+    }
+    w.no_publish(Duration::from_millis(300)).await;
+    v3c.c
+        .publish("t/old", rumqttc::QoS::AtLeastOnce, false, "upper")
+        .await
+        .unwrap();
+    assert_eq!(&w.publish().await.payload[..], b"UPPER");
+}
+
+#[test]
+fn a_message_role_without_filters_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.toml");
+    std::fs::write(&p, "roles = [\"message\"]\n").unwrap();
+    let e = apiary::plugins::manifest::Manifest::load(&p).unwrap_err();
+    assert!(e.contains("[message] filters"), "{e}");
+    std::fs::write(
+        &p,
+        "roles = [\"message\"]\n[message]\nfilters = [\"a/#/b\"]\n",
+    )
+    .unwrap();
+    let e = apiary::plugins::manifest::Manifest::load(&p).unwrap_err();
+    assert!(e.contains("not a valid topic filter"), "{e}");
+}
+
+/// A message plugin written in Python (plugins/testing/py-stamp, componentize-py).
+#[tokio::test]
+async fn a_python_interceptor_enriches_and_drops() {
+    if !crate::plugins::built_with("py-stamp", "python3 and componentize-py") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let toml =
+        "roles = [\"message\"]\n[message]\nfilters = [\"py/#\"]\n[config]\nname = \"snake\"\n";
+    install(dir.path(), "py-stamp", "py-stamp", Some(toml));
+    let tb = broker_with(dir.path()).await;
+    let mut w = watcher(&tb, "watcher").await;
+    let (mut p, _) = v5::connect(v5::opts(&tb, "pub", Tr::Tcp)).await;
+    p.c.publish("py/1", QoS::AtLeastOnce, false, "hi")
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    let m = w.publish().await;
+    let props = m.properties.expect("user properties");
+    assert_eq!(
+        props.user_properties,
+        [("stamped-by".to_string(), "snake".to_string())]
+    );
+    p.c.publish("py/2", QoS::AtLeastOnce, false, "")
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut p).await, PubAckReason::PayloadFormatInvalid);
+    w.no_publish(Duration::from_millis(300)).await;
+}
