@@ -38,6 +38,7 @@
 
 pub mod http;
 pub mod keyauth;
+pub mod outbound;
 
 /// MQTT topic names and filters, read exactly as the broker reads them: validation,
 /// `$share/` parsing, matching, covering and overlap.

@@ -229,18 +229,25 @@ impl PluginManager {
             warn!(plugin = name, roles = ?unserved, "the component exports roles its toml does not grant; they are not served");
         }
         let listen = manifest.listen;
+        let stats = self
+            .stats
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let outbound = Arc::new(super::outbound::Outbound::new(
+            name,
+            &manifest.outbound_http,
+            stats.clone(),
+        ));
         let ctx = Arc::new(PluginContext {
             name: name.to_string(),
             manifest,
             broker: self.broker.clone(),
             kv: self.kv_accounts.of(name),
             logs: self.logs.of(name),
-            stats: self
-                .stats
-                .lock()
-                .entry(name.to_string())
-                .or_default()
-                .clone(),
+            stats,
+            outbound,
         });
         let plugin = LoadedPlugin::new(ctx, prepared, hash, &self.runtime).await?;
         // A new listen address is bound before the swap: if it fails, the old version

@@ -159,6 +159,8 @@ pub struct Manifest {
     pub stream: StreamSettings,
     /// Intercepted topics (message role).
     pub message: MessageSettings,
+    /// Origins it may send HTTP requests to, and their limits.
+    pub outbound_http: super::outbound::OutboundSettings,
     /// The plugin's own configuration, passed to its `init` as JSON.
     pub config: toml::Table,
 }
@@ -180,6 +182,7 @@ impl Default for Manifest {
             wasi: WasiGrants::default(),
             stream: StreamSettings::default(),
             message: MessageSettings::default(),
+            outbound_http: Default::default(),
             config: toml::Table::new(),
         }
     }
@@ -252,6 +255,7 @@ impl Manifest {
                 path.display()
             ));
         }
+        super::outbound::check(&m.outbound_http).map_err(|e| format!("{}: {e}", path.display()))?;
         if m.memory_limit_mb == 0 || m.call_timeout_ms == 0 {
             return Err(format!(
                 "{}: memory_limit_mb and call_timeout_ms must be positive",

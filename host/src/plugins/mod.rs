@@ -21,6 +21,7 @@ pub mod logs;
 pub mod manager;
 pub mod manifest;
 mod message_calls;
+pub mod outbound;
 pub mod runtime;
 pub mod stats;
 pub mod stream_calls;

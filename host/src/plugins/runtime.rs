@@ -71,12 +71,16 @@ pub struct PluginContext {
     pub logs: Arc<super::logs::Ring>,
     /// Its calls, errors, latency, instances and memory (shared by every version).
     pub stats: Arc<super::stats::PluginStats>,
+    /// Its outbound HTTP grant and figures.
+    pub outbound: Arc<super::outbound::Outbound>,
 }
 
 /// Store data of one instance.
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    outbound: super::outbound::Hooks,
     limits: super::stats::Limiter,
     /// Epoch ticks the current call may still run for.
     ticks_left: u64,
@@ -89,6 +93,16 @@ pub struct PluginState {
     /// The guest is waiting in one of the host's bounded queues (password checks, kv I/O):
     /// running out of wall-clock time there is load, not the plugin's fault.
     pub(crate) waiting: bool,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for PluginState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
 }
 
 impl WasiView for PluginState {
@@ -138,6 +152,9 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(|e| PluginError::Load(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| PluginError::Load(e.to_string()))?;
+        // Linked for every plugin; a request goes out only to an origin its toml grants.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| PluginError::Load(e.to_string()))?;
         Full::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| PluginError::Load(e.to_string()))?;
@@ -468,6 +485,8 @@ impl LoadedPlugin {
             PluginState {
                 wasi: wasi.build(),
                 table: ResourceTable::new(),
+                http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                outbound: super::outbound::Hooks(self.ctx.outbound.clone()),
                 limits: super::stats::Limiter::new(limits, self.ctx.stats.clone()),
                 ticks_left: 0,
                 acting: None,

@@ -67,6 +67,12 @@ pub struct PluginStats {
     pub instances: AtomicU64,
     /// Linear memory of its live instances, bytes.
     pub memory_bytes: AtomicU64,
+    /// Outbound HTTP requests it made.
+    pub outbound_requests: AtomicU64,
+    /// Outbound HTTP requests refused (origin not granted, no slot in time).
+    pub outbound_refused: AtomicU64,
+    /// Outbound HTTP requests that failed (connect, TLS, timeout, protocol).
+    pub outbound_failed: AtomicU64,
 }
 
 /// Call latency over every role, for `GET /plugins`.
@@ -159,7 +165,7 @@ pub fn render(plugins: &[(String, Arc<PluginStats>)]) -> String {
         }
     }
     type Field = fn(&PluginStats) -> &AtomicU64;
-    let gauges: [(&str, &str, &str, Field); 3] = [
+    let gauges: [(&str, &str, &str, Field); 6] = [
         (
             "apiary_plugin_instances",
             "gauge",
@@ -177,6 +183,24 @@ pub fn render(plugins: &[(String, Arc<PluginStats>)]) -> String {
             "gauge",
             "Linear memory of the plugin's live instances.",
             |s| &s.memory_bytes,
+        ),
+        (
+            "apiary_plugin_outbound_requests_total",
+            "counter",
+            "Outbound HTTP requests the plugin made.",
+            |s| &s.outbound_requests,
+        ),
+        (
+            "apiary_plugin_outbound_refused_total",
+            "counter",
+            "Outbound HTTP requests refused (origin not granted, or no slot in time).",
+            |s| &s.outbound_refused,
+        ),
+        (
+            "apiary_plugin_outbound_failed_total",
+            "counter",
+            "Outbound HTTP requests that failed (connect, TLS, timeout, protocol).",
+            |s| &s.outbound_failed,
         ),
     ];
     for (name, kind, help, get) in gauges {

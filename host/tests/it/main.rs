@@ -28,6 +28,7 @@ mod limits;
 mod mqtt_v3;
 mod mqtt_v5;
 mod octave;
+mod outbound;
 mod overload;
 mod plugin_grants;
 mod plugins;

@@ -1,0 +1,126 @@
+//! Outbound HTTP from a plugin (`wasi:http/outgoing-handler`): one blocking request and
+//! its whole response. The host sends it only to an origin the plugin's toml grants
+//! (`[outbound_http] allowed_hosts`); anything else fails with `HTTP-request-denied`.
+
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+use wasip2::io::streams::StreamError;
+
+/// A response, read whole.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower case.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// Why a request failed: refused by the host (not granted, no slot), or the transport's
+/// error, as the host reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error(format!("{what}: {e:?}"))
+}
+
+/// Sends `method url` with `headers` and `body`; returns the response once its body is
+/// read (at most `max_body` bytes; more is an error).
+pub fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+    max_body: usize,
+) -> Result<Response, Error> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| Error(format!("{url:?} is not an absolute URL")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut fields: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
+        .collect();
+    // A length rather than chunks: what webhook receivers handle best.
+    if !body.is_empty() && !fields.iter().any(|(k, _)| k == "content-length") {
+        fields.push(("content-length".into(), body.len().to_string().into_bytes()));
+    }
+    let fields = Fields::from_list(&fields).map_err(|e| err("headers", e))?;
+    let req = OutgoingRequest::new(fields);
+    let method = match method {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "PATCH" => Method::Patch,
+        "HEAD" => Method::Head,
+        other => Method::Other(other.into()),
+    };
+    let scheme = match scheme {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => Scheme::Other(other.into()),
+    };
+    let bad = |what: &str| Error(format!("invalid {what} in {url:?}"));
+    req.set_method(&method).map_err(|_| bad("method"))?;
+    req.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
+    req.set_authority(Some(authority))
+        .map_err(|_| bad("authority"))?;
+    req.set_path_with_query(Some(path))
+        .map_err(|_| bad("path"))?;
+    let out = req.body().map_err(|_| Error("request body taken".into()))?;
+    let pending = outgoing_handler::handle(req, None).map_err(|e| err("refused", e))?;
+    {
+        let stream = out
+            .write()
+            .map_err(|_| Error("request body stream".into()))?;
+        for chunk in body.chunks(4096) {
+            stream
+                .blocking_write_and_flush(chunk)
+                .map_err(|e| err("writing the body", e))?;
+        }
+    }
+    OutgoingBody::finish(out, None).map_err(|e| err("finishing the body", e))?;
+    let resp = loop {
+        match pending.get() {
+            Some(r) => break r,
+            None => pending.subscribe().block(),
+        }
+    };
+    let resp = resp
+        .map_err(|_| Error("response taken twice".into()))?
+        .map_err(|e| err("request failed", e))?;
+    let status = resp.status();
+    let headers = resp.headers().entries();
+    let incoming = resp.consume().map_err(|_| Error("response body".into()))?;
+    let stream = incoming
+        .stream()
+        .map_err(|_| Error("response body".into()))?;
+    let mut body = Vec::new();
+    loop {
+        match stream.blocking_read(65536) {
+            Ok(chunk) => body.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => break,
+            Err(e) => return Err(err("reading the response", e)),
+        }
+        if body.len() > max_body {
+            return Err(Error(format!("response body over {max_body} bytes")));
+        }
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
