@@ -79,16 +79,25 @@ impl Changes {
             response_topic: p.and_then(|p| p.response_topic.as_ref().map(s)),
             correlation_data: p.and_then(|p| p.correlation_data.as_ref().map(|b| b.to_vec())),
             payload_utf8: p.is_some_and(|p| p.is_utf8_payload),
+            // No clock read for the usual message without an expiry.
             message_expiry: msg
-                .remaining_expiry(std::time::Instant::now())
+                .expires_at
+                .and_then(|_| msg.remaining_expiry(std::time::Instant::now()))
                 .map(NonZeroU32::get),
         }
     }
 
-    /// `msg` with these changes, checked as a publish would be.
-    fn apply(self, msg: &Message, max_levels: usize) -> Result<Message, String> {
-        crate::topic::validate_name(&self.topic, max_levels)
+    /// `msg` with these changes, checked as a publish would be (topic, QoS, and a
+    /// payload no larger than a client could have published).
+    fn apply(self, msg: &Message, mqtt: &crate::config::MqttConfig) -> Result<Message, String> {
+        crate::topic::validate_name(&self.topic, mqtt.max_topic_levels)
             .map_err(|e| format!("rewrote to an invalid topic {:?}: {e}", self.topic))?;
+        if self.payload.len() > mqtt.max_packet_size as usize {
+            return Err(format!(
+                "rewrote to a payload of {} bytes, over max_packet_size",
+                self.payload.len()
+            ));
+        }
         let qos = QoS::try_from(self.qos).map_err(|_| format!("rewrote to QoS {}", self.qos))?;
         let props = PublishProperties {
             correlation_data: self.correlation_data.map(Bytes::from),
@@ -230,7 +239,7 @@ impl Broker {
                 tracing::debug!(plugin = name, topic = %&*msg.topic, %why, "a publish was dropped by an interceptor");
                 return Err(PublishRefused::Intercepted(drop_code(code)));
             }
-            Ok(Verdict::Rewrite(c)) => match c.apply(&msg, self.config().mqtt.max_topic_levels) {
+            Ok(Verdict::Rewrite(c)) => match c.apply(&msg, &self.config().mqtt) {
                 Ok(out) => {
                     m.intercept_rewritten.fetch_add(1, Ordering::Relaxed);
                     return Ok(out);
@@ -293,29 +302,37 @@ mod tests {
             QoS::AtLeastOnce,
             false,
         );
+        let mqtt = crate::config::Config::default().mqtt;
         let c = Changes::of(&msg);
         assert_eq!(
             (c.topic.as_str(), c.qos, c.message_expiry),
             ("a/b", 1, None)
         );
-        let same = c.clone().apply(&msg, 128).unwrap();
+        let same = c.clone().apply(&msg, &mqtt).unwrap();
         assert!(same.props.is_none(), "no properties made up");
         let mut c2 = c.clone();
         c2.user_properties.push(("k".into(), "v".into()));
         c2.message_expiry = Some(60);
-        let out = c2.apply(&msg, 128).unwrap();
+        let out = c2.apply(&msg, &mqtt).unwrap();
         assert_eq!(out.props.unwrap().user_properties.len(), 1);
         assert!(out.expires_at.is_some());
-        for (topic, qos) in [("a/+", 0), ("", 0), ("a", 3)] {
+        let huge = vec![0u8; mqtt.max_packet_size as usize + 1];
+        for (topic, qos, payload) in [
+            ("a/+", 0, vec![]),
+            ("", 0, vec![]),
+            ("a", 3, vec![]),
+            ("a", 0, huge),
+        ] {
             let bad = Changes {
                 topic: topic.into(),
                 qos,
+                payload,
                 ..c.clone()
             };
-            assert!(bad.apply(&msg, 128).is_err(), "{topic} {qos}");
+            assert!(bad.apply(&msg, &mqtt).is_err(), "{topic} {qos}");
         }
         msg.publisher = 7;
-        assert_eq!(c.apply(&msg, 128).unwrap().publisher, 7);
+        assert_eq!(c.apply(&msg, &mqtt).unwrap().publisher, 7);
         assert_eq!(
             (drop_code(0x87), drop_code(0), drop_code(0x10)),
             (0x87, 0x83, 0x83)

@@ -268,6 +268,7 @@ pub async fn start_with_backend(
             .subscribe_events(manager.events_want_messages())
     });
     tasks.spawn(manager.clone().pump_events(initial_events));
+    tasks.spawn(manager.clone().tick_events());
     tasks.spawn(save_key_use(broker.clone(), Duration::from_secs(60)));
     tasks.spawn(monitor::run(broker.clone()));
     if sys_interval > 0 {

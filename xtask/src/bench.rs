@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: the scenarios of `apiary bench`, scaled to a 2-core
+//! `cargo xtask bench [--quick] [--plugins-only]`: the scenarios of `apiary bench`, scaled to a 2-core
 //! machine, against Apiary (release build, no plugins, then with the auth-file plugin
 //! checking every connect and publish), Mosquitto (Debian package) and rumqttd 0.20
 //! (stock settings, `bench/rumqttd-peer`), one broker at a time on the same port, with the
@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -323,6 +324,110 @@ fn interceptors(root: &Path, apiary: &Path, work: &Path, quick: bool) -> Result<
     Ok(md)
 }
 
+/// Counts the events of webhook requests (JSON arrays of objects with an `event` field)
+/// a local receiver gets, answering 200 to each; the count and when the last one came.
+/// Events a receiver counted, and when the last request came.
+type Seen = std::sync::Arc<(AtomicU64, std::sync::Mutex<Instant>)>;
+
+fn hook_receiver() -> Result<(u16, Seen)> {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    let seen = std::sync::Arc::new((AtomicU64::new(0), std::sync::Mutex::new(Instant::now())));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 65536];
+            let body = loop {
+                let Ok(n) = c.read(&mut chunk) else {
+                    break None;
+                };
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: ")?.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    break Some(buf[end + 4..end + 4 + len].to_vec());
+                }
+            };
+            if let Some(b) = body {
+                let n = b.windows(8).filter(|w| w == b"\"event\":").count() as u64;
+                s2.0.fetch_add(n, Ordering::Relaxed);
+                *s2.1.lock().unwrap() = Instant::now();
+            }
+            let _ =
+                c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    Ok((port, seen))
+}
+
+/// The stock webhook plugin delivering every publish of the p2p QoS 1 case to a local
+/// receiver, 100 events per request: what reached it, and at what rate.
+fn webhook(root: &Path, apiary: &Path, work: &Path, quick: bool) -> Result<String> {
+    crate::plugins(root, crate::Scope::One("webhook"))?;
+    let case = cases(quick).remove(0);
+    let (port, seen) = hook_receiver()?;
+    let dir = work.join("webhook");
+    let plugins = dir.join("plugins");
+    let cfg = apiary_config(&dir, &plugins)?;
+    std::fs::copy(
+        root.join("target/plugins/webhook.wasm"),
+        plugins.join("webhook.wasm"),
+    )?;
+    std::fs::write(
+        plugins.join("webhook.toml"),
+        format!(
+            "roles = [\"events\"]\ncapabilities = [\"kv\", \"events.messages\"]\ntenants = [\"*\"]\n\
+             call_timeout_ms = 10000\nkv_max_keys = 200000\nkv_max_bytes = 1073741824\n\
+             [events]\ntick_ms = 100\n[outbound_http]\nallowed_hosts = [\"http://127.0.0.1:{port}\"]\n\
+             [config]\nsecret = \"bench\"\n[[config.targets]]\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+             events = [\"message.publish\"]\nbatch_size = 100\nmax_queued = 100000\n"
+        ),
+    )?;
+    let mut child = Command::new(apiary)
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    wait_for_port(&mut child)?;
+    println!("==> Apiary + webhook");
+    let start = Instant::now();
+    let r = run_case(root, apiary, child.id(), &case, None);
+    // Drained: nothing new for 2 s (at most 120 s).
+    let mut last = 0;
+    while start.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_secs(2));
+        let n = seen.0.load(Ordering::Relaxed);
+        if n == last {
+            break;
+        }
+        last = n;
+    }
+    stop(child);
+    let v = r?;
+    let sent = v["sent"].as_f64().unwrap_or(0.0);
+    let delivered = seen.0.load(Ordering::Relaxed) as f64;
+    let took = seen.1.lock().unwrap().duration_since(start).as_secs_f64();
+    Ok(format!(
+        "\n### Webhook: every publish of {} to a local receiver, 100 events per request\n\n\
+         | published | delivered | delivered/published | events/s delivered |\n|---:|---:|---:|---:|\n\
+         | {sent:.0} | {delivered:.0} | {:.2} | {:.0} |\n",
+        case.label,
+        delivered / sent.max(1.0),
+        delivered / took.max(0.001)
+    ))
+}
+
 /// The admin API's deep pages at 200k sessions and subscriptions (issue 15): the
 /// `admin_pages` benchmark, in process over HTTP through the stock emqx plugin, as a
 /// markdown table.
@@ -381,6 +486,17 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let work = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
+    if args.iter().any(|a| a == "--plugins-only") {
+        // Only the plugin platform's figures (interceptors, webhook), for iterating on them.
+        let report = format!(
+            "{}{}",
+            interceptors(root, &apiary, &work, quick)?,
+            webhook(root, &apiary, &work, quick)?
+        );
+        std::fs::write(work.join("report.md"), &report)?;
+        println!("{report}");
+        return Ok(());
+    }
 
     let mut brokers: Vec<Broker> = Vec::new();
     {
@@ -484,6 +600,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     )?;
     let mut report = crate::bench_report::markdown(&names, &labels, &results, quick);
     report.push_str(&interceptors(root, &apiary, &work, quick)?);
+    report.push_str(&webhook(root, &apiary, &work, quick)?);
     report.push_str(&admin_pages(root, &work)?);
     report.push_str(&cluster(root)?);
     std::fs::write(work.join("report.md"), &report)?;

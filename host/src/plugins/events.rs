@@ -108,6 +108,40 @@ fn tenant_of(e: &wit::Event) -> &str {
 }
 
 impl PluginManager {
+    /// Runs until shutdown: every events plugin with `[events] tick_ms` gets
+    /// `on-events([])` that often, each on a task of its own and one at a time (a tick
+    /// still running when the next is due skips it), apart from the event pump so a
+    /// plugin's slow tick never delays events.
+    pub async fn tick_events(self: Arc<Self>) {
+        let mut every = tokio::time::interval(Duration::from_millis(50));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
+        let busy: Arc<parking_lot::Mutex<std::collections::HashSet<String>>> = Default::default();
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = self.broker().stopped() => return,
+            }
+            let now = tokio::time::Instant::now();
+            for p in self.events_plugins() {
+                let ms = p.ctx.manifest.events.tick_ms;
+                let name = p.ctx.name.clone();
+                let due = last
+                    .get(&name)
+                    .is_none_or(|t| now.duration_since(*t) >= Duration::from_millis(ms));
+                if ms == 0 || !due || !busy.lock().insert(name.clone()) {
+                    continue;
+                }
+                last.insert(name.clone(), now);
+                let (engine, busy) = (self.runtime().engine().clone(), busy.clone());
+                tokio::spawn(async move {
+                    let _ = p.on_events(&engine, Vec::new()).await;
+                    busy.lock().remove(&name);
+                });
+            }
+        }
+    }
+
     /// Whether a loaded events plugin holds `events.messages` (publishes are reported).
     pub fn events_want_messages(&self) -> bool {
         self.events_plugins()

@@ -126,6 +126,15 @@ pub struct MessageSettings {
     pub on_failure: crate::intercept::OnFailure,
 }
 
+/// The events role's settings (`[events]` in its toml).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSettings {
+    /// Calls `on-events` with an empty batch this often (ms; 0: never), on a task of its
+    /// own, for plugins that retry work later (the webhook's deliveries). At least 100.
+    pub tick_ms: u64,
+}
+
 /// Host settings of one plugin.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -159,6 +168,8 @@ pub struct Manifest {
     pub stream: StreamSettings,
     /// Intercepted topics (message role).
     pub message: MessageSettings,
+    /// Ticks for the events role.
+    pub events: EventsSettings,
     /// Origins it may send HTTP requests to, and their limits.
     pub outbound_http: super::outbound::OutboundSettings,
     /// The plugin's own configuration, passed to its `init` as JSON.
@@ -183,6 +194,7 @@ impl Default for Manifest {
             stream: StreamSettings::default(),
             message: MessageSettings::default(),
             outbound_http: Default::default(),
+            events: EventsSettings::default(),
             config: toml::Table::new(),
         }
     }
@@ -256,6 +268,12 @@ impl Manifest {
             ));
         }
         super::outbound::check(&m.outbound_http).map_err(|e| format!("{}: {e}", path.display()))?;
+        if m.events.tick_ms != 0 && m.events.tick_ms < 100 {
+            return Err(format!(
+                "{}: events.tick_ms must be 0 or at least 100",
+                path.display()
+            ));
+        }
         if m.memory_limit_mb == 0 || m.call_timeout_ms == 0 {
             return Err(format!(
                 "{}: memory_limit_mb and call_timeout_ms must be positive",

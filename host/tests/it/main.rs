@@ -41,3 +41,4 @@ mod store_limits;
 mod streams;
 mod tenancy;
 mod transports;
+mod webhook;

@@ -193,6 +193,21 @@ pub enum Tr {
 pub const ALL_TRANSPORTS: [Tr; 4] = [Tr::Tcp, Tr::Ws, Tr::Tls, Tr::Wss];
 
 /// Waits until `f` holds, polling; panics with `what` after [`WAIT`].
+/// [`eventually`] for a condition that must be awaited (an HTTP call, a kv read).
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f() {
