@@ -267,6 +267,17 @@ fn cluster(root: &Path) -> Result<String> {
     Ok(md)
 }
 
+/// Apiary with the configuration `cfg`, once it listens.
+fn start_apiary(apiary: &Path, cfg: &Path) -> Result<Child> {
+    let mut child = Command::new(apiary)
+        .arg("--config")
+        .arg(cfg)
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    wait_for_port(&mut child)?;
+    Ok(child)
+}
+
 /// p2p QoS 1 through message interceptors (issue 17): no interceptor, the `stamper` test
 /// plugin passing every publish on the benchmark's topics, and the same plugin on other
 /// topics only; throughput as a ratio to no interceptor, measured in this run.
@@ -301,12 +312,7 @@ fn interceptors(root: &Path, apiary: &Path, work: &Path, quick: bool) -> Result<
                 format!("roles = [\"message\"]\n[message]\nfilters = [\"{f}\"]\n[config]\nname = \"bench\"\npass = true\n"),
             )?;
         }
-        let mut child = Command::new(apiary)
-            .arg("--config")
-            .arg(&cfg)
-            .env("RUST_LOG", "warn")
-            .spawn()?;
-        wait_for_port(&mut child)?;
+        let child = start_apiary(apiary, &cfg)?;
         println!("==> Apiary, {label}");
         let r = run_case(root, apiary, child.id(), &case, None);
         stop(child);
@@ -394,12 +400,7 @@ fn webhook(root: &Path, apiary: &Path, work: &Path, quick: bool) -> Result<Strin
              events = [\"message.publish\"]\nbatch_size = 100\nmax_queued = 100000\n"
         ),
     )?;
-    let mut child = Command::new(apiary)
-        .arg("--config")
-        .arg(&cfg)
-        .env("RUST_LOG", "warn")
-        .spawn()?;
-    wait_for_port(&mut child)?;
+    let child = start_apiary(apiary, &cfg)?;
     println!("==> Apiary + webhook");
     let start = Instant::now();
     let r = run_case(root, apiary, child.id(), &case, None);

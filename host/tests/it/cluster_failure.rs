@@ -150,15 +150,6 @@ async fn a_node_stopped_on_purpose_leaves_no_will_to_be_published_again() {
     );
 }
 
-/// Waits until `what` holds of `f`'s answer (polled).
-async fn until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A metric of the node serving `http`.
 async fn metric_of(http: SocketAddr, name: &str) -> Option<u64> {
     let (st, body) = common::http(http, "GET", "/metrics", Some(ADMIN), b"").await;
@@ -209,7 +200,7 @@ async fn a_killed_nodes_persistent_session_resumes_on_another_node() {
     k.suback().await;
     // Another one that will not come back: its will waits out its 1 s delay on b.
     let (_gone, _) = v5::connect(persistent("gone", port, true, 1)).await;
-    until("a keeps the sessions in the cluster", || async {
+    common::eventually_async("a keeps the sessions in the cluster", || async {
         kept(&nats, "apiary-sessions", "a.default.keeper").await
             && kept(&nats, "apiary-sessions", "a.default.gone").await
     })
@@ -248,7 +239,7 @@ async fn a_killed_nodes_persistent_session_resumes_on_another_node() {
         other => panic!("not a CONNACK: {other:?}"),
     }
     assert_eq!(&back.publish().await.payload[..], b"one");
-    until("b keeps it under its own name", || {
+    common::eventually_async("b keeps it under its own name", || {
         kept(&nats, "apiary-sessions", "b.default.keeper")
     })
     .await;
@@ -256,7 +247,7 @@ async fn a_killed_nodes_persistent_session_resumes_on_another_node() {
 
     // a comes back with the session in its store: dropped there, b's is the one.
     let (a, _, http) = spawn_a(&nats, dir.path());
-    until("a drops its stale copies", || async {
+    common::eventually_async("a drops its stale copies", || async {
         // Both: keeper and gone were adopted by b.
         metric_of(http, "apiary_cluster_sessions_dropped_total").await == Some(2)
     })

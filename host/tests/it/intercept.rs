@@ -25,6 +25,14 @@ async fn broker_with(dir: &Path) -> TestBroker {
     TestBroker::start_with(move |c| c.plugins_dir = dir).await
 }
 
+/// Publishes `payload` on `topic` at QoS 1; the PUBACK's reason.
+async fn send(c: &mut v5::Client, topic: &str, payload: &str) -> PubAckReason {
+    c.c.publish(topic, QoS::AtLeastOnce, false, payload.to_string())
+        .await
+        .unwrap();
+    puback(c).await
+}
+
 async fn puback(c: &mut v5::Client) -> PubAckReason {
     loop {
         if let Packet::PubAck(a) = c.next().await.expect("connection alive") {
@@ -75,18 +83,15 @@ async fn interceptors_rewrite_enrich_and_drop_in_priority_order() {
     let mut w = watcher(&tb, "watcher").await;
     let (mut p, _) = v5::connect(v5::opts(&tb, "pub", Tr::Tcp)).await;
 
-    p.c.publish("t/1", QoS::AtLeastOnce, false, "hello")
-        .await
-        .unwrap();
-    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    assert_eq!(send(&mut p, "t/1", "hello").await, PubAckReason::Success);
     let m = w.publish().await;
     assert_eq!((&m.topic[..], &m.payload[..]), (&b"t/1"[..], &b"hello"[..]));
     assert_eq!(via(&m), ["first", "second"], "priority order");
 
-    p.c.publish("rename/x", QoS::AtLeastOnce, false, "upper")
-        .await
-        .unwrap();
-    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    assert_eq!(
+        send(&mut p, "rename/x", "upper").await,
+        PubAckReason::Success
+    );
     let m = w.publish().await;
     assert_eq!(
         (&m.topic[..], &m.payload[..]),
@@ -96,10 +101,10 @@ async fn interceptors_rewrite_enrich_and_drop_in_priority_order() {
     assert_eq!(via(&m), ["first"]);
 
     // Dropped by the first: the v5 publisher reads its reason code, nobody gets it.
-    p.c.publish("t/2", QoS::AtLeastOnce, false, "drop")
-        .await
-        .unwrap();
-    assert_eq!(puback(&mut p).await, PubAckReason::PayloadFormatInvalid);
+    assert_eq!(
+        send(&mut p, "t/2", "drop").await,
+        PubAckReason::PayloadFormatInvalid
+    );
     p.c.publish("t/2", QoS::ExactlyOnce, false, "drop")
         .await
         .unwrap();
@@ -115,10 +120,7 @@ async fn interceptors_rewrite_enrich_and_drop_in_priority_order() {
     w.no_publish(Duration::from_millis(300)).await;
 
     // Topics no filter names are not touched.
-    p.c.publish("other/1", QoS::AtLeastOnce, false, "drop")
-        .await
-        .unwrap();
-    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    assert_eq!(send(&mut p, "other/1", "drop").await, PubAckReason::Success);
     let m = w.publish().await;
     assert_eq!(
         (&m.topic[..], &m.payload[..]),
@@ -135,10 +137,7 @@ async fn interceptors_rewrite_enrich_and_drop_in_priority_order() {
         tb.broker().plugins().unwrap().list().is_empty()
     })
     .await;
-    p.c.publish("t/3", QoS::AtLeastOnce, false, "drop")
-        .await
-        .unwrap();
-    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    assert_eq!(send(&mut p, "t/3", "drop").await, PubAckReason::Success);
     let m = w.publish().await;
     assert_eq!((&m.payload[..], via(&m).len()), (&b"drop"[..], 0));
 }
@@ -162,21 +161,21 @@ async fn a_failing_interceptor_passes_or_drops_as_configured() {
     let mut w = watcher(&tb, "watcher").await;
     let (mut p, _) = v5::connect(v5::opts(&tb, "pub", Tr::Tcp)).await;
 
-    p.c.publish("strict/1", QoS::AtLeastOnce, false, "trap")
-        .await
-        .unwrap();
-    assert_eq!(puback(&mut p).await, PubAckReason::UnspecifiedError);
+    assert_eq!(
+        send(&mut p, "strict/1", "trap").await,
+        PubAckReason::UnspecifiedError
+    );
     // An invalid rewrite is a failure too.
-    p.c.publish("strict/2", QoS::AtLeastOnce, false, "bad-topic")
-        .await
-        .unwrap();
-    assert_eq!(puback(&mut p).await, PubAckReason::UnspecifiedError);
+    assert_eq!(
+        send(&mut p, "strict/2", "bad-topic").await,
+        PubAckReason::UnspecifiedError
+    );
     w.no_publish(Duration::from_millis(300)).await;
 
-    p.c.publish("lenient/1", QoS::AtLeastOnce, false, "trap")
-        .await
-        .unwrap();
-    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    assert_eq!(
+        send(&mut p, "lenient/1", "trap").await,
+        PubAckReason::Success
+    );
     let m = w.publish().await;
     assert_eq!(
         (&m.payload[..], via(&m).len()),
@@ -186,10 +185,7 @@ async fn a_failing_interceptor_passes_or_drops_as_configured() {
     assert_eq!(common::metric(&tb, "apiary_intercept_failures_total"), 3);
 
     // The instance that trapped was replaced: the next publish is served.
-    p.c.publish("strict/3", QoS::AtLeastOnce, false, "ok")
-        .await
-        .unwrap();
-    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    assert_eq!(send(&mut p, "strict/3", "ok").await, PubAckReason::Success);
     assert_eq!(via(&w.publish().await), ["strict"]);
 }
 
@@ -269,19 +265,16 @@ async fn a_python_interceptor_enriches_and_drops() {
     let tb = broker_with(dir.path()).await;
     let mut w = watcher(&tb, "watcher").await;
     let (mut p, _) = v5::connect(v5::opts(&tb, "pub", Tr::Tcp)).await;
-    p.c.publish("py/1", QoS::AtLeastOnce, false, "hi")
-        .await
-        .unwrap();
-    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    assert_eq!(send(&mut p, "py/1", "hi").await, PubAckReason::Success);
     let m = w.publish().await;
     let props = m.properties.expect("user properties");
     assert_eq!(
         props.user_properties,
         [("stamped-by".to_string(), "snake".to_string())]
     );
-    p.c.publish("py/2", QoS::AtLeastOnce, false, "")
-        .await
-        .unwrap();
-    assert_eq!(puback(&mut p).await, PubAckReason::PayloadFormatInvalid);
+    assert_eq!(
+        send(&mut p, "py/2", "").await,
+        PubAckReason::PayloadFormatInvalid
+    );
     w.no_publish(Duration::from_millis(300)).await;
 }
