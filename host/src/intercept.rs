@@ -92,10 +92,21 @@ impl Changes {
     fn apply(self, msg: &Message, mqtt: &crate::config::MqttConfig) -> Result<Message, String> {
         crate::topic::validate_name(&self.topic, mqtt.max_topic_levels)
             .map_err(|e| format!("rewrote to an invalid topic {:?}: {e}", self.topic))?;
-        if self.payload.len() > mqtt.max_packet_size as usize {
+        // Roughly what the PUBLISH would take on the wire: a subscriber must be able to
+        // receive what no client could have sent.
+        let size = self.topic.len()
+            + self.payload.len()
+            + self.content_type.as_ref().map_or(0, String::len)
+            + self.response_topic.as_ref().map_or(0, String::len)
+            + self.correlation_data.as_ref().map_or(0, Vec::len)
+            + self
+                .user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 5)
+                .sum::<usize>();
+        if size > mqtt.max_packet_size as usize {
             return Err(format!(
-                "rewrote to a payload of {} bytes, over max_packet_size",
-                self.payload.len()
+                "rewrote to a message of about {size} bytes, over max_packet_size"
             ));
         }
         let qos = QoS::try_from(self.qos).map_err(|_| format!("rewrote to QoS {}", self.qos))?;
@@ -122,7 +133,8 @@ impl Changes {
             topic: ByteString::from(self.topic),
             payload: Bytes::from(self.payload),
             qos,
-            retain: self.retain,
+            // As for a client's publish: no retained message where retain is off.
+            retain: self.retain && mqtt.retain_available,
             props: (!empty).then(|| Box::new(props)),
             publisher: msg.publisher,
             publisher_client: msg.publisher_client.clone(),
@@ -331,6 +343,16 @@ mod tests {
             };
             assert!(bad.apply(&msg, &mqtt).is_err(), "{topic} {qos}");
         }
+        let mut no_retain = crate::config::Config::default().mqtt;
+        no_retain.retain_available = false;
+        let kept = Changes {
+            retain: true,
+            ..c.clone()
+        };
+        assert!(
+            !kept.apply(&msg, &no_retain).unwrap().retain,
+            "retain is off"
+        );
         msg.publisher = 7;
         assert_eq!(c.apply(&msg, &mqtt).unwrap().publisher, 7);
         assert_eq!(

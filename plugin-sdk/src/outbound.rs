@@ -13,8 +13,10 @@ pub struct Response {
     pub status: u16,
     /// Headers, names lower case.
     pub headers: Vec<(String, Vec<u8>)>,
-    /// Body.
+    /// Body, its first `max_body` bytes.
     pub body: Vec<u8>,
+    /// Whether the body was longer than `max_body` (the rest was read and discarded).
+    pub truncated: bool,
 }
 
 /// Why a request failed: refused by the host (not granted, no slot), or the transport's
@@ -33,7 +35,7 @@ fn err(what: &str, e: impl std::fmt::Debug) -> Error {
 }
 
 /// Sends `method url` with `headers` and `body`; returns the response once its body is
-/// read (at most `max_body` bytes; more is an error).
+/// read (the first `max_body` bytes kept; 0 when only the status matters).
 pub fn send(
     method: &str,
     url: &str,
@@ -81,7 +83,13 @@ pub fn send(
         .map_err(|_| bad("path"))?;
     let out = req.body().map_err(|_| Error("request body taken".into()))?;
     let pending = outgoing_handler::handle(req, None).map_err(|e| err("refused", e))?;
-    {
+    let wait = || loop {
+        match pending.get() {
+            Some(r) => break r,
+            None => pending.subscribe().block(),
+        }
+    };
+    let written = (|| {
         let stream = out
             .write()
             .map_err(|_| Error("request body stream".into()))?;
@@ -90,14 +98,19 @@ pub fn send(
                 .blocking_write_and_flush(chunk)
                 .map_err(|e| err("writing the body", e))?;
         }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        // The host refused or failed the request (the body had nowhere to go): its
+        // reason is the one to report.
+        drop(out);
+        return match wait() {
+            Ok(Err(code)) => Err(err("request failed", code)),
+            _ => Err(e),
+        };
     }
     OutgoingBody::finish(out, None).map_err(|e| err("finishing the body", e))?;
-    let resp = loop {
-        match pending.get() {
-            Some(r) => break r,
-            None => pending.subscribe().block(),
-        }
-    };
+    let resp = wait();
     let resp = resp
         .map_err(|_| Error("response taken twice".into()))?
         .map_err(|e| err("request failed", e))?;
@@ -107,20 +120,22 @@ pub fn send(
     let stream = incoming
         .stream()
         .map_err(|_| Error("response body".into()))?;
-    let mut body = Vec::new();
+    let (mut body, mut truncated) = (Vec::new(), false);
     loop {
         match stream.blocking_read(65536) {
-            Ok(chunk) => body.extend_from_slice(&chunk),
+            Ok(chunk) => {
+                let room = max_body.saturating_sub(body.len());
+                truncated |= chunk.len() > room;
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
             Err(StreamError::Closed) => break,
             Err(e) => return Err(err("reading the response", e)),
-        }
-        if body.len() > max_body {
-            return Err(Error(format!("response body over {max_body} bytes")));
         }
     }
     Ok(Response {
         status,
         headers,
         body,
+        truncated,
     })
 }

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, ModifyKind};
@@ -64,6 +64,8 @@ struct Listener {
 
 /// Every loaded plugin.
 pub struct PluginManager {
+    /// Itself (`weak`).
+    me: Weak<PluginManager>,
     runtime: Arc<Runtime>,
     dir: PathBuf,
     broker: Broker,
@@ -103,8 +105,10 @@ impl PluginManager {
         cache_key: [u8; 32],
         broker: Broker,
     ) -> Result<Arc<Self>, PluginError> {
-        Ok(Arc::new(Self {
-            runtime: Runtime::new(cache_dir, cache_key)?,
+        let runtime = Runtime::new(cache_dir, cache_key)?;
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            runtime,
             dir: dir.to_path_buf(),
             broker,
             plugins: RwLock::new(BTreeMap::new()),
@@ -118,6 +122,11 @@ impl PluginManager {
             stats: Mutex::new(BTreeMap::new()),
             changed: tokio::sync::Notify::new(),
         }))
+    }
+
+    /// Itself, weakly: for what must find the manager again later (interceptors).
+    pub(super) fn weak(&self) -> Weak<Self> {
+        self.me.clone()
     }
 
     /// The runtime (engine) calls run on.

@@ -13,10 +13,11 @@ use crate::intercept::{Changes, Entry, Interceptor, Verdict};
 use crate::message::Message;
 use crate::BoxFuture;
 
-/// One message plugin version, with the engine its calls run on. Weak: the broker holds
-/// its interceptors and a plugin holds the broker; an unloaded version passes.
+/// One message plugin, resolved by name at every call, so a publish in flight across a
+/// reload reaches the new version (its failure policy holds throughout). Weak: the
+/// broker holds its interceptors, and the manager holds the broker.
 struct PluginInterceptor {
-    plugin: Weak<LoadedPlugin>,
+    manager: Weak<PluginManager>,
     name: String,
     engine: wasmtime::Engine,
 }
@@ -63,7 +64,14 @@ impl Interceptor for PluginInterceptor {
 
     fn intercept<'a>(&'a self, msg: &'a Message) -> BoxFuture<'a, Result<Verdict, String>> {
         Box::pin(async move {
-            let Some(plugin) = self.plugin.upgrade() else {
+            // Removed (or no longer a message plugin) while the publish was on its way:
+            // the operator took it out, so it no longer has a say.
+            let plugin = self
+                .manager
+                .upgrade()
+                .and_then(|m| m.get(&self.name))
+                .filter(|p| p.serves(Role::Message));
+            let Some(plugin) = plugin else {
                 return Ok(Verdict::Pass);
             };
             let v = plugin
@@ -120,7 +128,7 @@ impl PluginManager {
                     tenants: m.tenants.clone(),
                     on_failure: m.message.on_failure,
                     interceptor: Arc::new(PluginInterceptor {
-                        plugin: Arc::downgrade(&plugin),
+                        manager: self.weak(),
                         name: plugin.ctx.name.clone(),
                         engine: engine.clone(),
                     }),

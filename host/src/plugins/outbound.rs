@@ -60,7 +60,14 @@ impl Origin {
         if scheme != "http" && scheme != "https" {
             return Err(format!("{s:?}: the scheme must be http or https"));
         }
-        let (host, port) = match rest.rsplit_once(':') {
+        // `[v6]` or `[v6]:port`: the colons inside the brackets are the address's.
+        let split = match rest.rfind(']') {
+            Some(end) => rest[end..]
+                .rsplit_once(':')
+                .map(|(_, p)| (&rest[..=end], p)),
+            None => rest.rsplit_once(':'),
+        };
+        let (host, port) = match split {
             Some((h, "*")) => (h, None),
             Some((h, p)) => (
                 h,
@@ -239,6 +246,10 @@ mod tests {
         assert!(!ok("http://a.test:81/"));
         assert!(!ok("http://b.test/"));
         assert!(!grant(&[]).allows(&"http://127.0.0.1/".parse().unwrap()));
+        let v6 = grant(&["http://[::1]", "http://[::1]:9000"]);
+        assert!(v6.allows(&"http://[::1]/".parse().unwrap()));
+        assert!(v6.allows(&"http://[::1]:9000/".parse().unwrap()));
+        assert!(!v6.allows(&"http://[::1]:9001/".parse().unwrap()));
         for bad in [
             "127.0.0.1",
             "ftp://x",

@@ -37,6 +37,17 @@ pub struct Target {
     /// Longest wait between retries, ms.
     #[serde(default = "max_backoff_ms")]
     pub max_backoff_ms: u64,
+    /// Its queue's and counters' key: a hash of the URL (set at init).
+    #[serde(skip)]
+    pub id: String,
+}
+
+/// FNV-1a of the URL: the same target keeps its queue across reloads and reorderings.
+fn target_id(url: &str) -> String {
+    let h = url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{h:016x}")
 }
 
 fn all_topics() -> Vec<String> {
@@ -79,7 +90,10 @@ struct Webhook;
 
 impl Plugin for Webhook {
     fn init(config: String) -> Result<(), InitError> {
-        let c: Config = parse_config(&config)?;
+        let mut c: Config = parse_config(&config)?;
+        for t in &mut c.targets {
+            t.id = target_id(&t.url);
+        }
         for t in &c.targets {
             if !t.url.starts_with("http://") && !t.url.starts_with("https://") {
                 return Err(InitError::InvalidConfig(format!(
@@ -120,18 +134,22 @@ impl Events for Webhook {
             // A tick: deliver what is queued (a few requests per target per tick, for at
             // most `tick_budget_ms`).
             let until = clock::now_ms() + c.tick_budget_ms as i64;
-            for (i, t) in c.targets.iter().enumerate() {
-                queue::drain(i, t, c.secret.as_deref(), 16, until);
+            for t in &c.targets {
+                queue::drain(t, c.secret.as_deref(), 16, until);
             }
             return;
         }
         let now = clock::now_ms();
-        for (i, t) in c.targets.iter().enumerate() {
+        for t in &c.targets {
             let mine: Vec<_> = events
                 .iter()
                 .filter(|e| wants(t, e))
                 .map(|e| shape::body(e, now))
                 .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut queue = queue::Pusher::new(t);
             for chunk in mine.chunks(t.batch_size) {
                 let body = if t.batch_size == 1 {
                     serde_json::to_vec(&chunk[0])
@@ -139,7 +157,7 @@ impl Events for Webhook {
                     serde_json::to_vec(chunk)
                 };
                 if let Ok(body) = body {
-                    queue::push(i, t, &body, chunk.len() as u64);
+                    queue.push(&body, chunk.len() as u64);
                 }
             }
         }
@@ -162,15 +180,15 @@ impl Handler for Webhook {
                 let targets: Vec<_> = c
                     .targets
                     .iter()
-                    .enumerate()
-                    .map(|(i, t)| {
+                    .map(|t| {
+                        let id = &t.id;
                         serde_json::json!({
                             "url": t.url,
-                            "queued_requests": queue::queued(i, t.max_queued).len(),
-                            "delivered": queue::counter(i, "delivered"),
-                            "failed_attempts": queue::counter(i, "failed_attempts"),
-                            "rejected": queue::counter(i, "rejected"),
-                            "dropped": queue::counter(i, "dropped"),
+                            "queued_requests": queue::queued(id, t.max_queued).len(),
+                            "delivered": queue::counter(id, "delivered"),
+                            "failed_attempts": queue::counter(id, "failed_attempts"),
+                            "rejected": queue::counter(id, "rejected"),
+                            "dropped": queue::counter(id, "dropped"),
                         })
                     })
                     .collect();
