@@ -241,16 +241,7 @@ pub(crate) fn plugins(root: &Path, scope: Scope) -> Result<Vec<String>> {
                 continue;
             };
             build_c_plugin(root, &dir, &name, &tools, &out.join(format!("{name}.wasm")))?;
-            let toml = dir.join(format!("{name}.toml"));
-            if toml.exists() {
-                std::fs::copy(&toml, out.join(format!("{name}.toml")))?;
-            }
-            if is_stock {
-                stock.push(name);
-            }
-            continue;
-        }
-        if dir.join("app.py").exists() {
+        } else if dir.join("app.py").exists() {
             let tool = py_tool
                 .get_or_insert_with(|| toolchain::componentize_py(root))
                 .clone();
@@ -259,13 +250,7 @@ pub(crate) fn plugins(root: &Path, scope: Scope) -> Result<Vec<String>> {
                 continue;
             };
             build_py_plugin(root, &dir, &name, &cpy, &out.join(format!("{name}.wasm")))?;
-            let toml = dir.join(format!("{name}.toml"));
-            if toml.exists() {
-                std::fs::copy(&toml, out.join(format!("{name}.toml")))?;
-            }
-            continue;
-        }
-        if dir.join("build.mjs").exists() {
+        } else if dir.join("build.mjs").exists() {
             let tool = js_tool
                 .get_or_insert_with(|| toolchain::componentize_js(root))
                 .clone();
@@ -285,36 +270,10 @@ pub(crate) fn plugins(root: &Path, scope: Scope) -> Result<Vec<String>> {
             if !ok {
                 bail!("building the JavaScript plugin {name} failed");
             }
-            let toml = dir.join(format!("{name}.toml"));
-            if toml.exists() {
-                std::fs::copy(&toml, out.join(format!("{name}.toml")))?;
-            }
-            if is_stock {
-                stock.push(name);
-            }
-            continue;
+        } else {
+            build_rust_plugin(root, &rust, &build_dir, &dir, &name, &out)?;
         }
-        let manifest = dir.join("Cargo.toml");
-        println!("==> plugin {name}: cargo build --release --target wasm32-wasip2");
-        let status = rust
-            .cargo()
-            .current_dir(root)
-            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2"])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(&build_dir)
-            .status()
-            .context("starting cargo")?;
-        if !status.success() {
-            bail!("building the plugin {name} failed ({status})");
-        }
-        let artifact = build_dir.join(format!(
-            "wasm32-wasip2/release/{}.wasm",
-            name.replace('-', "_")
-        ));
-        std::fs::copy(&artifact, out.join(format!("{name}.wasm")))
-            .with_context(|| format!("copying {}", artifact.display()))?;
+        // Its toml beside it, as the plugins directory wants them.
         let toml = dir.join(format!("{name}.toml"));
         if toml.exists() {
             std::fs::copy(&toml, out.join(format!("{name}.toml")))?;
@@ -324,6 +283,39 @@ pub(crate) fn plugins(root: &Path, scope: Scope) -> Result<Vec<String>> {
         }
     }
     Ok(stock)
+}
+
+/// Builds a Rust plugin crate for wasm32-wasip2 in `build_dir` into `out/NAME.wasm`.
+fn build_rust_plugin(
+    root: &Path,
+    rust: &toolchain::WasmRust,
+    build_dir: &Path,
+    dir: &Path,
+    name: &str,
+    out: &Path,
+) -> Result<()> {
+    let manifest = dir.join("Cargo.toml");
+    println!("==> plugin {name}: cargo build --release --target wasm32-wasip2");
+    let status = rust
+        .cargo()
+        .current_dir(root)
+        .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(build_dir)
+        .status()
+        .context("starting cargo")?;
+    if !status.success() {
+        bail!("building the plugin {name} failed ({status})");
+    }
+    let artifact = build_dir.join(format!(
+        "wasm32-wasip2/release/{}.wasm",
+        name.replace('-', "_")
+    ));
+    std::fs::copy(&artifact, out.join(format!("{name}.wasm")))
+        .with_context(|| format!("copying {}", artifact.display()))?;
+    Ok(())
 }
 
 fn run(root: &Path, extra: &[String]) -> Result<()> {

@@ -25,18 +25,8 @@ fn install(root: &Path) -> Result<Option<std::path::PathBuf>> {
     println!(
         "==> installing schemathesis {VERSION} into target/schemathesis (python3 -m venv, pip)"
     );
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new("timeout")
-            .arg("600")
-            .arg(venv.join("bin/pip"))
-            .args(["install", "--quiet", &format!("schemathesis=={VERSION}")])
-            .status()
-            .is_ok_and(|s| s.success());
-    if ok && st.exists() {
+    let spec = format!("schemathesis=={VERSION}");
+    if crate::toolchain::venv_install(&venv, &spec, 600) && st.exists() {
         Ok(Some(st))
     } else {
         crate::may_skip_toolchain("the schemathesis checks of the bifromq plugin")?;

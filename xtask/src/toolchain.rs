@@ -201,23 +201,28 @@ pub fn componentize_py(root: &Path) -> Option<PathBuf> {
         return Some(tool);
     }
     println!("==> installing componentize-py 0.25.1 into target/py-toolchain (pip, 5 min limit)");
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new("timeout")
-            .arg("300")
-            .arg(venv.join("bin/pip"))
-            .args(["install", "--quiet", "componentize-py==0.25.1"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if ok && tool.exists() {
+    if venv_install(&venv, "componentize-py==0.25.1", 300) && tool.exists() {
         Some(tool)
     } else {
         println!("==> skipping Python plugins: pip could not install componentize-py");
         None
     }
+}
+
+/// A virtualenv at `venv` with `package` pip-installed in it (within `secs`); whether it
+/// worked.
+pub fn venv_install(venv: &Path, package: &str, secs: u32) -> bool {
+    Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(venv)
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new("timeout")
+            .arg(secs.to_string())
+            .arg(venv.join("bin/pip"))
+            .args(["install", "--quiet", package])
+            .status()
+            .is_ok_and(|s| s.success())
 }
 
 /// Whether node and npm can run.

@@ -164,21 +164,10 @@ fn persistent(id: &str, port: u16, clean: bool, delay: u32) -> rumqttc::v5::Mqtt
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_start(clean);
     o.set_session_expiry_interval(Some(600));
-    let props = rumqttc::v5::mqttbytes::v5::LastWillProperties {
-        delay_interval: Some(delay),
-        payload_format_indicator: None,
-        message_expiry_interval: None,
-        content_type: None,
-        response_topic: None,
-        correlation_data: None,
-        user_properties: Vec::new(),
-    };
-    o.set_last_will(LastWill::new(
-        format!("wills/{id}"),
-        format!("{id} is gone"),
-        QoS::AtLeastOnce,
-        false,
-        Some(props),
+    o.set_last_will(common::will_v5(
+        &format!("wills/{id}"),
+        &format!("{id} is gone"),
+        delay,
     ));
     o
 }
