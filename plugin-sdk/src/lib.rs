@@ -138,11 +138,13 @@ pub mod stream {
     pub use crate::types::{Frame, StreamEvent, StreamTransport};
 }
 
-/// The `message` role: implement [`message::Guest`] (its `intercept` sees each publish on
-/// the topics of the toml's `[message] filters`) and export with `export!(T: message)`.
+/// The `message` role: implement [`message::Interceptor`] (its `intercept` sees each
+/// publish on the topics of the toml's `[message] filters`) and export with
+/// `export!(T: message)`. The host hands publishes over in batches (one component call
+/// for many); the export calls `intercept` for each, in order.
 ///
 /// ```no_run
-/// use apiary_plugin_sdk::message::{Guest, Publish, Verdict};
+/// use apiary_plugin_sdk::message::{Interceptor, Publish, Source, Verdict};
 /// use apiary_plugin_sdk::{export, InitError, Plugin};
 ///
 /// struct Stamp;
@@ -153,8 +155,8 @@ pub mod stream {
 ///     }
 /// }
 ///
-/// impl Guest for Stamp {
-///     fn intercept(mut msg: Publish) -> Verdict {
+/// impl Interceptor for Stamp {
+///     fn intercept(_source: &Source, mut msg: Publish) -> Verdict {
 ///         if msg.payload.is_empty() {
 ///             return apiary_plugin_sdk::message::drop(0x99, "empty payload");
 ///         }
@@ -166,7 +168,16 @@ pub mod stream {
 /// export!(Stamp: message);
 /// ```
 pub mod message {
-    pub use crate::message_role::exports::apiary::plugin::message::*;
+    pub use crate::message_role::exports::apiary::plugin::message::{
+        DropReason, Properties, Publish, Source, Verdict,
+    };
+
+    /// A message plugin: decides one publish at a time.
+    pub trait Interceptor {
+        /// What to do with `msg`, published by `source`: pass it, rewrite it, or drop it
+        /// (see [`drop`]).
+        fn intercept(source: &Source, msg: Publish) -> Verdict;
+    }
 
     /// A drop with a reason code a v5 publisher sees (0x80, 0x83, 0x87, 0x90, 0x97 or
     /// 0x99) and a message for the broker's log.
@@ -281,6 +292,17 @@ macro_rules! export {
         $crate::stream_role::export_stream!($ty with_types_in $crate::stream_role);
     };
     (@role $ty:ident message) => {
+        impl $crate::message_role::exports::apiary::plugin::message::Guest for $ty {
+            fn intercept(
+                source: $crate::message::Source,
+                batch: Vec<$crate::message::Publish>,
+            ) -> Vec<$crate::message::Verdict> {
+                batch
+                    .into_iter()
+                    .map(|m| <$ty as $crate::message::Interceptor>::intercept(&source, m))
+                    .collect()
+            }
+        }
         $crate::message_role::export_message!($ty with_types_in $crate::message_role);
     };
     (@role $ty:ident events) => {

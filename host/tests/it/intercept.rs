@@ -278,3 +278,91 @@ async fn a_python_interceptor_enriches_and_drops() {
     );
     w.no_publish(Duration::from_millis(300)).await;
 }
+
+/// A v5 PUBLISH (no properties) for a raw connection.
+fn publish_v5(topic: &str, qos: u8, dup: bool, pid: u16, payload: &str) -> Vec<u8> {
+    let mut b = (topic.len() as u16).to_be_bytes().to_vec();
+    b.extend_from_slice(topic.as_bytes());
+    if qos > 0 {
+        b.extend_from_slice(&pid.to_be_bytes());
+    }
+    b.push(0);
+    b.extend_from_slice(payload.as_bytes());
+    common::raw::packet(0x30 | qos << 1 | u8::from(dup) << 3, &b)
+}
+
+/// The next packet on a raw connection: its first byte and body.
+async fn next_packet(r: &mut common::raw::Raw) -> (u8, Vec<u8>) {
+    let head = r.read_n(2).await;
+    assert!(head[1] < 0x80, "a short packet: {head:?}");
+    (head[0], r.read_n(usize::from(head[1])).await)
+}
+
+/// Publishes pipelined in one write are intercepted together (far fewer plugin calls
+/// than publishes), yet answered and routed in their order, with each one's verdict:
+/// enriched, dropped (0x99), untouched on another topic, QoS 0, and a QoS 2 duplicate
+/// of a publish in the same batch routed once.
+#[tokio::test]
+async fn pipelined_publishes_are_intercepted_as_a_batch_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = stamper("batch", 0, "\"t/#\"", "pass");
+    install(dir.path(), "stamper", "batch", Some(&toml));
+    let tb = broker_with(dir.path()).await;
+    let mut w = watcher(&tb, "watcher").await;
+
+    let mut r = common::raw::Raw::connect(tb.tcp_addr()).await;
+    let mut burst = common::raw::connect(5, "pipeliner", true, 0);
+    let mut expected = Vec::new();
+    // 31 unanswered at most: within the receive maximum (32).
+    for pid in 1..=30u16 {
+        let (topic, payload) = match pid {
+            p if p % 5 == 0 => (format!("t/{p}"), "drop"),
+            p if p % 7 == 0 => (format!("other/{p}"), "x"),
+            p => (format!("t/{p}"), "x"),
+        };
+        let qos = if pid == 13 { 0 } else { 1 };
+        burst.extend(publish_v5(&topic, qos, false, pid, payload));
+        if payload != "drop" {
+            expected.push(topic);
+        }
+    }
+    burst.extend(publish_v5("t/twice", 2, false, 31, "x"));
+    burst.extend(publish_v5("t/twice", 2, true, 31, "x"));
+    expected.push("t/twice".into());
+    r.send(&burst).await;
+
+    let (connack, _) = next_packet(&mut r).await;
+    assert_eq!(connack, 0x20);
+    let mut acks = Vec::new();
+    while acks.len() < 31 {
+        let (first, body) = next_packet(&mut r).await;
+        let pid = u16::from_be_bytes([body[0], body[1]]);
+        acks.push((first, pid, body.get(2).copied().unwrap_or(0)));
+    }
+    let mut want = Vec::new();
+    for pid in (1..=30u16).filter(|&p| p != 13) {
+        want.push((0x40, pid, if pid % 5 == 0 { 0x99 } else { 0 }));
+    }
+    want.push((0x50, 31, 0));
+    want.push((0x50, 31, 0));
+    assert_eq!(acks, want, "acks in the order of the publishes");
+
+    let mut got = Vec::new();
+    for _ in 0..expected.len() {
+        let m = w.publish().await;
+        let enriched = via(&m) == ["batch"];
+        let topic = String::from_utf8(m.topic.to_vec()).unwrap();
+        assert_eq!(enriched, topic.starts_with("t/"), "{topic}");
+        got.push(topic);
+    }
+    assert_eq!(got, expected, "routed in order, the duplicate once");
+    w.no_publish(Duration::from_millis(300)).await;
+    let calls = common::metric(
+        &tb,
+        "apiary_plugin_calls_total{plugin=\"batch\",role=\"message\"}",
+    );
+    assert!(
+        (1..=4).contains(&calls),
+        "{calls} calls for 28 intercepted publishes"
+    );
+}

@@ -4,6 +4,7 @@ publish on its filters, and drops one whose payload is empty (0x99, payload form
 invalid, to a v5 publisher)."""
 
 import json
+from typing import List
 
 from wit_world import exports
 from wit_world.exports import message
@@ -19,9 +20,16 @@ class Lifecycle(exports.Lifecycle):
         log.log(log.Level.INFO, f"py-stamp ready as {NAME}")
 
 
+def stamp(msg: message.Publish) -> message.Verdict:
+    if not msg.payload:
+        return message.Verdict_Drop(message.DropReason(0x99, "empty payload"))
+    msg.properties.user_properties.append(("stamped-by", NAME))
+    return message.Verdict_Rewrite(msg)
+
+
 class Message(exports.Message):
-    def intercept(self, msg: message.Publish) -> message.Verdict:
-        if not msg.payload:
-            return message.Verdict_Drop(message.DropReason(0x99, "empty payload"))
-        msg.properties.user_properties.append(("stamped-by", NAME))
-        return message.Verdict_Rewrite(msg)
+    # The host hands over a batch of publishes of one source: one verdict each, in order.
+    def intercept(
+        self, source: message.Source, batch: List[message.Publish]
+    ) -> List[message.Verdict]:
+        return [stamp(msg) for msg in batch]

@@ -3,7 +3,6 @@
 //! kick, shutdown). Everything it decodes in one read is answered in one write.
 
 use std::collections::{HashMap, VecDeque};
-use std::num::NonZeroU16;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,8 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use bytestring::ByteString;
 use rmqtt_codec::error::DecodeError;
-use rmqtt_codec::types::{Publish, QoS};
-use rmqtt_codec::v5::{PublishProperties, ToReasonCode};
+use rmqtt_codec::v5::ToReasonCode;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Sleep;
 use tracing::debug;
@@ -22,6 +20,7 @@ use tracing::debug;
 // so they share the connection's private state.
 mod outbound;
 mod pressure;
+mod publish;
 mod setup;
 
 pub(crate) use setup::Accepted;
@@ -30,7 +29,6 @@ use super::transport::Transport;
 use super::wire::{Incoming, Wire};
 use crate::acl::{Acl, Action, Ask};
 use crate::broker::Broker;
-use crate::message::Message;
 use crate::session::{Control, Counters, InflightState, Outgoing, Session};
 use crate::store::Op;
 use crate::topic;
@@ -110,6 +108,8 @@ pub(crate) struct Connection<T: Transport> {
     reauth: Option<Box<ReAuth>>,
     /// Sessions whose full queues this connection waits for before reading on.
     blocked: Option<Box<pressure::Blocked>>,
+    /// Publishes of this read waiting for the message interceptors.
+    batch: Vec<publish::Admitted>,
 }
 
 /// What re-authentication needs: the method, the CONNECT the plugin sees, and the
@@ -257,8 +257,15 @@ impl<T: Transport> Connection<T> {
     }
 
     /// Decodes and handles every complete packet in the read buffer. Awaits only when an
-    /// ACL decision is not cached.
+    /// ACL decision is not cached, or for the message interceptors.
     async fn process(&mut self) -> Result<(), Exit> {
+        let r = self.process_packets().await;
+        // What was read before the end (or a protocol error) is routed and answered.
+        self.flush_batch().await;
+        r
+    }
+
+    async fn process_packets(&mut self) -> Result<(), Exit> {
         if self.wbuf.capacity() == 0 {
             // Room for the acks a batch of packets usually needs, in one allocation.
             self.wbuf.reserve(256);
@@ -304,6 +311,10 @@ impl<T: Transport> Connection<T> {
     }
 
     async fn handle(&mut self, pkt: Incoming) -> Result<(), Exit> {
+        if !matches!(pkt, Incoming::Publish(_)) {
+            // Publishes before it are answered before it.
+            self.flush_batch().await;
+        }
         match pkt {
             // Kept boxed: unboxed, the packet would be part of every task's state.
             Incoming::Publish(p) => self.on_publish(p).await?,
@@ -395,177 +406,6 @@ impl<T: Transport> Connection<T> {
             Incoming::Auth(a) => Box::pin(self.on_auth(*a)).await?,
             Incoming::Unexpected(what) => {
                 return Err(self.protocol_error(0x82, format!("unexpected {what} from a client")))
-            }
-        }
-        Ok(())
-    }
-
-    async fn on_publish(&mut self, mut p: Box<Publish>) -> Result<(), Exit> {
-        Counters::add(&self.session.counters.recv_msg, 1);
-        Counters::add(&self.tenant_counters.received, 1);
-        if let Some(store) = self.broker.store.as_ref().filter(|s| s.is_full()) {
-            // Over the store's hard limit: wait here, holding no lock, rather than block
-            // a runtime thread inside a submit.
-            let store = store.clone();
-            store.room().await;
-        }
-        let cfg = self.broker.config();
-        if self.wire.v5 {
-            if let Some(alias) = p.properties.as_mut().and_then(|pr| pr.topic_alias.take()) {
-                let a = alias.get();
-                if a > cfg.mqtt.topic_alias_maximum {
-                    return Err(
-                        self.protocol_error(0x94, format!("topic alias {a} over the maximum"))
-                    );
-                }
-                if p.topic.is_empty() {
-                    match self.alias_in.get(&a) {
-                        Some(t) => p.topic = t.clone(),
-                        None => {
-                            return Err(
-                                self.protocol_error(0x82, format!("unknown topic alias {a}"))
-                            )
-                        }
-                    }
-                } else {
-                    // A copy: the decoded topic is a slice that would pin the read buffer.
-                    self.alias_in.insert(a, ByteString::from(&*p.topic));
-                }
-            }
-        }
-        if p.topic.is_empty() && self.wire.v5 {
-            return Err(self.protocol_error(0x82, "empty topic without a topic alias"));
-        }
-        if let Err(e) = topic::validate_name(&p.topic, cfg.mqtt.max_topic_levels) {
-            self.broker
-                .metrics
-                .invalid_topic
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(Exit::Protocol(
-                0x90,
-                format!("invalid topic name {:?}: {e}", &*p.topic),
-            ));
-        }
-        if p.retain && !cfg.mqtt.retain_available {
-            return Err(self.protocol_error(0x9A, "retain is not supported"));
-        }
-        let pid = p.packet_id.map_or(0, NonZeroU16::get);
-        if p.qos != QoS::AtMostOnce {
-            let awaiting_rel = {
-                let st = self.session.state.lock();
-                if p.qos == QoS::ExactlyOnce && st.awaiting_rel.contains(&pid) {
-                    drop(st);
-                    // A DUP of a message already routed: acknowledge again (after the
-                    // original, if that is held), do not route twice.
-                    let t = self.ticket();
-                    self.ack(PendingAck::PubRec(pid, 0), Some(t));
-                    return Ok(());
-                }
-                st.awaiting_rel.len()
-            };
-            // MQTT 5 §4.9: QoS 1 publishes count until their PUBACK is sent and QoS 2
-            // ones until PUBCOMP, together, against the receive maximum.
-            let held_pubacks = self
-                .pending_acks
-                .iter()
-                .filter(|(_, a)| matches!(a, PendingAck::PubAck(..)))
-                .count();
-            if self.wire.v5 && awaiting_rel + held_pubacks >= usize::from(cfg.mqtt.receive_maximum)
-            {
-                return Err(self.protocol_error(0x93, "receive maximum exceeded"));
-            }
-            if p.qos == QoS::ExactlyOnce && awaiting_rel >= cfg.session.max_awaiting_rel {
-                if !self.wire.v5 {
-                    // 3.1.1 PUBREC has no reason code: a refusal would read as success.
-                    return Err(
-                        self.protocol_error(0x97, "too many QoS 2 messages awaiting PUBREL")
-                    );
-                }
-                self.ack(PendingAck::PubRec(pid, 0x97), None);
-                return Ok(());
-            }
-        }
-        let now = Instant::now();
-        let allowed = self
-            .acl
-            .check(
-                &self.broker,
-                &self.session.client_id,
-                Ask {
-                    action: Action::Publish,
-                    topic: &p.topic,
-                    qos: p.qos.value(),
-                    retain: p.retain,
-                },
-                now,
-            )
-            .await;
-        if !allowed {
-            self.broker
-                .metrics
-                .acl_publish_denied
-                .fetch_add(1, Ordering::Relaxed);
-            // v5 says why; 3.1.1 has no way to, so the message is acknowledged and dropped
-            // (as Mosquitto and EMQX do).
-            let code = if self.wire.v5 { 0x87 } else { 0x00 };
-            match p.qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self.ack(PendingAck::PubAck(pid, code), None),
-                QoS::ExactlyOnce => self.ack(PendingAck::PubRec(pid, code), None),
-            }
-            return Ok(());
-        }
-        let props = p.properties.take().and_then(strip_props);
-        let expires_at = props
-            .as_ref()
-            .and_then(|pr| pr.message_expiry_interval)
-            .map(|s| now + Duration::from_secs(u64::from(s.get())));
-        let msg = Message {
-            tenant: self.session.tenant.clone(),
-            topic: std::mem::take(&mut p.topic),
-            payload: std::mem::take(&mut p.payload),
-            qos: p.qos,
-            retain: p.retain,
-            props,
-            publisher: self.session.id,
-            publisher_client: Some(self.session.client_id.clone()),
-            received: now,
-            expires_at,
-        };
-        let before = self.ticket();
-        let mut held = Vec::new();
-        let published = match self.broker.intercept(msg).await {
-            Err(dropped) => Err(dropped),
-            Ok(msg) if p.qos == QoS::AtMostOnce => self.broker.publish_from(msg, Some(&mut held)),
-            Ok(msg) => self.broker.publish_waiting(msg, &mut held).await,
-        };
-        let reason = match published {
-            Ok(0) => 0x10,
-            Ok(_) => 0x00,
-            Err(refused) => refused.reason_code(),
-        };
-        self.wait_for(held);
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => {
-                let stored = self.stored_since(before);
-                // 3.1.1 has no reason codes: a refusal is acknowledged and dropped.
-                let code = if self.wire.v5 || reason < 0x80 {
-                    reason
-                } else {
-                    0
-                };
-                self.ack(PendingAck::PubAck(pid, code), stored)
-            }
-            QoS::ExactlyOnce if reason >= 0x80 => {
-                let code = if self.wire.v5 { reason } else { 0 };
-                self.ack(PendingAck::PubRec(pid, code), None)
-            }
-            QoS::ExactlyOnce => {
-                self.session.state.lock().awaiting_rel.insert(pid);
-                self.store_op(|t, c| Op::PutRel(t, c, pid));
-                let stored = self.stored_since(before);
-                self.ack(PendingAck::PubRec(pid, reason), stored);
             }
         }
         Ok(())
@@ -723,17 +563,4 @@ impl<T: Transport> Connection<T> {
             crate::mqtt::transport::linger(&mut self.io, stop).await;
         }
     }
-}
-
-/// Keeps what a subscriber should see; None when nothing is left (no allocation then).
-fn strip_props(mut pr: PublishProperties) -> Option<Box<PublishProperties>> {
-    pr.topic_alias = None;
-    pr.subscription_ids.clear();
-    let empty = pr.user_properties.is_empty()
-        && pr.correlation_data.is_none()
-        && pr.content_type.is_none()
-        && pr.response_topic.is_none()
-        && pr.message_expiry_interval.is_none()
-        && !pr.is_utf8_payload;
-    (!empty).then(|| Box::new(pr))
 }

@@ -97,6 +97,7 @@ impl<T: Transport> Connection<T> {
             acl,
             reauth,
             blocked: None,
+            batch: Vec::new(),
         };
         // CONNECT itself, read before the session existed.
         crate::session::Counters::add(&conn.session.counters.recv_pkt, 1);

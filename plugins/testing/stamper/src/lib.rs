@@ -4,7 +4,7 @@
 //! `upper` upper-cases the payload, `bad-topic` rewrites to an invalid topic; a topic
 //! under `rename/` moves to `renamed/`. With `pass = true` it passes everything as is.
 
-use apiary_plugin_sdk::message::{self, Guest, Publish, Verdict};
+use apiary_plugin_sdk::message::{self, Interceptor, Publish, Source, Verdict};
 use apiary_plugin_sdk::{export, parse_config, InitError, Plugin};
 
 #[derive(serde::Deserialize)]
@@ -26,8 +26,8 @@ impl Plugin for Stamper {
     }
 }
 
-impl Guest for Stamper {
-    fn intercept(mut msg: Publish) -> Verdict {
+impl Interceptor for Stamper {
+    fn intercept(_source: &Source, mut msg: Publish) -> Verdict {
         let c = CONFIG.get().expect("init ran");
         if c.pass {
             return Verdict::Pass;
