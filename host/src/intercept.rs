@@ -125,6 +125,9 @@ pub fn drop_code(code: u8) -> u8 {
     }
 }
 
+/// A publish after an interceptor: the message to route, or why it is not routed.
+type Outcome = Result<Message, PublishRefused>;
+
 /// What happens to a publish when its interceptor fails (traps, times out, is backing
 /// off, or returns something invalid).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -211,29 +214,30 @@ impl Broker {
         if self.interceptors.set.load().is_empty() {
             return Ok(msg);
         }
-        let mut out = self.intercept_batch(vec![msg]).await;
-        out.pop().expect("one result per message")
+        let mut one = [Ok(msg)];
+        self.intercept_batch(&mut one).await;
+        let [r] = one;
+        r
     }
 
-    /// [`Broker::intercept`] for several publishes (in their order), with one call per
-    /// interceptor for all those it asked for: a component call costs microseconds, a
-    /// publish through the broker a fraction of one (decision 0024).
-    pub async fn intercept_batch(
-        &self,
-        msgs: Vec<Message>,
-    ) -> Vec<Result<Message, PublishRefused>> {
+    /// [`Broker::intercept`] for several publishes (in their order), in place, with one
+    /// call per interceptor for all those it asked for: a component call costs
+    /// microseconds, a publish through the broker a fraction of one (decision 0024).
+    /// A publish passed stays where it is (no copy); a drop becomes its refusal.
+    pub async fn intercept_batch(&self, msgs: &mut [Result<Message, PublishRefused>]) {
         let set = self.interceptors.set.load_full();
-        let mut out: Vec<_> = msgs.into_iter().map(Ok).collect();
         for e in set.iter() {
-            let asked: Vec<usize> = (0..out.len())
-                .filter(|&i| out[i].as_ref().is_ok_and(|m| e.wants(m)))
+            let asked: Vec<usize> = (0..msgs.len())
+                .filter(|&i| msgs[i].as_ref().is_ok_and(|m| e.wants(m)))
                 .collect();
             if asked.is_empty() {
                 continue;
             }
             let verdicts = {
-                let refs: Vec<&Message> =
-                    asked.iter().filter_map(|&i| out[i].as_ref().ok()).collect();
+                let refs: Vec<&Message> = asked
+                    .iter()
+                    .filter_map(|&i| msgs[i].as_ref().ok())
+                    .collect();
                 match e.interceptor.intercept(&refs).await {
                     Ok(v) if v.len() == refs.len() => Ok(v),
                     Ok(v) => Err(format!(
@@ -256,52 +260,53 @@ impl Broker {
                 }
             };
             for i in asked {
-                let taken = std::mem::replace(&mut out[i], Err(PublishRefused::Intercepted(0)));
-                let Ok(msg) = taken else {
+                let Ok(msg) = &msgs[i] else {
                     unreachable!("asked only of messages not dropped");
                 };
-                out[i] = match verdicts.as_mut().and_then(Iterator::next) {
+                let changed = match verdicts.as_mut().and_then(Iterator::next) {
                     Some(v) => self.settle(e, msg, v),
-                    None => self.failure(e, msg),
+                    None => self.failure(e),
                 };
+                if let Some(r) = changed {
+                    msgs[i] = r;
+                }
             }
         }
-        out
     }
 
-    /// What `e`'s verdict makes of `msg`.
-    fn settle(&self, e: &Entry, msg: Message, verdict: Verdict) -> Result<Message, PublishRefused> {
+    /// What `e`'s verdict makes of `msg`: None to route it as it is.
+    fn settle(&self, e: &Entry, msg: &Message, verdict: Verdict) -> Option<Outcome> {
         let m = &self.metrics;
         let name = e.interceptor.name();
         match verdict {
-            Verdict::Pass => Ok(msg),
+            Verdict::Pass => None,
             Verdict::Drop { code, why } => {
                 m.intercept_dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(plugin = name, topic = %&*msg.topic, %why, "a publish was dropped by an interceptor");
-                Err(PublishRefused::Intercepted(drop_code(code)))
+                Some(Err(PublishRefused::Intercepted(drop_code(code))))
             }
-            Verdict::Rewrite(c) => match c.apply(&msg, &self.config().mqtt) {
+            Verdict::Rewrite(c) => match c.apply(msg, &self.config().mqtt) {
                 Ok(out) => {
                     m.intercept_rewritten.fetch_add(1, Ordering::Relaxed);
-                    Ok(out)
+                    Some(Ok(out))
                 }
                 Err(err) => {
                     tracing::warn!(plugin = name, topic = %&*msg.topic, error = %err, policy = ?e.on_failure, "an interceptor failed");
-                    self.failure(e, msg)
+                    self.failure(e)
                 }
             },
         }
     }
 
-    /// `e` failed on `msg` (counted): its policy decides.
-    fn failure(&self, e: &Entry, msg: Message) -> Result<Message, PublishRefused> {
+    /// `e` failed on a publish (counted): its policy decides (None: route it as it is).
+    fn failure(&self, e: &Entry) -> Option<Outcome> {
         let m = &self.metrics;
         m.intercept_failed.fetch_add(1, Ordering::Relaxed);
         match e.on_failure {
-            OnFailure::Pass => Ok(msg),
+            OnFailure::Pass => None,
             OnFailure::Drop => {
                 m.intercept_dropped.fetch_add(1, Ordering::Relaxed);
-                Err(PublishRefused::Intercepted(0x80))
+                Some(Err(PublishRefused::Intercepted(0x80)))
             }
         }
     }

@@ -160,7 +160,7 @@ pub mod stream {
 ///         if msg.payload.is_empty() {
 ///             return apiary_plugin_sdk::message::drop(0x99, "empty payload");
 ///         }
-///         msg.properties.user_properties.push(("stamped".into(), "yes".into()));
+///         msg.add_user_property("stamped", "yes");
 ///         Verdict::Rewrite(msg)
 ///     }
 /// }
@@ -192,10 +192,28 @@ pub mod message {
         /// The first user property named `key`.
         pub fn user_property(&self, key: &str) -> Option<&str> {
             self.properties
+                .as_ref()?
                 .user_properties
                 .iter()
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.as_str())
+        }
+
+        /// Its MQTT 5 properties to change, made empty ones if it had none.
+        pub fn properties_mut(&mut self) -> &mut Properties {
+            self.properties.get_or_insert_with(|| Properties {
+                user_properties: Vec::new(),
+                content_type: None,
+                response_topic: None,
+                correlation_data: None,
+                payload_utf8: false,
+                message_expiry: None,
+            })
+        }
+
+        /// Appends the user property `key = value`.
+        pub fn add_user_property(&mut self, key: &str, value: &str) {
+            (self.properties_mut().user_properties).push((key.to_string(), value.to_string()));
         }
     }
 }

@@ -32,7 +32,7 @@ struct PublishView<'a> {
     payload: &'a [u8],
     qos: u8,
     retain: bool,
-    properties: PropertiesView<'a>,
+    properties: Option<PropertiesView<'a>>,
 }
 
 /// `properties`, borrowed.
@@ -62,43 +62,53 @@ struct SourceView<'a> {
 }
 
 fn view(msg: &Message) -> PublishView<'_> {
-    let p = msg.props.as_deref();
     PublishView {
         topic: &msg.topic,
         payload: &msg.payload,
         qos: msg.qos.value(),
         retain: msg.retain,
-        properties: PropertiesView {
-            user_properties: p.map_or_else(Vec::new, |p| {
-                (p.user_properties.iter())
-                    .map(|(k, v)| (&**k, &**v))
-                    .collect()
-            }),
-            content_type: p.and_then(|p| p.content_type.as_deref()),
-            response_topic: p.and_then(|p| p.response_topic.as_deref()),
-            correlation_data: p.and_then(|p| p.correlation_data.as_deref()),
-            payload_utf8: p.is_some_and(|p| p.is_utf8_payload),
-            // No clock read for the usual message without an expiry.
-            message_expiry: msg
-                .expires_at
-                .and_then(|_| msg.remaining_expiry(std::time::Instant::now()))
-                .map(std::num::NonZeroU32::get),
-        },
+        // None for the usual message: one byte to lower rather than a record.
+        properties: (msg.props.is_some() || msg.expires_at.is_some()).then(|| properties(msg)),
+    }
+}
+
+fn properties(msg: &Message) -> PropertiesView<'_> {
+    let p = msg.props.as_deref();
+    PropertiesView {
+        user_properties: p.map_or_else(Vec::new, |p| {
+            (p.user_properties.iter())
+                .map(|(k, v)| (&**k, &**v))
+                .collect()
+        }),
+        content_type: p.and_then(|p| p.content_type.as_deref()),
+        response_topic: p.and_then(|p| p.response_topic.as_deref()),
+        correlation_data: p.and_then(|p| p.correlation_data.as_deref()),
+        payload_utf8: p.is_some_and(|p| p.is_utf8_payload),
+        message_expiry: msg
+            .remaining_expiry(std::time::Instant::now())
+            .map(std::num::NonZeroU32::get),
     }
 }
 
 fn changes(p: wit::Publish) -> Changes {
-    Changes {
+    let c = Changes {
         topic: p.topic,
         payload: p.payload,
         qos: p.qos,
         retain: p.retain,
-        user_properties: p.properties.user_properties,
-        content_type: p.properties.content_type,
-        response_topic: p.properties.response_topic,
-        correlation_data: p.properties.correlation_data,
-        payload_utf8: p.properties.payload_utf8,
-        message_expiry: p.properties.message_expiry,
+        ..Changes::default()
+    };
+    let Some(pr) = p.properties else {
+        return c;
+    };
+    Changes {
+        user_properties: pr.user_properties,
+        content_type: pr.content_type,
+        response_topic: pr.response_topic,
+        correlation_data: pr.correlation_data,
+        payload_utf8: pr.payload_utf8,
+        message_expiry: pr.message_expiry,
+        ..c
     }
 }
 

@@ -366,3 +366,46 @@ async fn pipelined_publishes_are_intercepted_as_a_batch_in_order() {
         "{calls} calls for 28 intercepted publishes"
     );
 }
+
+/// MQTT 5 properties a publisher set reach the interceptor and, through its rewrite,
+/// the subscriber: user properties in order, content type, response topic, correlation
+/// data, payload format and expiry.
+#[tokio::test]
+async fn properties_survive_a_rewrite() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let dir = tempfile::tempdir().unwrap();
+    install(
+        dir.path(),
+        "stamper",
+        "props",
+        Some(&stamper("props", 0, "\"t/#\"", "pass")),
+    );
+    let tb = broker_with(dir.path()).await;
+    let mut w = watcher(&tb, "watcher").await;
+    let (mut p, _) = v5::connect(v5::opts(&tb, "pub", Tr::Tcp)).await;
+    let props = PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(600),
+        content_type: Some("text/plain".into()),
+        response_topic: Some("reply/here".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr")),
+        user_properties: vec![("k".into(), "v".into())],
+        ..Default::default()
+    };
+    p.c.publish_with_properties("t/p", QoS::AtLeastOnce, false, "hi", props)
+        .await
+        .unwrap();
+    assert_eq!(puback(&mut p).await, PubAckReason::Success);
+    let m = w.publish().await;
+    let got = m.properties.expect("properties");
+    assert_eq!(
+        got.user_properties,
+        [("k".into(), "v".into()), ("via".into(), "props".into())]
+    );
+    assert_eq!(got.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(got.response_topic.as_deref(), Some("reply/here"));
+    assert_eq!(got.correlation_data.as_deref(), Some(&b"corr"[..]));
+    assert_eq!(got.payload_format_indicator, Some(1));
+    let left = got.message_expiry_interval.expect("expiry");
+    assert!((590..=600).contains(&left), "{left}");
+}

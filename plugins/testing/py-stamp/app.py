@@ -23,6 +23,8 @@ class Lifecycle(exports.Lifecycle):
 def stamp(msg: message.Publish) -> message.Verdict:
     if not msg.payload:
         return message.Verdict_Drop(message.DropReason(0x99, "empty payload"))
+    if msg.properties is None:  # a publish without MQTT 5 properties
+        msg.properties = message.Properties([], None, None, None, False, None)
     msg.properties.user_properties.append(("stamped-by", NAME))
     return message.Verdict_Rewrite(msg)
 

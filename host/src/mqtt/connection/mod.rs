@@ -109,7 +109,7 @@ pub(crate) struct Connection<T: Transport> {
     /// Sessions whose full queues this connection waits for before reading on.
     blocked: Option<Box<pressure::Blocked>>,
     /// Publishes of this read waiting for the message interceptors.
-    batch: Vec<publish::Admitted>,
+    batch: publish::Batch,
 }
 
 /// What re-authentication needs: the method, the CONNECT the plugin sees, and the

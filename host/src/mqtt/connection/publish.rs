@@ -23,8 +23,10 @@ use crate::session::{Counters, Session};
 use crate::store::Op;
 use crate::topic;
 
-/// At most this many publishes wait for the interceptors together: a bound on the
-/// batch's memory, and on how far past a full queue (backpressure) one read may route.
+/// At most this many publishes wait for the interceptors together: a bound on how far
+/// past a full queue (backpressure) one read may route. In bytes, a batch never holds
+/// more than one read brought (a WebSocket message, or the read buffer: about twice
+/// `max_packet_size` at most), which each interceptor copies into its memory.
 const MAX_BATCH: usize = 64;
 
 /// A publish that passed its checks, on its way to the interceptors and routing.
@@ -32,6 +34,40 @@ pub(super) struct Admitted {
     msg: Message,
     pid: u16,
     qos: QoS,
+}
+
+/// Publishes waiting for the interceptors: the messages (which the interceptors change
+/// in place) and, alongside, what acknowledging each needs.
+#[derive(Default)]
+pub(super) struct Batch {
+    msgs: Vec<Result<Message, PublishRefused>>,
+    acks: Vec<(u16, QoS)>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.acks.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.acks.len()
+    }
+
+    fn push(&mut self, a: Admitted) {
+        self.msgs.push(Ok(a.msg));
+        self.acks.push((a.pid, a.qos));
+    }
+
+    /// Whether a publish of `qos` with packet id `pid` waits in it.
+    fn holds(&self, pid: u16, qos: QoS) -> bool {
+        self.acks.contains(&(pid, qos))
+    }
+
+    /// How many QoS 2 publishes wait in it.
+    fn exactly_once(&self) -> usize {
+        let two = self.acks.iter().filter(|(_, q)| *q == QoS::ExactlyOnce);
+        two.count()
+    }
 }
 
 /// Sessions a publish overfilled (backpressure), with their pressure epochs.
@@ -65,21 +101,16 @@ impl<T: Transport> Connection<T> {
         // Boxed: rare next to a publish nothing intercepts, and its future (a plugin
         // call's) would otherwise be part of every connection's task.
         Box::pin(async {
-            let mut heads = Vec::with_capacity(self.batch.len());
-            let msgs = self
-                .batch
-                .drain(..)
-                .map(|a| {
-                    heads.push((a.pid, a.qos));
-                    a.msg
-                })
-                .collect();
-            let results = self.broker.intercept_batch(msgs).await;
+            let mut batch = std::mem::take(&mut self.batch);
+            self.broker.intercept_batch(&mut batch.msgs).await;
             let mut held = Vec::new();
-            for ((pid, qos), r) in heads.into_iter().zip(results) {
+            let acks = batch.acks.drain(..);
+            for ((pid, qos), r) in acks.zip(batch.msgs.drain(..)) {
                 self.deliver(pid, qos, r, &mut held).await;
             }
             self.wait_for(held);
+            // Its (empty) vectors serve the next batch.
+            self.batch = batch;
         })
         .await;
     }
@@ -247,12 +278,7 @@ impl<T: Transport> Connection<T> {
     /// it was answered here (a duplicate, or a refusal).
     async fn within_limits(&mut self, p: &Publish, pid: u16) -> Result<bool, Exit> {
         let two = p.qos == QoS::ExactlyOnce;
-        if two
-            && self
-                .batch
-                .iter()
-                .any(|a| a.qos == QoS::ExactlyOnce && a.pid == pid)
-        {
+        if two && self.batch.holds(pid, QoS::ExactlyOnce) {
             // Its duplicate waits in the batch: routed first, it is a duplicate below.
             self.flush_batch().await;
         }
@@ -270,10 +296,7 @@ impl<T: Transport> Connection<T> {
         let cfg = self.broker.config();
         // QoS 2 publishes in the batch count as awaiting PUBREL, as they would without
         // interceptors; QoS 1 ones as answered in this read, as they would be.
-        let awaiting_rel = awaiting_rel
-            + (self.batch.iter())
-                .filter(|a| a.qos == QoS::ExactlyOnce)
-                .count();
+        let awaiting_rel = awaiting_rel + self.batch.exactly_once();
         // MQTT 5 §4.9: QoS 1 publishes count until their PUBACK is sent and QoS 2 ones
         // until PUBCOMP, together, against the receive maximum.
         let held_pubacks = self

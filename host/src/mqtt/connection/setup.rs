@@ -97,7 +97,7 @@ impl<T: Transport> Connection<T> {
             acl,
             reauth,
             blocked: None,
-            batch: Vec::new(),
+            batch: Default::default(),
         };
         // CONNECT itself, read before the session existed.
         crate::session::Counters::add(&conn.session.counters.recv_pkt, 1);

@@ -42,9 +42,7 @@ impl Interceptor for Stamper {
         if let Some(rest) = msg.topic.strip_prefix("rename/") {
             msg.topic = format!("renamed/{rest}");
         }
-        msg.properties
-            .user_properties
-            .push(("via".into(), c.name.clone()));
+        msg.add_user_property("via", &c.name);
         Verdict::Rewrite(msg)
     }
 }
