@@ -84,7 +84,7 @@ pub struct Metrics {
     pub intercept_rewritten: AtomicU64,
     /// Publishes an interceptor dropped (by its verdict or its failure policy).
     pub intercept_dropped: AtomicU64,
-    /// Interceptor calls that failed (trap, timeout, invalid rewrite).
+    /// Publishes an interceptor failed on (trap or timeout of its batch, invalid rewrite).
     pub intercept_failed: AtomicU64,
     /// Plugin versions loaded (first loads and reloads).
     pub plugin_loads: AtomicU64,
@@ -329,7 +329,7 @@ impl Metrics {
         );
         counter(
             "apiary_intercept_failures_total",
-            "Message interceptor calls that failed (trap, timeout, invalid rewrite).",
+            "Publishes a message interceptor failed on (a trap or timeout of their batch, an invalid rewrite).",
             g(&self.intercept_failed),
         );
         counter(

@@ -409,3 +409,27 @@ async fn properties_survive_a_rewrite() {
     let left = got.message_expiry_interval.expect("expiry");
     assert!((590..=600).contains(&left), "{left}");
 }
+
+/// Publishes waiting in a batch are not acknowledged yet: a v5 client that sends more
+/// than the receive maximum of them before any PUBACK is disconnected with 0x93.
+#[tokio::test]
+async fn batched_publishes_count_against_the_receive_maximum() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = stamper("rm", 0, "\"t/#\"", "pass");
+    install(dir.path(), "stamper", "rm", Some(&toml));
+    let plugins = dir.path().to_path_buf();
+    let tb = TestBroker::start_with(move |c| {
+        c.plugins_dir = plugins;
+        c.mqtt.receive_maximum = 4;
+    })
+    .await;
+    let mut r = common::raw::Raw::connect(tb.tcp_addr()).await;
+    let mut burst = common::raw::connect(5, "greedy", true, 0);
+    for pid in 1..=5u16 {
+        burst.extend(publish_v5("t/x", 1, false, pid, "x"));
+    }
+    r.send(&burst).await;
+    let rest = r.until_closed().await;
+    let at = rest.iter().position(|&b| b == 0xE0).expect("DISCONNECT");
+    assert_eq!(rest[at + 2], 0x93, "{rest:?}");
+}

@@ -43,9 +43,14 @@ pub(crate) async fn space_or_deadline(b: &Option<Box<Blocked>>) {
 }
 
 impl<T: Transport> Connection<T> {
-    /// After a publish: wait for the sessions it overfilled, if any.
+    /// After a publish: wait for the sessions it overfilled, if any (as well as those
+    /// waited for already, by the deadline already set).
     pub(crate) fn wait_for(&mut self, sessions: Vec<(Arc<Session>, u64)>) {
         if sessions.is_empty() {
+            return;
+        }
+        if let Some(b) = self.blocked.as_mut() {
+            b.on.extend(sessions);
             return;
         }
         self.broker

@@ -68,6 +68,12 @@ impl Batch {
         let two = self.acks.iter().filter(|(_, q)| *q == QoS::ExactlyOnce);
         two.count()
     }
+
+    /// How many QoS 1 publishes wait in it.
+    fn at_least_once(&self) -> usize {
+        let one = self.acks.iter().filter(|(_, q)| *q == QoS::AtLeastOnce);
+        one.count()
+    }
 }
 
 /// Sessions a publish overfilled (backpressure), with their pressure epochs.
@@ -295,16 +301,18 @@ impl<T: Transport> Connection<T> {
         }
         let cfg = self.broker.config();
         // QoS 2 publishes in the batch count as awaiting PUBREL, as they would without
-        // interceptors; QoS 1 ones as answered in this read, as they would be.
+        // interceptors.
         let awaiting_rel = awaiting_rel + self.batch.exactly_once();
         // MQTT 5 §4.9: QoS 1 publishes count until their PUBACK is sent and QoS 2 ones
-        // until PUBCOMP, together, against the receive maximum.
-        let held_pubacks = self
+        // until PUBCOMP, together, against the receive maximum (those in the batch are
+        // not answered yet either).
+        let unacked = self
             .pending_acks
             .iter()
             .filter(|(_, a)| matches!(a, PendingAck::PubAck(..)))
-            .count();
-        if self.wire.v5 && awaiting_rel + held_pubacks >= usize::from(cfg.mqtt.receive_maximum) {
+            .count()
+            + self.batch.at_least_once();
+        if self.wire.v5 && awaiting_rel + unacked >= usize::from(cfg.mqtt.receive_maximum) {
             return Err(self.protocol_error(0x93, "receive maximum exceeded"));
         }
         if two && awaiting_rel >= cfg.session.max_awaiting_rel {
