@@ -49,6 +49,17 @@ async fn watcher(tb: &TestBroker, id: &str) -> v5::Client {
     w
 }
 
+/// A broker with one `stamper` called `name` on `t/#` (failure policy pass), and a v5
+/// watcher subscribed to `#`.
+async fn one_stamper(name: &str) -> (tempfile::TempDir, TestBroker, v5::Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = stamper(name, 0, "\"t/#\"", "pass");
+    install(dir.path(), "stamper", name, Some(&toml));
+    let tb = broker_with(dir.path()).await;
+    let w = watcher(&tb, "watcher").await;
+    (dir, tb, w)
+}
+
 fn via(p: &v5::Publish) -> Vec<String> {
     p.properties
         .as_ref()
@@ -191,15 +202,7 @@ async fn a_failing_interceptor_passes_or_drops_as_configured() {
 
 #[tokio::test]
 async fn wills_and_a_3_1_1_publisher_go_through_interceptors() {
-    let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
-        "stamper",
-        "stamp",
-        Some(&stamper("stamp", 0, "\"t/#\"", "pass")),
-    );
-    let tb = broker_with(dir.path()).await;
-    let mut w = watcher(&tb, "watcher").await;
+    let (_dir, tb, mut w) = one_stamper("stamp").await;
 
     let mut o = v5::opts(&tb, "dies", Tr::Tcp);
     o.set_last_will(LastWill::new(
@@ -304,11 +307,7 @@ async fn next_packet(r: &mut common::raw::Raw) -> (u8, Vec<u8>) {
 /// of a publish in the same batch routed once.
 #[tokio::test]
 async fn pipelined_publishes_are_intercepted_as_a_batch_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let toml = stamper("batch", 0, "\"t/#\"", "pass");
-    install(dir.path(), "stamper", "batch", Some(&toml));
-    let tb = broker_with(dir.path()).await;
-    let mut w = watcher(&tb, "watcher").await;
+    let (_dir, tb, mut w) = one_stamper("batch").await;
 
     let mut r = common::raw::Raw::connect(tb.tcp_addr()).await;
     let mut burst = common::raw::connect(5, "pipeliner", true, 0);
@@ -373,15 +372,7 @@ async fn pipelined_publishes_are_intercepted_as_a_batch_in_order() {
 #[tokio::test]
 async fn properties_survive_a_rewrite() {
     use rumqttc::v5::mqttbytes::v5::PublishProperties;
-    let dir = tempfile::tempdir().unwrap();
-    install(
-        dir.path(),
-        "stamper",
-        "props",
-        Some(&stamper("props", 0, "\"t/#\"", "pass")),
-    );
-    let tb = broker_with(dir.path()).await;
-    let mut w = watcher(&tb, "watcher").await;
+    let (_dir, tb, mut w) = one_stamper("props").await;
     let (mut p, _) = v5::connect(v5::opts(&tb, "pub", Tr::Tcp)).await;
     let props = PublishProperties {
         payload_format_indicator: Some(1),
