@@ -3,7 +3,9 @@
 //! (`[outbound_http] allowed_hosts`); anything else fails with `HTTP-request-denied`.
 
 use wasip2::http::outgoing_handler;
-use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
+use wasip2::http::types::{
+    Fields, IncomingResponse, Method, OutgoingBody, OutgoingRequest, Scheme,
+};
 use wasip2::io::streams::StreamError;
 
 /// A response, read whole.
@@ -43,44 +45,7 @@ pub fn send(
     body: &[u8],
     max_body: usize,
 ) -> Result<Response, Error> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| Error(format!("{url:?} is not an absolute URL")))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let mut fields: Vec<(String, Vec<u8>)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
-        .collect();
-    // A length rather than chunks: what webhook receivers handle best.
-    if !body.is_empty() && !fields.iter().any(|(k, _)| k == "content-length") {
-        fields.push(("content-length".into(), body.len().to_string().into_bytes()));
-    }
-    let fields = Fields::from_list(&fields).map_err(|e| err("headers", e))?;
-    let req = OutgoingRequest::new(fields);
-    let method = match method {
-        "GET" => Method::Get,
-        "POST" => Method::Post,
-        "PUT" => Method::Put,
-        "DELETE" => Method::Delete,
-        "PATCH" => Method::Patch,
-        "HEAD" => Method::Head,
-        other => Method::Other(other.into()),
-    };
-    let scheme = match scheme {
-        "http" => Scheme::Http,
-        "https" => Scheme::Https,
-        other => Scheme::Other(other.into()),
-    };
-    let bad = |what: &str| Error(format!("invalid {what} in {url:?}"));
-    req.set_method(&method).map_err(|_| bad("method"))?;
-    req.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
-    req.set_authority(Some(authority))
-        .map_err(|_| bad("authority"))?;
-    req.set_path_with_query(Some(path))
-        .map_err(|_| bad("path"))?;
+    let req = request(method, url, headers, body.len())?;
     let out = req.body().map_err(|_| Error("request body taken".into()))?;
     let pending = outgoing_handler::handle(req, None).map_err(|e| err("refused", e))?;
     let wait = || loop {
@@ -110,10 +75,63 @@ pub fn send(
         };
     }
     OutgoingBody::finish(out, None).map_err(|e| err("finishing the body", e))?;
-    let resp = wait();
-    let resp = resp
+    let resp = wait()
         .map_err(|_| Error("response taken twice".into()))?
         .map_err(|e| err("request failed", e))?;
+    read(resp, max_body)
+}
+
+/// The request for `method url` with `headers` (and a content length for a body of
+/// `body_len` bytes).
+fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &[u8])],
+    body_len: usize,
+) -> Result<OutgoingRequest, Error> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| Error(format!("{url:?} is not an absolute URL")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut fields: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
+        .collect();
+    // A length rather than chunks: what webhook receivers handle best.
+    if body_len > 0 && !fields.iter().any(|(k, _)| k == "content-length") {
+        fields.push(("content-length".into(), body_len.to_string().into_bytes()));
+    }
+    let fields = Fields::from_list(&fields).map_err(|e| err("headers", e))?;
+    let req = OutgoingRequest::new(fields);
+    let method = match method {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "PATCH" => Method::Patch,
+        "HEAD" => Method::Head,
+        other => Method::Other(other.into()),
+    };
+    let scheme = match scheme {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => Scheme::Other(other.into()),
+    };
+    let bad = |what: &str| Error(format!("invalid {what} in {url:?}"));
+    req.set_method(&method).map_err(|_| bad("method"))?;
+    req.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
+    req.set_authority(Some(authority))
+        .map_err(|_| bad("authority"))?;
+    req.set_path_with_query(Some(path))
+        .map_err(|_| bad("path"))?;
+    Ok(req)
+}
+
+/// `resp` with the first `max_body` bytes of its body.
+fn read(resp: IncomingResponse, max_body: usize) -> Result<Response, Error> {
     let status = resp.status();
     let headers = resp.headers().entries();
     let incoming = resp.consume().map_err(|_| Error("response body".into()))?;

@@ -227,8 +227,18 @@ fn rumqttd(root: &Path) -> Option<PathBuf> {
     }
 }
 
-fn apiary_config(dir: &Path, plugins: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(plugins)?;
+/// An Apiary config over `dir` (its data and `plugins/`), with `plugin` (the name of a
+/// component built into `target/plugins/`, and its toml) installed when given.
+fn apiary_config(root: &Path, dir: &Path, plugin: Option<(&str, &str)>) -> Result<PathBuf> {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins)?;
+    if let Some((name, toml)) = plugin {
+        std::fs::copy(
+            root.join(format!("target/plugins/{name}.wasm")),
+            plugins.join(format!("{name}.wasm")),
+        )?;
+        std::fs::write(plugins.join(format!("{name}.toml")), toml)?;
+    }
     let p = dir.join("apiary.toml");
     std::fs::write(
         &p,
@@ -301,18 +311,10 @@ fn interceptors(root: &Path, apiary: &Path, work: &Path, quick: bool) -> Result<
         for (i, (label, filter)) in variants.iter().enumerate() {
             let dir = work.join(format!("intercept-{i}"));
             let _ = std::fs::remove_dir_all(&dir);
-            let plugins = dir.join("plugins");
-            let cfg = apiary_config(&dir, &plugins)?;
-            if let Some(f) = filter {
-                std::fs::copy(
-                    root.join("target/plugins/stamper.wasm"),
-                    plugins.join("stamper.wasm"),
-                )?;
-                std::fs::write(
-                    plugins.join("stamper.toml"),
-                    format!("roles = [\"message\"]\n[message]\nfilters = [\"{f}\"]\n[config]\nname = \"bench\"\npass = true\n"),
-                )?;
-            }
+            let toml = filter.map(|f| {
+                format!("roles = [\"message\"]\n[message]\nfilters = [\"{f}\"]\n[config]\nname = \"bench\"\npass = true\n")
+            });
+            let cfg = apiary_config(root, &dir, toml.as_deref().map(|t| ("stamper", t)))?;
             let child = start_apiary(apiary, &cfg)?;
             println!("==> Apiary, {label} (round {round} of {rounds})");
             let r = run_case(root, apiary, child.id(), &case, None);
@@ -397,23 +399,14 @@ fn webhook(root: &Path, apiary: &Path, work: &Path, quick: bool) -> Result<Strin
     crate::plugins(root, crate::Scope::One("webhook"))?;
     let case = cases(quick).remove(0);
     let (port, seen) = hook_receiver()?;
-    let dir = work.join("webhook");
-    let plugins = dir.join("plugins");
-    let cfg = apiary_config(&dir, &plugins)?;
-    std::fs::copy(
-        root.join("target/plugins/webhook.wasm"),
-        plugins.join("webhook.wasm"),
-    )?;
-    std::fs::write(
-        plugins.join("webhook.toml"),
-        format!(
-            "roles = [\"events\"]\ncapabilities = [\"kv\", \"events.messages\"]\ntenants = [\"*\"]\n\
-             call_timeout_ms = 10000\nkv_max_keys = 200000\nkv_max_bytes = 1073741824\n\
-             [events]\ntick_ms = 100\n[outbound_http]\nallowed_hosts = [\"http://127.0.0.1:{port}\"]\n\
-             [config]\nsecret = \"bench\"\n[[config.targets]]\nurl = \"http://127.0.0.1:{port}/hook\"\n\
-             events = [\"message.publish\"]\nbatch_size = 100\nmax_queued = 100000\n"
-        ),
-    )?;
+    let toml = format!(
+        "roles = [\"events\"]\ncapabilities = [\"kv\", \"events.messages\"]\ntenants = [\"*\"]\n\
+         call_timeout_ms = 10000\nkv_max_keys = 200000\nkv_max_bytes = 1073741824\n\
+         [events]\ntick_ms = 100\n[outbound_http]\nallowed_hosts = [\"http://127.0.0.1:{port}\"]\n\
+         [config]\nsecret = \"bench\"\n[[config.targets]]\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+         events = [\"message.publish\"]\nbatch_size = 100\nmax_queued = 100000\n"
+    );
+    let cfg = apiary_config(root, &work.join("webhook"), Some(("webhook", &toml)))?;
     let child = start_apiary(apiary, &cfg)?;
     println!("==> Apiary + webhook");
     let start = Instant::now();
@@ -516,7 +509,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let mut brokers: Vec<Broker> = Vec::new();
     {
         let (a, dir) = (apiary.clone(), work.join("apiary"));
-        let cfg = apiary_config(&dir, &dir.join("plugins"))?;
+        let cfg = apiary_config(root, &dir, None)?;
         brokers.push(Broker {
             name: "Apiary",
             start: Box::new(move || {
@@ -531,16 +524,8 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     }
     {
         let (a, dir) = (apiary.clone(), work.join("apiary-auth"));
-        let plugins = dir.join("plugins");
-        let cfg = apiary_config(&dir, &plugins)?;
-        std::fs::copy(
-            root.join("target/plugins/auth-file.wasm"),
-            plugins.join("auth-file.wasm"),
-        )?;
-        std::fs::write(
-            plugins.join("auth-file.toml"),
-            "tenants = [\"*\"]\n[config]\ndefault = \"deny\"\n[[config.users]]\nusername = \"bench\"\npassword = \"bench\"\n[[config.rules]]\npermission = \"allow\"\ntopic = \"bench/#\"\n",
-        )?;
+        let toml = "tenants = [\"*\"]\n[config]\ndefault = \"deny\"\n[[config.users]]\nusername = \"bench\"\npassword = \"bench\"\n[[config.rules]]\npermission = \"allow\"\ntopic = \"bench/#\"\n";
+        let cfg = apiary_config(root, &dir, Some(("auth-file", toml)))?;
         brokers.push(Broker {
             name: "Apiary + auth-file",
             start: Box::new(move || {

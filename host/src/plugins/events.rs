@@ -123,7 +123,10 @@ impl PluginManager {
                 _ = self.broker().stopped() => return,
             }
             let now = tokio::time::Instant::now();
-            for p in self.events_plugins() {
+            let plugins = self.events_plugins();
+            // A plugin removed since is forgotten (its name may come back as another).
+            last.retain(|name, _| plugins.iter().any(|p| p.ctx.name == *name));
+            for p in plugins {
                 let ms = p.ctx.manifest.events.tick_ms;
                 let name = p.ctx.name.clone();
                 let due = last

@@ -145,14 +145,11 @@ impl Outbound {
         self.allowed.iter().any(|o| o.allows(scheme, &host, port))
     }
 
-    fn refuse(&self, uri: &http::Uri, why: &str) -> Error {
+    /// Counts and logs a refusal; `e` is what the guest is told.
+    fn refuse(&self, uri: &http::Uri, e: Error, why: &str) -> Error {
         self.stats.outbound_refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(plugin = %self.plugin, %uri, "outbound HTTP request refused: {why}");
-        if why.starts_with("no slot") {
-            Error::ConnectionLimitReached
-        } else {
-            Error::HttpRequestDenied
-        }
+        e
     }
 }
 
@@ -180,11 +177,13 @@ impl WasiHttpHooks for Hooks {
             o.stats.outbound_requests.fetch_add(1, Ordering::Relaxed);
             let uri = request.uri().clone();
             if !o.allows(&uri) {
-                return Err(o.refuse(&uri, "its origin is not in outbound_http.allowed_hosts"));
+                let why = "its origin is not in outbound_http.allowed_hosts";
+                return Err(o.refuse(&uri, Error::HttpRequestDenied, why));
             }
             let slot = tokio::time::timeout(o.timeout, o.slots.clone().acquire_owned()).await;
             let Ok(Ok(slot)) = slot else {
-                return Err(o.refuse(&uri, "no slot within timeout_ms (max_concurrent)"));
+                let why = "no slot within timeout_ms (max_concurrent)";
+                return Err(o.refuse(&uri, Error::ConnectionLimitReached, why));
             };
             let cap = |d: Option<Duration>| Some(d.map_or(o.timeout, |d| d.min(o.timeout)));
             let opts = options.unwrap_or_default();

@@ -165,7 +165,7 @@ pub fn render(plugins: &[(String, Arc<PluginStats>)]) -> String {
         }
     }
     type Field = fn(&PluginStats) -> &AtomicU64;
-    let gauges: [(&str, &str, &str, Field); 6] = [
+    let families: [(&str, &str, &str, Field); 6] = [
         (
             "apiary_plugin_instances",
             "gauge",
@@ -203,7 +203,7 @@ pub fn render(plugins: &[(String, Arc<PluginStats>)]) -> String {
             |s| &s.outbound_failed,
         ),
     ];
-    for (name, kind, help, get) in gauges {
+    for (name, kind, help, get) in families {
         family(name, kind, help, &mut out);
         for (p, s) in plugins {
             let _ = writeln!(out, "{name}{{plugin=\"{p}\"}} {}", ld(get(s)));
